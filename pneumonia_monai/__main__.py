@@ -1,0 +1,4 @@
+from pneumonia_monai.cli.main import main
+import sys
+
+sys.exit(main())
