@@ -1,0 +1,333 @@
+"""Grad-CAM heatmaps of the classifier, their overlays on the film, and montages for reports.
+
+:func:`gradcam` computes a Gradient-weighted Class Activation Map (Selvaraju et al., 2017) with
+:class:`monai.visualize.GradCAM`, without leaving any trace on the network: MONAI's
+:class:`~monai.visualize.ModelWithHooks` registers hooks it never removes, turns off ``inplace`` on the
+target layer and calls ``zero_grad()`` on the model, so here the hooks are registered by this module
+through removable handles and every other change (train/eval flags, ``requires_grad``, ``.grad``,
+``inplace``) is undone in a ``finally`` block.
+
+The overlay is an 8-bit RGB image *for people* (PNG, DICOM Secondary Capture); the model never sees it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.visualize import GradCAM, ModelWithHooks
+
+logger = logging.getLogger(__name__)
+
+#: Last activation of :class:`monai.networks.nets.DenseNet121` before global pooling (``norm5`` -> ReLU),
+#: the layer MONAI's own examples use for CAM/Grad-CAM on this network.
+DENSENET_TARGET_LAYER = "class_layers.relu"
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    """Post-processing that leaves the map as it is (MONAI's default flips max to 0 and min to 1)."""
+    return x
+
+
+def _as_batched_image(image: torch.Tensor) -> torch.Tensor:
+    """Validate ``image`` and return it as a ``(1, 1, H, W)`` view without metadata or autograd history."""
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"image must be a torch.Tensor, got {type(image).__name__}")
+    if not image.is_floating_point():
+        raise TypeError(f"image must be a floating point tensor, got dtype {image.dtype}")
+    shape = tuple(image.shape)
+    if image.ndim == 3 and shape[0] == 1:
+        image = image.unsqueeze(0)
+    elif not (image.ndim == 4 and shape[0] == 1 and shape[1] == 1):
+        raise ValueError(f"image must have shape (1, 1, H, W) or (1, H, W), got {shape}")
+    if image.shape[-1] < 2 or image.shape[-2] < 2:
+        raise ValueError(f"image must be at least 2x2 pixels, got {shape}")
+    if isinstance(image, MetaTensor):  # a plain tensor: the metadata is of no use here
+        image = image.as_tensor()
+    return image.detach()
+
+
+def gradcam(
+    network: torch.nn.Module,
+    image: torch.Tensor,
+    *,
+    target_layer: str = DENSENET_TARGET_LAYER,
+    class_index: int = 1,
+) -> np.ndarray:
+    """Compute the Grad-CAM of ``class_index`` for one image, scaled to [0, 1].
+
+    The map is the ReLU of the gradient-weighted sum of the ``target_layer`` activations, upsampled
+    (bilinear, by MONAI) to the input size and min-max scaled; a map with no positive evidence (all
+    zero after the ReLU) is returned as zeros.
+
+    The network is left as it was found: no hooks remain, each module's ``training`` flag, each
+    parameter's ``requires_grad`` and ``.grad`` and the target layer's ``inplace`` flag are restored.
+    The network is run in eval mode (dropout off, batch-norm running statistics untouched).
+
+    Args:
+        network: the classifier, e.g. ``DenseNet121(spatial_dims=2, in_channels=1, out_channels=2)``.
+        image: the model input, ``(1, 1, H, W)`` or ``(1, H, W)``, preprocessed as for inference; it is
+            moved to the network's device.
+        target_layer: name (as in ``network.named_modules()``) of the layer whose output is explained.
+        class_index: index of the logit explained (1 = pneumonia for the binary model).
+
+    Returns:
+        ``(H, W)`` float32 array in [0, 1], row-major as the input.
+
+    Raises:
+        TypeError: if ``network`` is not a module or ``image`` not a floating point tensor.
+        ValueError: if the shape of ``image``, ``target_layer`` or ``class_index`` is invalid.
+    """
+    if not isinstance(network, torch.nn.Module):
+        raise TypeError(f"network must be a torch.nn.Module, got {type(network).__name__}")
+    if isinstance(class_index, bool) or not isinstance(class_index, int) or class_index < 0:
+        raise ValueError(f"class_index must be a non-negative int, got {class_index!r}")
+    modules = dict(network.named_modules())
+    if target_layer not in modules:
+        raise ValueError(f"target_layer {target_layer!r} is not a module of {type(network).__name__}")
+    target = modules[target_layer]
+    image = _as_batched_image(image)
+    first_param = next(network.parameters(), None)
+
+    # Everything gradcam changes, recorded to be put back.
+    modes = {module: module.training for module in network.modules()}
+    params = list(network.parameters())
+    requires_grad = [p.requires_grad for p in params]
+    grads = [p.grad for p in params]
+    has_inplace = "inplace" in vars(target)
+    inplace = vars(target).get("inplace")
+
+    # No hooks are registered by MONAI (both flags False at construction): this module registers them
+    # with handles and then tells the wrapper to use what they cache.
+    wrapper = ModelWithHooks(network, target_layer, register_forward=False, register_backward=False)
+    wrapper.register_forward = True
+    wrapper.register_backward = True
+
+    def _forward_hook(_module: torch.nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        wrapper.activations[target_layer] = output
+
+    def _backward_hook(_module: torch.nn.Module, _grad_input: object, grad_output: tuple) -> None:
+        wrapper.gradients[target_layer] = grad_output[0]
+
+    with ExitStack() as stack:
+        try:
+            if has_inplace and inplace:
+                # A full backward hook cannot be put on a module that modifies its input in place.
+                target.inplace = False
+            stack.callback(target.register_forward_hook(_forward_hook).remove)
+            stack.callback(target.register_full_backward_hook(_backward_hook).remove)
+            # Gradients are needed with respect to the activations only: the parameters are frozen
+            # and the input requires grad, so that no parameter .grad is written.
+            for p in params:
+                p.requires_grad_(False)
+            stack.enter_context(torch.inference_mode(False))
+            stack.enter_context(torch.enable_grad())
+            # A fresh copy (a normal tensor even if the caller runs in inference mode) that records grads.
+            x = image.clone()
+            if first_param is not None:
+                x = x.to(device=first_param.device, dtype=first_param.dtype)
+            x.requires_grad_(True)
+            cam_layer = GradCAM(nn_module=wrapper, target_layers=target_layer, postprocessing=_identity)
+            try:
+                cam = cam_layer(x, class_idx=class_index)
+            except IndexError as exc:  # logits[:, class_index] outside the network's outputs
+                raise ValueError(f"class_index {class_index} is out of range for this network") from exc
+        finally:
+            for module, mode in modes.items():
+                module.training = mode
+            for p, flag, grad in zip(params, requires_grad, grads, strict=True):
+                p.requires_grad_(flag)
+                p.grad = grad
+            if has_inplace:
+                target.inplace = inplace
+            wrapper.activations.clear()
+            wrapper.gradients.clear()
+
+    cam_np = cam.detach().to("cpu", torch.float32).numpy()[0, 0]
+    if cam_np.shape != tuple(image.shape[-2:]):  # MONAI's upsampler returns the input's spatial size
+        raise RuntimeError(f"Grad-CAM of shape {cam_np.shape} does not match the input {tuple(image.shape)}")
+    low, high = float(cam_np.min()), float(cam_np.max())
+    if not np.isfinite(low) or not np.isfinite(high):
+        raise ValueError("Grad-CAM is not finite; is the input finite?")
+    if high - low <= np.finfo(np.float32).eps * max(1.0, abs(high)):
+        logger.debug("Grad-CAM of class %d has no positive evidence: returning zeros", class_index)
+        return np.zeros_like(cam_np, dtype=np.float32)
+    return ((cam_np - low) / (high - low)).astype(np.float32)
+
+
+def _check_unit_array(name: str, array: np.ndarray) -> np.ndarray:
+    """Return ``array`` as float64 after checking that it is a finite 2-D array in [0, 1]."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(array).__name__}")
+    if array.ndim != 2 or min(array.shape) < 1:
+        raise ValueError(f"{name} must be a non-empty 2-D array, got shape {array.shape}")
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise TypeError(f"{name} must be a real numeric array, got dtype {array.dtype}")
+    values = array.astype(np.float64)
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{name} has non-finite values")
+    low, high = float(values.min()), float(values.max())
+    if low < 0.0 or high > 1.0:
+        raise ValueError(f"{name} values must be in [0, 1], got range [{low}, {high}]")
+    return values
+
+
+def overlay(
+    image01: np.ndarray,
+    cam: np.ndarray,
+    *,
+    alpha: float = 0.4,
+    colormap: str = "jet",
+) -> np.ndarray:
+    """Blend a colour-mapped CAM over a grey film, for display.
+
+    ``rgb = (1 - alpha) * grey + alpha * colormap(cam)``, with ``cam`` resized (bilinear) to the
+    image when their sizes differ.
+
+    Args:
+        image01: ``(H, W)`` film in display intensities [0, 1] (0 = black).
+        cam: ``(h, w)`` map in [0, 1], e.g. from :func:`gradcam`.
+        alpha: weight of the heatmap, in [0, 1].
+        colormap: name of a matplotlib colormap.
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB image.
+
+    Raises:
+        TypeError: if an array is not numeric.
+        ValueError: if a shape, range, ``alpha`` or ``colormap`` is invalid.
+    """
+    import matplotlib  # imported when used: matplotlib is heavy and only the reports need it
+
+    grey = _check_unit_array("image01", image01)
+    heat = _check_unit_array("cam", cam)
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    try:
+        cmap = matplotlib.colormaps[colormap]
+    except KeyError:
+        raise ValueError(f"unknown matplotlib colormap {colormap!r}") from None
+    if heat.shape != grey.shape:
+        from skimage.transform import resize
+
+        heat = np.clip(resize(heat, grey.shape, order=1, mode="edge", anti_aliasing=False), 0.0, 1.0)
+    heat_rgb = cmap(heat)[..., :3]
+    blended = (1.0 - alpha) * grey[..., None] + alpha * heat_rgb
+    return np.round(np.clip(blended, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _check_rgb(rgb: np.ndarray) -> None:
+    if not isinstance(rgb, np.ndarray):
+        raise TypeError(f"rgb must be a numpy array, got {type(rgb).__name__}")
+    if rgb.dtype != np.uint8:
+        raise TypeError(f"rgb must be uint8, got dtype {rgb.dtype}")
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1:
+        raise ValueError(f"rgb must have shape (rows, columns, 3), got {rgb.shape}")
+
+
+def _temporary_sibling(path: Path) -> Path:
+    """Create an empty temporary file next to ``path`` (same file system, so os.replace is atomic)."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def save_png_atomic(rgb: np.ndarray, path: str | Path) -> None:
+    """Write an RGB image as PNG; readers never see a partial file (temporary file + os.replace).
+
+    Args:
+        rgb: ``(rows, columns, 3)`` uint8 array.
+        path: destination; its folder must exist.
+
+    Raises:
+        TypeError, ValueError: if ``rgb`` is not a ``(rows, columns, 3)`` uint8 array.
+    """
+    from PIL import Image
+
+    _check_rgb(rgb)
+    path = Path(path)
+    tmp = _temporary_sibling(path)
+    try:
+        Image.fromarray(np.ascontiguousarray(rgb)).save(tmp, format="PNG")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    logger.debug("wrote %s", path)
+
+
+def montage(
+    tiles: Sequence[tuple[np.ndarray, str]],
+    path: str | Path,
+    columns: int = 4,
+    *,
+    tile_inches: float = 3.0,
+    dpi: int = 100,
+) -> None:
+    """Write a grid of titled images as one PNG (for reports).
+
+    The PNG is ``min(columns, n) * tile_inches * dpi`` pixels wide and
+    ``ceil(n / columns) * tile_inches * dpi`` pixels high. Drawn with :class:`matplotlib.figure.Figure`
+    directly, so no pyplot state or global backend is touched.
+
+    Args:
+        tiles: ``(image, title)`` pairs; an image is ``(H, W, 3)`` uint8 RGB or ``(H, W)`` grey in [0, 1].
+            Titles are printed as given: they must not carry patient identifiers.
+        path: destination PNG; its folder must exist. Written atomically.
+        columns: number of columns of the grid.
+        tile_inches: size of a (square) tile in inches.
+        dpi: resolution of the PNG.
+
+    Raises:
+        TypeError, ValueError: if ``tiles`` is empty, a tile is malformed or a size is not positive.
+    """
+    from matplotlib.figure import Figure
+
+    if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
+        raise ValueError(f"columns must be a positive int, got {columns!r}")
+    if isinstance(dpi, bool) or not isinstance(dpi, int) or dpi < 1:
+        raise ValueError(f"dpi must be a positive int, got {dpi!r}")
+    if not isinstance(tile_inches, int | float) or not tile_inches > 0:
+        raise ValueError(f"tile_inches must be positive, got {tile_inches!r}")
+    tiles = list(tiles)
+    if not tiles:
+        raise ValueError("tiles is empty")
+    checked: list[tuple[np.ndarray, str]] = []
+    for index, tile in enumerate(tiles):
+        if not (isinstance(tile, tuple) and len(tile) == 2 and isinstance(tile[1], str)):
+            raise TypeError(f"tile {index} must be an (image, title) tuple, got {type(tile).__name__}")
+        image, title = tile
+        if isinstance(image, np.ndarray) and image.ndim == 3:
+            _check_rgb(image)
+        else:
+            image = _check_unit_array(f"tile {index} image", image)
+        checked.append((image, title))
+
+    ncols = min(columns, len(checked))
+    nrows = -(-len(checked) // ncols)
+    fig = Figure(figsize=(ncols * tile_inches, nrows * tile_inches), dpi=dpi)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for ax, (image, title) in zip(axes.ravel(), checked, strict=False):
+        if image.ndim == 2:
+            ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="bilinear")
+        else:
+            ax.imshow(image, interpolation="bilinear")
+        ax.set_title(title, fontsize=9)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.93, wspace=0.05, hspace=0.15)
+
+    path = Path(path)
+    tmp = _temporary_sibling(path)
+    try:
+        fig.savefig(tmp, format="png", dpi=dpi)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    logger.debug("wrote montage of %d tiles to %s", len(checked), path)
