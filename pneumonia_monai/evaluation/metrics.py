@@ -129,6 +129,26 @@ def validate_binary(y_true: Any, prob: Any) -> tuple[np.ndarray, np.ndarray]:
     return y, _as_prob(prob, y.size)
 
 
+def validate_labels(y_true: Any, num_classes: int | None = None) -> np.ndarray:
+    """Return ``y_true`` as a non-empty 1-D int64 array of labels in ``0..num_classes-1``, or raise.
+
+    Raises:
+        ValueError: if it is empty, not 1-D, or holds non-integers or labels out of range.
+        TypeError: if it holds non-numbers.
+    """
+    return _as_labels(y_true, num_classes=num_classes)
+
+
+def validate_probs(probs: Any, n: int) -> np.ndarray:
+    """Return ``probs`` as an ``(n, k)`` float64 array of softmax rows (summing to 1), or raise.
+
+    Raises:
+        ValueError: on a wrong shape, values outside [0, 1] or rows that do not sum to 1.
+        TypeError: if it holds non-numbers.
+    """
+    return _as_probs(probs, n)
+
+
 def validate_threshold(threshold: Any) -> float:
     """Return ``threshold`` as a float in [0, 1], or raise ``TypeError`` / ``ValueError``."""
     return _check_threshold(threshold)
