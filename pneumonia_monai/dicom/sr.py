@@ -1,0 +1,546 @@
+"""The classifier's result for one study as a DICOM TID 1500 Measurement Report, built with highdicom.
+
+SOP class: **Comprehensive SR**. TID 1500 may be carried by Enhanced, Comprehensive or Comprehensive 3D
+SR; highdicom's own examples use Comprehensive 3D SR because their measurements carry 3-D coordinates
+(SCOORD3D). This report has no spatial coordinates at all, so the 3-D class brings nothing but a
+narrower set of readers: Comprehensive SR is the most widely supported class that carries TID 1500
+(it is, for instance, the only SR class the Orthanc Stone Web Viewer renders as a measurement report),
+and it allows everything used here (by-value IMAGE references, NUM, CODE, TEXT, UIDREF).
+
+Content tree (``>`` = child)::
+
+    CONTAINER (126000, DCM, "Imaging Measurement Report")        TID 1500
+    > Language, Observer context: Observer Type = Device (TID 1004: UID, name, manufacturer, model)
+    > Procedure reported = (399208008, SCT, "Plain X-ray of chest")
+    > Image Library (TID 1600) - when highdicom can describe every source image (see below)
+    > CONTAINER (126010, DCM, "Imaging Measurements")
+      > Measurement Group (TID 1501), one per image, then one for the study:
+        > Tracking Identifier + Tracking Unique Identifier
+        > Finding = (233604007, SCT, "Pneumonia")
+        > Algorithm Name / Version / Parameters (TID 4019; the decision threshold is a parameter)
+        > NUM (PNEUMONIA-PROB, 99PNEUMONIA, "Probability of pneumonia") in UCUM "1"
+          (+ normal / bacterial / viral probabilities for a three-class model)
+        > CODE (233604007, SCT, "Pneumonia") = (52101004, SCT, "Present") | (272519000, SCT, "Absent")
+        > IMAGE (121112, DCM, "Source of Measurement") -> the image (per-image groups only)
+    > CONTAINER (C0034375, UMLS, "Qualitative Evaluations")
+      > TEXT (121106, DCM, "Comment") = "NOT FOR DIAGNOSTIC USE ..."
+
+Choice of concepts:
+
+- The finding is the SNOMED CT disorder *Pneumonia* (233604007), given as the TID 1501 "Finding"
+  (121071, DCM). Its presence is a TID 1501 qualitative evaluation whose concept name is the finding
+  itself and whose value comes from CID 240/241 "Present-Absent": SCT 52101004 "Present" and
+  SCT 272519000 "Absent" - the codes pydicom's dictionary (generated from the current PS3.16) lists;
+  older editions used SCT 2667000 for "Absent".
+- The probability has no standard concept: DCM 111047 "Probability of cancer" is specific to cancer
+  and DCM 111012 "Certainty of Finding" belongs to the mammography/chest CAD templates (in %). MONAI
+  Deploy's SR writer sidesteps the question by writing free text in a Basic Text SR. Here the
+  probability is a coded NUM with a *private* concept from the local coding scheme ``99PNEUMONIA``
+  (PS3.3 8.2: designators beginning with "99" are private), declared in the Coding Scheme
+  Identification Sequence as PS3.3 C.12.1.1.2 requires; its unit is UCUM "1" (unity, CID 7181).
+- The study-level group carries the **maximum** probability over the study's images (its NUM has the
+  TID 300 modifier Derivation = (56851009, SCT, "Maximum"), CID 7464) and is Present when any image is
+  Present - the same decision as thresholding the maximum, for a decision rule that is monotone in the
+  probability. It references no image, which by TID 1501 means "all images of the report".
+
+Image library: highdicom's TID 1602/1603 descriptors require, for projection radiographs, Patient
+Orientation and Imager Pixel Spacing, which real CR headers often lack (pydicom-data's RG1 chest CR
+has no Imager Pixel Spacing). The library is optional in TID 1500, so it is left out (logged) unless
+every source image can be described; the images are referenced in any case by each group's "Source
+of Measurement" and in the Current Requested Procedure Evidence Sequence.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import numbers
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from pydicom.uid import RE_VALID_UID, generate_uid
+
+logger = logging.getLogger(__name__)
+
+#: Every Series Description of this package's DICOM outputs starts with this (selection relies on it).
+SERIES_DESCRIPTION_PREFIX = "pneumonia_monai"
+#: The disclaimer carried by every output.
+NOT_FOR_DIAGNOSTIC_USE = "NOT FOR DIAGNOSTIC USE"
+#: Series Description of the reports (LO, at most 64 characters).
+SR_SERIES_DESCRIPTION = f"{SERIES_DESCRIPTION_PREFIX} AI pneumonia result - {NOT_FOR_DIAGNOSTIC_USE}"
+#: Text of the disclaimer content item.
+DISCLAIMER_TEXT = (
+    f"{NOT_FOR_DIAGNOSTIC_USE}. Research software output: the probability of pneumonia estimated by a "
+    "machine learning model from frontal chest radiographs. Not a medical device; not verified by a "
+    "physician."
+)
+
+#: Designator of the private coding scheme of the concepts DICOM does not define.
+PRIVATE_SCHEME = "99PNEUMONIA"
+
+PNEUMONIA = Code("233604007", "SCT", "Pneumonia")
+PLAIN_CHEST_XRAY = Code("399208008", "SCT", "Plain X-ray of chest")
+PRESENT: Code = codes.SCT.Present  # 52101004
+ABSENT: Code = codes.SCT.Absent  # 272519000
+PROBABILITY_UNIT: Code = codes.UCUM.NoUnits  # "1"
+PROB_PNEUMONIA = Code("PNEUMONIA-PROB", PRIVATE_SCHEME, "Probability of pneumonia")
+PROB_NORMAL = Code("NORMAL-PROB", PRIVATE_SCHEME, "Probability of normal")
+PROB_BACTERIAL = Code("BACTERIAL-PROB", PRIVATE_SCHEME, "Probability of bacterial pneumonia")
+PROB_VIRAL = Code("VIRAL-PROB", PRIVATE_SCHEME, "Probability of viral pneumonia")
+
+#: Tolerance of the consistency checks between the probabilities of a three-class model.
+_PROBABILITY_SUM_TOLERANCE = 1e-3
+
+#: Modalities for which highdicom's image library entry needs projection-radiography descriptors,
+#: and the attributes it reads (TID 1603); cross-sectional ones (TID 1604).
+_PROJECTION_MODALITIES = frozenset({"CR", "DX", "IO", "MG", "PX", "RF", "RG", "XA"})
+_PROJECTION_DESCRIPTORS = ("PatientOrientation", "ImagerPixelSpacing")
+_CROSS_SECTIONAL_MODALITIES = frozenset({"CT", "MR", "PT"})
+_CROSS_SECTIONAL_DESCRIPTORS = (
+    "PixelSpacing",
+    "ImageOrientationPatient",
+    "ImagePositionPatient",
+    "SliceThickness",
+)
+
+#: (7FE0,0010) Pixel Data: the header is everything before it.
+_PIXEL_DATA_TAG = 0x7FE00010
+#: Type 2 attributes highdicom reads from the first source; empty (unknown) when the source lacks them.
+_TYPE2_PATIENT_STUDY = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+)
+
+
+def _check_probability(name: str, value: object) -> float:
+    # numbers.Real admits numpy scalars (np.float32 is not a float); bool is excluded on purpose.
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return value
+
+
+def _check_uid(name: str, value: object) -> str:
+    # pydicom's UID regex, without constructing a pydicom UID (which warns on invalid values).
+    if not isinstance(value, str) or len(value) > 64 or not RE_VALID_UID.match(value):
+        raise ValueError(f"{name} must be a valid DICOM UID, got {value!r}")
+    return str(value)
+
+
+def _check_long_string(name: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 64 or "\\" in value:
+        raise ValueError(
+            f"{name} must be a non-empty string of at most 64 characters without '\\', got {value!r}"
+        )
+    return value
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ImageFinding:
+    """The classifier's result for one image.
+
+    Attributes:
+        sop_instance_uid: SOP Instance UID of the image.
+        sop_class_uid: SOP Class UID of the image.
+        prob_pneumonia: probability of pneumonia in [0, 1] (for a three-class model, bacterial + viral).
+        present: the decision (pneumonia present), as made by the caller's decision rule.
+        prob_normal: three-class models only: probability of a normal film.
+        prob_bacterial: three-class models only: probability of bacterial pneumonia.
+        prob_viral: three-class models only: probability of viral pneumonia.
+
+    Raises:
+        TypeError, ValueError: on construction, if a value is invalid; for a three-class result, if the
+            three class probabilities do not sum to 1 or ``prob_pneumonia`` is not bacterial + viral
+            (within 1e-3).
+    """
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    prob_pneumonia: float
+    present: bool
+    prob_normal: float | None = None
+    prob_bacterial: float | None = None
+    prob_viral: float | None = None
+
+    def __post_init__(self) -> None:
+        # Values are normalised to builtin types (numpy scalars from the model are accepted; highdicom
+        # needs a builtin float), hence object.__setattr__ on this frozen dataclass.
+        object.__setattr__(self, "sop_instance_uid", _check_uid("sop_instance_uid", self.sop_instance_uid))
+        object.__setattr__(self, "sop_class_uid", _check_uid("sop_class_uid", self.sop_class_uid))
+        object.__setattr__(self, "prob_pneumonia", _check_probability("prob_pneumonia", self.prob_pneumonia))
+        if not isinstance(self.present, bool | np.bool_):
+            raise TypeError(f"present must be a bool, got {type(self.present).__name__}")
+        object.__setattr__(self, "present", bool(self.present))
+        subtype = {
+            "prob_normal": self.prob_normal,
+            "prob_bacterial": self.prob_bacterial,
+            "prob_viral": self.prob_viral,
+        }
+        given = [name for name, value in subtype.items() if value is not None]
+        if given and len(given) != len(subtype):
+            missing = sorted(set(subtype) - set(given))
+            raise ValueError(f"three-class probabilities must be given together; missing {missing}")
+        if not given:
+            return
+        for name, value in subtype.items():
+            object.__setattr__(self, name, _check_probability(name, value))
+        normal, bacterial, viral = (getattr(self, name) for name in subtype)
+        total = normal + bacterial + viral
+        if abs(total - 1.0) > _PROBABILITY_SUM_TOLERANCE:
+            raise ValueError(f"prob_normal + prob_bacterial + prob_viral must be 1, got {total!r}")
+        if abs(bacterial + viral - self.prob_pneumonia) > _PROBABILITY_SUM_TOLERANCE:
+            raise ValueError(
+                f"prob_pneumonia ({self.prob_pneumonia!r}) must equal prob_bacterial + prob_viral "
+                f"({bacterial + viral!r})"
+            )
+
+    @property
+    def has_subtypes(self) -> bool:
+        """Whether the finding carries the probabilities of a three-class model."""
+        return self.prob_normal is not None
+
+
+def _validate_sources(source_datasets: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
+    if isinstance(source_datasets, pydicom.Dataset) or not isinstance(source_datasets, Sequence):
+        raise TypeError(
+            f"source_datasets must be a sequence of datasets, got {type(source_datasets).__name__}"
+        )
+    sources = list(source_datasets)
+    if not sources:
+        raise ValueError("source_datasets is empty: a report needs at least one source image")
+    for index, ds in enumerate(sources):
+        if not isinstance(ds, pydicom.Dataset):
+            raise TypeError(f"source_datasets[{index}] must be a pydicom.Dataset, got {type(ds).__name__}")
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+            if not ds.get(keyword):
+                raise ValueError(f"source_datasets[{index}] has no {keyword}")
+    studies = sorted({str(ds.StudyInstanceUID) for ds in sources})
+    if len(studies) > 1:
+        raise ValueError(f"source_datasets belong to more than one study: StudyInstanceUIDs {studies}")
+    seen: set[str] = set()
+    for ds in sources:
+        uid = str(ds.SOPInstanceUID)
+        if uid in seen:
+            raise ValueError(f"source_datasets lists SOPInstanceUID {uid} more than once")
+        seen.add(uid)
+    return sources
+
+
+def _validate_findings(
+    findings: Sequence[ImageFinding], sources: list[pydicom.Dataset]
+) -> list[ImageFinding]:
+    if not isinstance(findings, Sequence):
+        raise TypeError(f"findings must be a sequence of ImageFinding, got {type(findings).__name__}")
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+    ordered: dict[str, ImageFinding] = {}
+    for index, finding in enumerate(findings):
+        if not isinstance(finding, ImageFinding):
+            raise TypeError(f"findings[{index}] must be an ImageFinding, got {type(finding).__name__}")
+        source = by_uid.get(finding.sop_instance_uid)
+        if source is None:
+            raise ValueError(
+                f"findings[{index}] refers to SOPInstanceUID {finding.sop_instance_uid}, not a source"
+            )
+        if finding.sop_class_uid != str(source.SOPClassUID):
+            raise ValueError(
+                f"findings[{index}] gives SOPClassUID {finding.sop_class_uid} for SOPInstanceUID "
+                f"{finding.sop_instance_uid}, whose SOPClassUID is {source.SOPClassUID}"
+            )
+        if finding.sop_instance_uid in ordered:
+            raise ValueError(f"more than one finding for SOPInstanceUID {finding.sop_instance_uid}")
+        ordered[finding.sop_instance_uid] = finding
+    without = [uid for uid in by_uid if uid not in ordered]
+    if without:
+        raise ValueError(f"no finding for source SOPInstanceUIDs {without}")
+    kinds = {finding.has_subtypes for finding in ordered.values()}
+    if len(kinds) > 1:
+        raise ValueError("findings mix two-class and three-class results")
+    return [ordered[uid] for uid in by_uid]  # in the order of the sources
+
+
+def _library_descriptors_missing(ds: pydicom.Dataset) -> list[str]:
+    """Attributes that highdicom's TID 1602 image library entry needs and ``ds`` lacks (or has empty)."""
+    required = ["Modality", "Rows", "Columns"]
+    modality = ds.get("Modality")
+    if modality in _PROJECTION_MODALITIES:
+        required += _PROJECTION_DESCRIPTORS
+    elif modality in _CROSS_SECTIONAL_MODALITIES:
+        required += _CROSS_SECTIONAL_DESCRIPTORS
+    missing = [keyword for keyword in required if ds.get(keyword) in (None, "", [])]
+    orientation = ds.get("PatientOrientation")
+    if "PatientOrientation" in required and orientation and len(orientation) != 2:
+        missing.append("PatientOrientation")
+    return missing
+
+
+def _evidence_header(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """A copy of the header of ``ds`` in which the Type 2 patient/study attributes highdicom reads exist.
+
+    A missing Type 2 attribute is added empty ("unknown"), and a Patient's Sex outside M/F/O (invalid
+    DICOM) is emptied, rather than failing the report. The caller's dataset is not modified, and its
+    pixel data (when present) is not copied.
+    """
+    header = pydicom.Dataset(
+        {tag: copy.deepcopy(element) for tag, element in ds.items() if tag < _PIXEL_DATA_TAG}
+    )
+    for keyword in _TYPE2_PATIENT_STUDY:
+        if keyword not in header:
+            setattr(header, keyword, None)
+    if header.PatientSex not in (None, "", "M", "F", "O"):
+        logger.warning("source Patient's Sex is not M, F or O; the report leaves it empty")
+        header.PatientSex = None
+    return header
+
+
+def _algorithm_id(
+    algorithm_name: str, algorithm_version: str, threshold: float
+) -> hd.sr.AlgorithmIdentification:
+    return hd.sr.AlgorithmIdentification(
+        name=algorithm_name,
+        version=algorithm_version,
+        parameters=[f"decision threshold on the probability of pneumonia={threshold!r}"],
+    )
+
+
+def _probability(
+    name: Code, value: float, algorithm_id: hd.sr.AlgorithmIdentification, derivation: Code | None = None
+) -> hd.sr.Measurement:
+    return hd.sr.Measurement(
+        name=name, value=value, unit=PROBABILITY_UNIT, derivation=derivation, algorithm_id=algorithm_id
+    )
+
+
+def _group(
+    identifier: str,
+    measurements: list[hd.sr.Measurement],
+    present: bool,
+    algorithm_id: hd.sr.AlgorithmIdentification,
+    source_images: list[hd.sr.SourceImageForMeasurementGroup] | None,
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=identifier),
+        finding_type=PNEUMONIA,
+        algorithm_id=algorithm_id,
+        measurements=measurements,
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(name=PNEUMONIA, value=PRESENT if present else ABSENT)
+        ],
+        source_images=source_images,
+    )
+
+
+def default_device_observer_uid(manufacturer: str, algorithm_name: str, algorithm_version: str) -> str:
+    """A UID for the algorithm as an observing device, the same for every run of the same version.
+
+    Derived (pydicom's ``generate_uid`` with entropy sources) from the manufacturer, name and version,
+    so that all reports of one algorithm version share their Device Observer UID.
+    """
+    return str(
+        generate_uid(
+            entropy_srcs=["pneumonia_monai device observer", manufacturer, algorithm_name, algorithm_version]
+        )
+    )
+
+
+def build_pneumonia_sr(
+    source_datasets: Sequence[pydicom.Dataset],
+    findings: Sequence[ImageFinding],
+    *,
+    algorithm_name: str,
+    algorithm_version: str,
+    threshold: float,
+    series_number: int = 990,
+    instance_number: int = 1,
+    manufacturer: str = "pneumonia_monai",
+    device_observer_uid: str | None = None,
+) -> hd.sr.ComprehensiveSR:
+    """Build the TID 1500 Measurement Report of one study: a finding per image and one for the study.
+
+    The report is in the study of its sources, in a new series, with a new SOP Instance UID; its
+    Patient and Study modules are copied from the first source (highdicom). Completion Flag PARTIAL,
+    Verification Flag UNVERIFIED, Preliminary Flag PRELIMINARY: the result of an algorithm that no
+    person has verified. The study-level finding is the maximum probability over the images and is
+    Present when any image is Present (see the module docstring for the concepts used).
+
+    Args:
+        source_datasets: headers (pixel data not needed) of the frontal images of ONE study.
+        findings: exactly one :class:`ImageFinding` per source image.
+        algorithm_name: name of the model (Algorithm Name, Manufacturer's Model Name, device name).
+        algorithm_version: version of the model (Algorithm Version, Software Versions).
+        threshold: decision threshold in [0, 1] of the probability of pneumonia, recorded as an
+            algorithm parameter.
+        series_number: Series Number of the report.
+        instance_number: Instance Number of the report.
+        manufacturer: Manufacturer of the report and of the observing device.
+        device_observer_uid: UID of the observing device; by default
+            :func:`default_device_observer_uid` of the manufacturer, name and version.
+
+    Returns:
+        The report; write it with :func:`write_dataset_atomic`.
+
+    Raises:
+        TypeError: if an argument has the wrong type.
+        ValueError: if the sources are empty, from several studies or duplicated, a finding refers to
+            an unknown image (or an image has no finding), or a value is out of range.
+    """
+    sources = _validate_sources(source_datasets)
+    ordered = _validate_findings(findings, sources)
+    threshold = _check_probability("threshold", threshold)
+    _check_long_string("algorithm_name", algorithm_name)
+    _check_long_string("algorithm_version", algorithm_version)
+    _check_long_string("manufacturer", manufacturer)
+    _check_positive_int("series_number", series_number)
+    _check_positive_int("instance_number", instance_number)
+    if device_observer_uid is None:
+        device_observer_uid = default_device_observer_uid(manufacturer, algorithm_name, algorithm_version)
+    else:
+        _check_uid("device_observer_uid", device_observer_uid)
+
+    algorithm_id = _algorithm_id(algorithm_name, algorithm_version, threshold)
+    groups = []
+    for number, finding in enumerate(ordered, start=1):
+        measurements = [_probability(PROB_PNEUMONIA, finding.prob_pneumonia, algorithm_id)]
+        if finding.has_subtypes:
+            measurements += [
+                _probability(PROB_NORMAL, float(finding.prob_normal), algorithm_id),
+                _probability(PROB_BACTERIAL, float(finding.prob_bacterial), algorithm_id),
+                _probability(PROB_VIRAL, float(finding.prob_viral), algorithm_id),
+            ]
+        source = hd.sr.SourceImageForMeasurementGroup(
+            referenced_sop_class_uid=finding.sop_class_uid,
+            referenced_sop_instance_uid=finding.sop_instance_uid,
+        )
+        groups.append(
+            _group(f"pneumonia image {number}", measurements, finding.present, algorithm_id, [source])
+        )
+
+    study_probability = max(finding.prob_pneumonia for finding in ordered)
+    study_present = any(finding.present for finding in ordered)
+    study_measurement = _probability(
+        PROB_PNEUMONIA, study_probability, algorithm_id, derivation=codes.SCT.Maximum
+    )
+    groups.append(_group("pneumonia study", [study_measurement], study_present, algorithm_id, None))
+
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.cid270.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device_observer_uid,
+            name=algorithm_name,
+            manufacturer_name=manufacturer,
+            model_name=algorithm_name,
+        ),
+    )
+    lacking = {str(ds.SOPInstanceUID): _library_descriptors_missing(ds) for ds in sources}
+    lacking = {uid: missing for uid, missing in lacking.items() if missing}
+    if lacking:
+        logger.info(
+            "image library left out of the report: %d of %d source images lack %s",
+            len(lacking),
+            len(sources),
+            sorted({keyword for missing in lacking.values() for keyword in missing}),
+        )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(
+            observer_person_context=None, observer_device_context=observer
+        ),
+        procedure_reported=PLAIN_CHEST_XRAY,
+        imaging_measurements=groups,
+        referenced_images=None if lacking else sources,
+    )
+    # TID 1500 row "Qualitative Evaluations" (C0034375, UMLS): study-level CODE/TEXT items; the
+    # disclaimer goes here, where readers of TID 1500 (e.g. the DICOM SR to FHIR mapping) look for them.
+    disclaimer = hd.sr.ContainerContentItem(
+        name=hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations"),
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    disclaimer.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.TextContentItem(
+                name=codes.DCM.Comment,
+                value=DISCLAIMER_TEXT,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        ]
+    )
+    report[0].ContentSequence.append(disclaimer)
+
+    sr = hd.sr.ComprehensiveSR(
+        evidence=[_evidence_header(sources[0]), *sources[1:]],
+        content=report[0],
+        series_instance_uid=hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=instance_number,
+        manufacturer=manufacturer,
+        is_complete=False,
+        is_final=False,
+        is_verified=False,
+        series_description=SR_SERIES_DESCRIPTION,
+        manufacturer_model_name=algorithm_name,
+        software_versions=algorithm_version,
+        coding_schemes=[
+            CodingSchemeIdentificationItem(
+                designator=PRIVATE_SCHEME,
+                name="pneumonia_monai private concepts",
+                responsible_organization=manufacturer,
+            )
+        ],
+    )
+    logger.info(
+        "built pneumonia SR for %d image(s): study probability %.4f, %s",
+        len(ordered),
+        study_probability,
+        "present" if study_present else "absent",
+    )
+    return sr
+
+
+def write_dataset_atomic(ds: pydicom.Dataset, path: str | Path) -> None:
+    """Write ``ds`` as a DICOM Part 10 file; readers never see a partial file.
+
+    The file is written to a temporary file in the destination's folder (same file system) with
+    ``enforce_file_format=True`` and moved into place with :func:`os.replace`.
+
+    Args:
+        ds: dataset with file meta information (as highdicom builds it).
+        path: destination; its folder must exist.
+
+    Raises:
+        TypeError: if ``ds`` is not a pydicom Dataset.
+    """
+    if not isinstance(ds, pydicom.Dataset):
+        raise TypeError(f"ds must be a pydicom.Dataset, got {type(ds).__name__}")
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as fp:
+            ds.save_as(fp, enforce_file_format=True)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    logger.debug("wrote %s", path)

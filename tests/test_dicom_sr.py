@@ -1,0 +1,418 @@
+"""The TID 1500 pneumonia report of :mod:`pneumonia_monai.dicom.sr`, read back and validated."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from highdicom.sr.utils import find_content_items
+from pydicom.data import get_testdata_file
+from pydicom.sr.codedict import codes
+from pydicom.uid import ComprehensiveSRStorage, DigitalXRayImageStorageForPresentation, generate_uid
+
+from pneumonia_monai.dicom.sr import (
+    ABSENT,
+    PNEUMONIA,
+    PRESENT,
+    PRIVATE_SCHEME,
+    PROB_BACTERIAL,
+    PROB_NORMAL,
+    PROB_PNEUMONIA,
+    PROB_VIRAL,
+    ImageFinding,
+    build_pneumonia_sr,
+    default_device_observer_uid,
+    write_dataset_atomic,
+)
+
+ALGORITHM = {"algorithm_name": "densenet121-pneumonia", "algorithm_version": "1.2.3"}
+
+#: dciodvfy warnings accepted, each with its reason:
+#: - the private coding scheme designator is, by definition, not among DICOM's defined terms (it is
+#:   declared in the Coding Scheme Identification Sequence);
+#: - RG1's Referring Physician's Name "ward" (copied from the source, as the Study module must be) is an
+#:   old Person Name form.
+ACCEPTED_WARNINGS = (
+    re.compile(
+        r"Unrecognized defined term <99PNEUMONIA> for value 1 of attribute <Coding Scheme Designator>"
+    ),
+    re.compile(r"\(0x0008,0x0090\) PN Referring Physician's Name .* Retired Person Name form"),
+)
+
+
+def dciodvfy(path: Path) -> tuple[list[str], list[str]]:
+    """Run dicom3tools' dciodvfy; return its error and warning lines (fails if it is not installed)."""
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        pytest.fail("dciodvfy (dicom3tools) is required to validate DICOM outputs")
+    result = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60, check=False)
+    lines = (result.stdout + result.stderr).splitlines()
+    errors = [line for line in lines if line.startswith("Error")]
+    warnings = [line for line in lines if line.startswith("Warning")]
+    return errors, warnings
+
+
+def assert_valid(path: Path, also_accepted: tuple[re.Pattern, ...] = ()) -> None:
+    errors, warnings = dciodvfy(path)
+    assert errors == []
+    accepted = ACCEPTED_WARNINGS + also_accepted
+    unexpected = [w for w in warnings if not any(p.search(w) for p in accepted)]
+    assert unexpected == []
+
+
+@pytest.fixture(scope="module")
+def rg1() -> pydicom.Dataset:
+    """pydicom-data's RG1: a real 15-bit MONOCHROME1 chest CR (header only)."""
+    return pydicom.dcmread(get_testdata_file("RG1_UNCI.dcm"), stop_before_pixels=True)
+
+
+def second_instance(source: pydicom.Dataset, *, dx: bool = False) -> pydicom.Dataset:
+    """A synthetic second image of the same study: new series and instance, optionally a DX image
+    with the projection descriptors highdicom's image library needs."""
+    ds = copy.deepcopy(source)
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.InstanceNumber = 1
+    ds.ViewPosition = "AP"
+    if dx:
+        ds.SOPClassUID = DigitalXRayImageStorageForPresentation
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.Modality = "DX"
+        ds.PatientOrientation = ["R", "F"]
+        ds.ImagerPixelSpacing = [0.15, 0.15]
+    return ds
+
+
+def finding(ds: pydicom.Dataset, prob: float, present: bool, **subtypes: float) -> ImageFinding:
+    return ImageFinding(str(ds.SOPInstanceUID), str(ds.SOPClassUID), prob, present, **subtypes)
+
+
+def write_and_read(sr: pydicom.Dataset, tmp_path: Path) -> tuple[Path, hd.sr.ComprehensiveSR]:
+    path = tmp_path / "report.dcm"
+    write_dataset_atomic(sr, path)
+    return path, hd.sr.srread(path)
+
+
+def groups_by_image(report: hd.sr.ComprehensiveSR) -> tuple[dict[str, object], object]:
+    groups = report.content.get_image_measurement_groups()
+    per_image = {g.source_images[0].referenced_sop_instance_uid: g for g in groups if g.source_images}
+    study = [g for g in groups if not g.source_images]
+    assert len(study) == 1
+    return per_image, study[0]
+
+
+def presence(group) -> hd.sr.CodedConcept:
+    evaluations = group.get_qualitative_evaluations(name=PNEUMONIA)
+    assert len(evaluations) == 1
+    return evaluations[0].value
+
+
+def probability(group, name=PROB_PNEUMONIA) -> float:
+    measurements = group.get_measurements(name=name)
+    assert len(measurements) == 1
+    assert measurements[0].unit == codes.UCUM.NoUnits
+    return measurements[0].value
+
+
+def text_values(item: pydicom.Dataset, name) -> list[str]:
+    return [i.TextValue for i in find_content_items(item, name=name)]
+
+
+def test_report_of_two_images_round_trip(rg1: pydicom.Dataset, tmp_path: Path) -> None:
+    other = second_instance(rg1)
+    sources = [rg1, other]
+    sr = build_pneumonia_sr(
+        sources,
+        [finding(other, 0.2, False), finding(rg1, 0.87, True)],  # any order
+        threshold=0.5,
+        **ALGORITHM,
+    )
+    path, report = write_and_read(sr, tmp_path)
+    assert_valid(path)
+
+    # Identity: same study and patient, new series and instance.
+    assert report.SOPClassUID == ComprehensiveSRStorage
+    assert report.Modality == "SR"
+    assert report.StudyInstanceUID == rg1.StudyInstanceUID
+    source_uids = {str(ds.SOPInstanceUID) for ds in sources} | {str(ds.SeriesInstanceUID) for ds in sources}
+    assert report.SeriesInstanceUID not in source_uids | {rg1.StudyInstanceUID}
+    assert report.SOPInstanceUID not in source_uids | {rg1.StudyInstanceUID, report.SeriesInstanceUID}
+    assert report.SeriesNumber == 990
+    assert report.InstanceNumber == 1
+    for keyword in (
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyID",
+        "AccessionNumber",
+    ):
+        assert report[keyword].value == rg1[keyword].value, keyword
+
+    # Status and labelling.
+    assert report.CompletionFlag == "PARTIAL"
+    assert report.VerificationFlag == "UNVERIFIED"
+    assert report.PreliminaryFlag == "PRELIMINARY"
+    assert report.SeriesDescription.startswith("pneumonia_monai")
+    assert "NOT FOR DIAGNOSTIC USE" in report.SeriesDescription
+    assert report.Manufacturer == "pneumonia_monai"
+    assert report.ManufacturerModelName == ALGORITHM["algorithm_name"]
+    assert report.SoftwareVersions == ALGORITHM["algorithm_version"]
+    comments = [c.TextValue for c in find_content_items(report, name=codes.DCM.Comment, recursive=True)]
+    assert any(t.startswith("NOT FOR DIAGNOSTIC USE") for t in comments)
+    schemes = [item.CodingSchemeDesignator for item in report.CodingSchemeIdentificationSequence]
+    assert PRIVATE_SCHEME in schemes
+
+    # Every source is referenced, by a measurement group and as evidence.
+    evidence = {(sop, cls) for _, _, sop, cls in report.get_evidence()}
+    assert evidence == {(str(ds.SOPInstanceUID), str(ds.SOPClassUID)) for ds in sources}
+    per_image, study = groups_by_image(report)
+    assert set(per_image) == {str(ds.SOPInstanceUID) for ds in sources}
+    for ds in sources:
+        assert per_image[str(ds.SOPInstanceUID)].source_images[0].referenced_sop_class_uid == ds.SOPClassUID
+
+    # Findings: per image, then the study = max probability, present if any image is.
+    positive, negative = per_image[str(rg1.SOPInstanceUID)], per_image[str(other.SOPInstanceUID)]
+    for group in (positive, negative, study):
+        assert group.finding_type == PNEUMONIA
+    assert presence(positive) == PRESENT
+    assert presence(negative) == ABSENT
+    assert probability(positive) == pytest.approx(0.87)
+    assert probability(negative) == pytest.approx(0.2)
+    assert presence(study) == PRESENT
+    assert probability(study) == pytest.approx(0.87)
+    assert study.get_measurements(name=PROB_PNEUMONIA)[0].derivation == codes.SCT.Maximum
+    assert positive.get_measurements(name=PROB_PNEUMONIA)[0].derivation is None
+
+    # Algorithm identification, on each group and each measurement.
+    for group in (positive, negative, study):
+        assert text_values(group[0], codes.DCM.AlgorithmName) == [ALGORITHM["algorithm_name"]]
+        assert text_values(group[0], codes.DCM.AlgorithmVersion) == [ALGORITHM["algorithm_version"]]
+        assert text_values(group[0], codes.DCM.AlgorithmParameters) == [
+            "decision threshold on the probability of pneumonia=0.5"
+        ]
+        num = find_content_items(group[0], name=PROB_PNEUMONIA)[0]
+        assert text_values(num, codes.DCM.AlgorithmName) == [ALGORITHM["algorithm_name"]]
+        assert text_values(num, codes.DCM.AlgorithmVersion) == [ALGORITHM["algorithm_version"]]
+
+    # Observer: the algorithm, as a device.
+    observers = report.content.get_observer_contexts()
+    assert len(observers) == 1
+    assert observers[0].observer_type == codes.cid270.Device
+    device = observers[0].observer_identifying_attributes
+    assert device.uid == default_device_observer_uid("pneumonia_monai", **ALGORITHM)
+    assert device.name == ALGORITHM["algorithm_name"]
+    assert device.model_name == ALGORITHM["algorithm_name"]
+    assert device.manufacturer_name == "pneumonia_monai"
+
+
+def test_negative_report_is_valid(rg1: pydicom.Dataset, tmp_path: Path) -> None:
+    observer_uid = generate_uid()
+    sr = build_pneumonia_sr(
+        [rg1],
+        [finding(rg1, 0.03, False)],
+        threshold=0.5,
+        series_number=7,
+        instance_number=3,
+        device_observer_uid=observer_uid,
+        **ALGORITHM,
+    )
+    path, report = write_and_read(sr, tmp_path)
+    assert_valid(path)
+    per_image, study = groups_by_image(report)
+    assert presence(per_image[str(rg1.SOPInstanceUID)]) == ABSENT
+    assert presence(study) == ABSENT
+    assert probability(study) == pytest.approx(0.03)
+    assert report.SeriesNumber == 7
+    assert report.InstanceNumber == 3
+    assert report.content.get_observer_contexts()[0].observer_identifying_attributes.uid == observer_uid
+    # No present code anywhere in a negative report.
+    codes_found = [
+        item.ConceptCodeSequence[0].CodeValue
+        for item in find_content_items(report, recursive=True)
+        if "ConceptCodeSequence" in item
+    ]
+    assert PRESENT.value not in codes_found
+    assert ABSENT.value in codes_found
+
+
+def test_three_class_probabilities(rg1: pydicom.Dataset, tmp_path: Path) -> None:
+    sr = build_pneumonia_sr(
+        [rg1],
+        [finding(rg1, 0.7, True, prob_normal=0.3, prob_bacterial=0.5, prob_viral=0.2)],
+        threshold=0.4,
+        **ALGORITHM,
+    )
+    path, report = write_and_read(sr, tmp_path)
+    assert_valid(path)
+    per_image, study = groups_by_image(report)
+    group = per_image[str(rg1.SOPInstanceUID)]
+    assert probability(group) == pytest.approx(0.7)
+    assert probability(group, PROB_NORMAL) == pytest.approx(0.3)
+    assert probability(group, PROB_BACTERIAL) == pytest.approx(0.5)
+    assert probability(group, PROB_VIRAL) == pytest.approx(0.2)
+    assert study.get_measurements(name=PROB_NORMAL) == []
+
+
+def test_image_library_when_sources_can_be_described(rg1: pydicom.Dataset, tmp_path: Path, caplog) -> None:
+    first, second = second_instance(rg1, dx=True), second_instance(rg1, dx=True)
+    sr = build_pneumonia_sr(
+        [first, second], [finding(first, 0.6, True), finding(second, 0.4, False)], threshold=0.5, **ALGORITHM
+    )
+    path, report = write_and_read(sr, tmp_path)
+    assert_valid(path)
+    libraries = find_content_items(report, name=codes.DCM.ImageLibrary, recursive=True)
+    assert len(libraries) == 1
+    entries = find_content_items(libraries[0], value_type="IMAGE", recursive=True)
+    referenced = {e.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for e in entries}
+    assert referenced == {first.SOPInstanceUID, second.SOPInstanceUID}
+
+    # RG1 has no Imager Pixel Spacing: the library is left out, and it is said.
+    with caplog.at_level(logging.INFO, logger="pneumonia_monai"):
+        sr = build_pneumonia_sr(
+            [rg1, first], [finding(rg1, 0.1, False), finding(first, 0.2, False)], threshold=0.5, **ALGORITHM
+        )
+    assert find_content_items(sr, name=codes.DCM.ImageLibrary, recursive=True) == []
+    assert any("ImagerPixelSpacing" in r.getMessage() for r in caplog.records)
+
+
+def test_missing_type2_attributes_leave_them_empty(rg1: pydicom.Dataset, tmp_path: Path) -> None:
+    sparse = copy.deepcopy(rg1)
+    for keyword in ("PatientBirthDate", "StudyID", "AccessionNumber", "ReferringPhysicianName"):
+        delattr(sparse, keyword)
+    sr = build_pneumonia_sr([sparse], [finding(sparse, 0.5, True)], threshold=0.5, **ALGORITHM)
+    path, report = write_and_read(sr, tmp_path)
+    # An empty Study ID is valid (Type 2) but DICOMDIR builders would like one: the source had none.
+    assert_valid(path, (re.compile(r"needed to build DICOMDIR - Study ID"),))
+    assert report.PatientBirthDate == ""
+    assert report.StudyID == ""
+    assert report.PatientName == rg1.PatientName
+    assert "PatientBirthDate" not in sparse  # the caller's dataset is not modified
+
+
+def test_logs_carry_no_patient_identifiers(rg1: pydicom.Dataset, caplog) -> None:
+    with caplog.at_level(logging.DEBUG, logger="pneumonia_monai"):
+        build_pneumonia_sr([rg1], [finding(rg1, 0.9, True)], threshold=0.5, **ALGORITHM)
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("pneumonia_monai")]
+    assert ours  # the build is logged ...
+    for message in ours:  # ... without PHI
+        for phi in (str(rg1.PatientName), rg1.PatientID, rg1.PatientBirthDate, rg1.OtherPatientIDs):
+            assert phi not in message
+
+
+def test_default_device_observer_uid_is_stable() -> None:
+    uid = default_device_observer_uid("pneumonia_monai", "net", "1.0")
+    assert pydicom.uid.UID(uid).is_valid
+    assert uid == default_device_observer_uid("pneumonia_monai", "net", "1.0")
+    assert uid != default_device_observer_uid("pneumonia_monai", "net", "1.1")
+
+
+def test_validation_errors_name_the_bad_value(rg1: pydicom.Dataset) -> None:
+    other = second_instance(rg1)
+    good = finding(rg1, 0.5, True)
+
+    with pytest.raises(ValueError, match="empty"):
+        build_pneumonia_sr([], [good], threshold=0.5, **ALGORITHM)
+
+    foreign = second_instance(rg1)
+    foreign.StudyInstanceUID = generate_uid()
+    with pytest.raises(ValueError, match=re.escape(str(foreign.StudyInstanceUID))) as info:
+        build_pneumonia_sr([rg1, foreign], [good, finding(foreign, 0.1, False)], threshold=0.5, **ALGORITHM)
+    assert str(rg1.StudyInstanceUID) in str(info.value)
+
+    with pytest.raises(ValueError, match=re.escape(str(other.SOPInstanceUID))):
+        build_pneumonia_sr([rg1], [good, finding(other, 0.1, False)], threshold=0.5, **ALGORITHM)
+
+    with pytest.raises(ValueError, match=re.escape(str(other.SOPInstanceUID))):
+        build_pneumonia_sr([rg1, other], [good], threshold=0.5, **ALGORITHM)  # an image without finding
+
+    with pytest.raises(ValueError, match="more than one finding"):
+        build_pneumonia_sr([rg1], [good, good], threshold=0.5, **ALGORITHM)
+
+    with pytest.raises(ValueError, match="more than once"):
+        build_pneumonia_sr([rg1, rg1], [good], threshold=0.5, **ALGORITHM)
+
+    with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\], got 1\.5"):
+        build_pneumonia_sr([rg1], [good], threshold=1.5, **ALGORITHM)
+
+    with pytest.raises(ValueError, match=re.escape("1.2.840.10008.5.1.4.1.1.7")):
+        build_pneumonia_sr(
+            [rg1],
+            [ImageFinding(rg1.SOPInstanceUID, "1.2.840.10008.5.1.4.1.1.7", 0.5, True)],
+            threshold=0.5,
+            **ALGORITHM,
+        )
+
+    with pytest.raises(ValueError, match="algorithm_version"):
+        build_pneumonia_sr([rg1], [good], threshold=0.5, algorithm_name="net", algorithm_version="")
+
+    with pytest.raises(ValueError, match="device_observer_uid"):
+        build_pneumonia_sr([rg1], [good], threshold=0.5, device_observer_uid="not a uid", **ALGORITHM)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"prob_pneumonia": 1.2}, r"prob_pneumonia must be in \[0, 1\], got 1\.2"),
+        ({"prob_pneumonia": float("nan")}, "prob_pneumonia must be in"),
+        ({"prob_pneumonia": -0.1}, r"got -0\.1"),
+        ({"sop_instance_uid": "1.2.abc"}, "1.2.abc"),
+        ({"prob_normal": 0.5}, "missing"),
+        ({"prob_normal": 0.2, "prob_bacterial": 0.2, "prob_viral": 0.2}, "must be 1, got 0.6"),
+        ({"prob_pneumonia": 0.9, "prob_normal": 0.5, "prob_bacterial": 0.3, "prob_viral": 0.2}, "0.9"),
+        (
+            {"prob_normal": 1.5, "prob_bacterial": 0.0, "prob_viral": 0.0},
+            r"prob_normal must be in \[0, 1\], got 1\.5",
+        ),
+    ],
+)
+def test_image_finding_validation(kwargs: dict, message: str) -> None:
+    values = {
+        "sop_instance_uid": "1.2.3.4",
+        "sop_class_uid": "1.2.840.10008.5.1.4.1.1.1",
+        "prob_pneumonia": 0.5,
+        "present": True,
+        **kwargs,
+    }
+    with pytest.raises(ValueError, match=message):
+        ImageFinding(**values)
+
+
+def test_image_finding_accepts_numpy_scalars(rg1: pydicom.Dataset) -> None:
+    """Model outputs are numpy scalars: they are stored as builtin floats and bools."""
+    result = ImageFinding(rg1.SOPInstanceUID, rg1.SOPClassUID, np.float32(0.25), np.bool_(False))
+    assert type(result.prob_pneumonia) is float
+    assert result.prob_pneumonia == pytest.approx(0.25)
+    assert result.present is False
+    assert type(result.sop_instance_uid) is str
+    sr = build_pneumonia_sr([rg1], [result], threshold=np.float64(0.5), **ALGORITHM)
+    _, study = groups_by_image(hd.sr.ComprehensiveSR.from_dataset(sr))
+    assert probability(study) == pytest.approx(0.25)
+
+
+def test_image_finding_present_must_be_bool() -> None:
+    with pytest.raises(TypeError, match="present"):
+        ImageFinding("1.2.3.4", "1.2.840.10008.5.1.4.1.1.1", 0.5, 1)  # type: ignore[arg-type]
+
+
+def test_write_dataset_atomic(rg1: pydicom.Dataset, tmp_path: Path) -> None:
+    sr = build_pneumonia_sr([rg1], [finding(rg1, 0.5, True)], threshold=0.5, **ALGORITHM)
+    path = tmp_path / "out.dcm"
+    path.write_bytes(b"stale")
+    write_dataset_atomic(sr, path)
+    data = path.read_bytes()
+    assert data[128:132] == b"DICM"
+    assert pydicom.dcmread(path).SOPInstanceUID == sr.SOPInstanceUID
+    assert [p.name for p in tmp_path.iterdir()] == ["out.dcm"]
+    with pytest.raises(TypeError, match="Dataset"):
+        write_dataset_atomic({"not": "a dataset"}, path)  # type: ignore[arg-type]
+    assert pydicom.dcmread(path).SOPInstanceUID == sr.SOPInstanceUID
