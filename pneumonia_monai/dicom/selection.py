@@ -1,0 +1,875 @@
+"""Triage a DICOM folder: which files are chest frontal CR/DX films for presentation, and why.
+
+Files are recognised as DICOM by their header, never by their name, and only headers are read: the pixel
+data is neither read nor decoded. Every file found under the inputs gets exactly one :class:`Decision`
+(``selected``, ``skipped`` or ``error``) with a reason that names the attribute that decided it, e.g.
+``lateral view (ViewPosition=LL)`` or ``not chest (BodyPartExamined=ABDOMEN)``.
+
+The rules are data (:class:`SelectionRules`, loaded from ``selection_rules.yaml`` shipped with the package,
+or a site's own file). They are applied in this order, the first that matches decides:
+
+1. zero-byte file, not a DICOM file, truncated or unreadable header (``error``);
+2. DICOMDIR;
+3. our own output (``own_output_markers``);
+4. structured reports, key object selections, presentation states;
+5. Presentation Intent Type other than FOR PRESENTATION (DX For Processing);
+6. SOP classes other than the kept image classes (DX For Processing named as such), missing UIDs;
+7. no Pixel Data;
+8. body part (Body Part Examined, else Anatomic Region Sequence, else description keywords);
+9. view (View Position, else View Code Sequence, else series-level keywords);
+10. a second file with the SOP Instance UID of a file already selected.
+
+Decisions carry UIDs, modality, body part and view, never names, ids, dates or accession numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import struct
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import yaml
+from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.errors import BytesLengthException, InvalidDicomError
+from pydicom.uid import (
+    UID,
+    ComputedRadiographyImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    KeyObjectSelectionDocumentStorage,
+    MediaStorageDirectoryStorage,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Decision statuses.
+SELECTED = "selected"
+SKIPPED = "skipped"
+ERROR = "error"
+STATUSES: tuple[str, ...] = (SELECTED, SKIPPED, ERROR)
+
+#: The image SOP class kept for each modality name allowed in ``modalities``.
+MODALITY_SOP_CLASSES: dict[str, UID] = {
+    "CR": ComputedRadiographyImageStorage,
+    "DX": DigitalXRayImageStorageForPresentation,
+}
+
+#: Secondary Capture image storage SOP classes (single-frame and the multi-frame family).
+SECONDARY_CAPTURE_SOP_CLASSES: frozenset[str] = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.7",
+        "1.2.840.10008.5.1.4.1.1.7.1",
+        "1.2.840.10008.5.1.4.1.1.7.2",
+        "1.2.840.10008.5.1.4.1.1.7.3",
+        "1.2.840.10008.5.1.4.1.1.7.4",
+    }
+)
+
+#: Name of the default rules file, shipped beside this module.
+DEFAULT_RULES_FILE = "selection_rules.yaml"
+
+#: Columns of :meth:`Decision.as_row`, in order.
+DECISION_COLUMNS: tuple[str, ...] = (
+    "path",
+    "status",
+    "reason",
+    "study_uid",
+    "series_uid",
+    "sop_uid",
+    "sop_class",
+    "modality",
+    "body_part",
+    "view",
+)
+
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
+_LONG_LENGTH_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+_CODE = re.compile(r"^[A-Za-z0-9_.\-]+:\S+$")
+_POLICIES = ("keep", "skip")
+_MATCHERS = ("equals", "startswith", "contains")
+
+#: Header attributes read for every file (marker and keyword attributes from the rules are added).
+_BASE_KEYWORDS: tuple[str, ...] = (
+    "SpecificCharacterSet",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "PresentationIntentType",
+    "BodyPartExamined",
+    "AnatomicRegionSequence",
+    "ViewPosition",
+    "ViewCodeSequence",
+)
+
+_READ_ERRORS: tuple[type[BaseException], ...] = (
+    InvalidDicomError,
+    BytesLengthException,
+    OSError,
+    EOFError,
+    ValueError,
+    struct.error,
+    KeyError,
+    IndexError,
+    TypeError,
+    NotImplementedError,
+)
+
+
+class NotDicomError(ValueError):
+    """The file is not a DICOM file (no ``DICM`` prefix and no data set at its start)."""
+
+
+class TruncatedDicomError(ValueError):
+    """A DICOM file ends before the lengths its header declares (an interrupted copy, typically)."""
+
+
+# ------------------------------------------------------------------------------------- rules
+
+
+@dataclass(frozen=True)
+class OwnOutputMarker:
+    """An attribute test that recognises files written by pneumonia_monai.
+
+    Attributes:
+        attribute: a DICOM keyword, e.g. ``"Manufacturer"``.
+        match: ``"equals"``, ``"startswith"`` or ``"contains"`` (case-insensitive).
+        value: the text to look for.
+    """
+
+    attribute: str
+    match: str
+    value: str
+
+    def matches(self, ds: Dataset) -> bool:
+        """Return whether ``ds`` carries the marker (any value of a multi-valued attribute counts)."""
+        raw = ds.get(self.attribute)
+        if raw is None or raw == "":
+            return False
+        values = list(raw) if isinstance(raw, Iterable) and not isinstance(raw, str | bytes) else [raw]
+        target = self.value.casefold()
+        for item in values:
+            text = str(item).strip().casefold()
+            if (
+                (self.match == "equals" and text == target)
+                or (self.match == "startswith" and text.startswith(target))
+                or (self.match == "contains" and target in text)
+            ):
+                return True
+        return False
+
+    def describe(self) -> str:
+        """Describe the marker, e.g. ``Manufacturer=pneumonia_monai``."""
+        if self.match == "equals":
+            return f"{self.attribute}={self.value}"
+        words = {"startswith": "starts with", "contains": "contains"}[self.match]
+        return f"{self.attribute} {words} {self.value}"
+
+
+@dataclass(frozen=True)
+class SelectionRules:
+    """The site-editable rules of :func:`select_files` (see ``selection_rules.yaml`` for each key's meaning).
+
+    Build it with :meth:`default`, :meth:`from_file` or :meth:`from_mapping`; string lists are stored upper
+    case, codes as ``(SCHEME, VALUE)`` tuples.
+    """
+
+    version: int = 1
+    modalities: tuple[str, ...] = ()
+    presentation_intents: tuple[str, ...] = ()
+    accept_secondary_capture: bool = False
+    body_parts: tuple[str, ...] = ()
+    chest_region_codes: tuple[tuple[str, str], ...] = ()
+    body_part_keywords: tuple[str, ...] = ()
+    body_part_keyword_attributes: tuple[str, ...] = ()
+    unknown_body_part: str = "skip"
+    frontal_views: tuple[str, ...] = ()
+    lateral_views: tuple[str, ...] = ()
+    frontal_view_codes: tuple[tuple[str, str], ...] = ()
+    lateral_view_codes: tuple[tuple[str, str], ...] = ()
+    frontal_view_keywords: tuple[str, ...] = ()
+    lateral_view_keywords: tuple[str, ...] = ()
+    view_keyword_attributes: tuple[str, ...] = ()
+    unknown_view: str = "keep"
+    own_output_markers: tuple[OwnOutputMarker, ...] = ()
+    source: str = field(default="", compare=False)
+
+    # ---- construction
+
+    @classmethod
+    def default(cls) -> SelectionRules:
+        """Return the rules of the ``selection_rules.yaml`` shipped with the package."""
+        text = resources.files(__package__).joinpath(DEFAULT_RULES_FILE).read_text(encoding="utf-8")
+        return cls.from_mapping(
+            _load_yaml(text, DEFAULT_RULES_FILE), source=f"<package>/{DEFAULT_RULES_FILE}"
+        )
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, base: SelectionRules | None = None) -> SelectionRules:
+        """Load a site's rules file; keys it leaves out keep the values of ``base`` (default: the package's).
+
+        Raises:
+            FileNotFoundError: if ``path`` does not exist.
+            ValueError: if the YAML is invalid, has an unknown key, or a value is out of range.
+            TypeError: if a value has the wrong type.
+        """
+        path = Path(path)
+        data = _load_yaml(path.read_text(encoding="utf-8"), str(path))
+        return cls.from_mapping(data, base=base or cls.default(), source=str(path))
+
+    @classmethod
+    def from_mapping(
+        cls, data: Mapping[str, Any], *, base: SelectionRules | None = None, source: str = "<mapping>"
+    ) -> SelectionRules:
+        """Validate a mapping (parsed YAML) and return the rules; keys not in ``data`` come from ``base``.
+
+        Raises:
+            ValueError: on an unknown key, an empty required list, a bad code or policy value.
+            TypeError: if a value has the wrong type.
+        """
+        if not isinstance(data, Mapping):
+            raise TypeError(f"{source}: the rules must be a mapping of keys, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)} - {"source"}
+        for key in data:
+            if key not in known:
+                raise ValueError(f"{source}: unknown key {key!r} in selection rules (known: {sorted(known)})")
+        if base is None:
+            missing = sorted(known - set(data))
+            if missing:
+                raise ValueError(f"{source}: missing key(s) {missing} in selection rules")
+        values: dict[str, Any] = {} if base is None else {k: getattr(base, k) for k in known}
+        for key, value in data.items():
+            values[key] = _convert_value(key, value, source)
+        rules = cls(**values, source=source)
+        rules._check(source)
+        return rules
+
+    def _check(self, source: str) -> None:
+        if self.version != 1:
+            raise ValueError(
+                f"{source}: unsupported rules version {self.version!r} (this code reads version 1)"
+            )
+        for modality in self.modalities:
+            if modality not in MODALITY_SOP_CLASSES:
+                raise ValueError(
+                    f"{source}: modality {modality!r} in 'modalities' is not one of "
+                    f"{sorted(MODALITY_SOP_CLASSES)}"
+                )
+        if not self.modalities and not self.accept_secondary_capture:
+            raise ValueError(
+                f"{source}: 'modalities' is empty and secondary capture is off: nothing can be kept"
+            )
+        for key in ("body_parts", "frontal_views", "presentation_intents"):
+            if not getattr(self, key):
+                raise ValueError(f"{source}: {key!r} must not be empty")
+        for key in ("unknown_body_part", "unknown_view"):
+            if getattr(self, key) not in _POLICIES:
+                raise ValueError(f"{source}: {key!r} must be one of {_POLICIES}, got {getattr(self, key)!r}")
+        overlap = set(self.frontal_views) & set(self.lateral_views)
+        if overlap:
+            raise ValueError(f"{source}: view(s) {sorted(overlap)} are both frontal and lateral")
+        overlap_codes = set(self.frontal_view_codes) & set(self.lateral_view_codes)
+        if overlap_codes:
+            raise ValueError(f"{source}: code(s) {sorted(overlap_codes)} are both frontal and lateral")
+
+    # ---- use
+
+    @property
+    def kept_sop_classes(self) -> frozenset[str]:
+        """SOP Class UIDs whose instances can be selected."""
+        kept = {str(MODALITY_SOP_CLASSES[m]) for m in self.modalities}
+        if self.accept_secondary_capture:
+            kept |= SECONDARY_CAPTURE_SOP_CLASSES
+        return frozenset(kept)
+
+    def header_keywords(self) -> tuple[str, ...]:
+        """Return the keywords of every attribute the rules look at."""
+        extra = [m.attribute for m in self.own_output_markers]
+        extra += list(self.body_part_keyword_attributes) + list(self.view_keyword_attributes)
+        return tuple(dict.fromkeys([*_BASE_KEYWORDS, *extra]))
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{source}: not valid YAML: {exc}") from exc
+
+
+def _str_list(key: str, value: Any, source: str) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple):
+        raise TypeError(f"{source}: {key!r} must be a list of strings, got {type(value).__name__}")
+    out = []
+    for item in value:
+        if not isinstance(item, str) or not item.strip():
+            raise TypeError(f"{source}: {key!r} must hold non-empty strings, got {item!r}")
+        out.append(item.strip().upper())
+    return tuple(out)
+
+
+def _keyword_list(key: str, value: Any, source: str) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple):
+        raise TypeError(f"{source}: {key!r} must be a list of DICOM keywords, got {type(value).__name__}")
+    for item in value:
+        if not isinstance(item, str) or tag_for_keyword(item) is None:
+            raise ValueError(f"{source}: {key!r} holds {item!r}, which is not a DICOM keyword")
+    return tuple(value)
+
+
+def _code_list(key: str, value: Any, source: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, list | tuple):
+        raise TypeError(
+            f"{source}: {key!r} must be a list of 'SCHEME:VALUE' strings, got {type(value).__name__}"
+        )
+    out = []
+    for item in value:
+        if not isinstance(item, str) or not _CODE.match(item.strip()):
+            raise ValueError(
+                f"{source}: {key!r} holds {item!r}, expected 'SCHEME:VALUE' like 'SCT:272479007'"
+            )
+        scheme, code_value = item.strip().split(":", 1)
+        out.append((scheme.upper(), code_value.upper()))
+    return tuple(out)
+
+
+def _markers(key: str, value: Any, source: str) -> tuple[OwnOutputMarker, ...]:
+    if not isinstance(value, list | tuple):
+        raise TypeError(f"{source}: {key!r} must be a list of mappings, got {type(value).__name__}")
+    out = []
+    for item in value:
+        if not isinstance(item, Mapping):
+            raise TypeError(f"{source}: {key!r} items must be mappings, got {item!r}")
+        unknown = set(item) - {"attribute", *_MATCHERS}
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) {sorted(unknown)} in an {key!r} item")
+        attribute = item.get("attribute")
+        if not isinstance(attribute, str) or tag_for_keyword(attribute) is None:
+            raise ValueError(
+                f"{source}: {key!r} item has attribute {attribute!r}, which is not a DICOM keyword"
+            )
+        matchers = [m for m in _MATCHERS if m in item]
+        if len(matchers) != 1:
+            raise ValueError(f"{source}: {key!r} item {dict(item)!r} needs exactly one of {_MATCHERS}")
+        text = item[matchers[0]]
+        if not isinstance(text, str) or not text:
+            raise TypeError(f"{source}: {key!r} item {dict(item)!r} needs a non-empty string to match")
+        out.append(OwnOutputMarker(attribute, matchers[0], text))
+    return tuple(out)
+
+
+def _convert_value(key: str, value: Any, source: str) -> Any:
+    if key == "version":
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{source}: 'version' must be an integer, got {value!r}")
+        return value
+    if key == "accept_secondary_capture":
+        if not isinstance(value, bool):
+            raise TypeError(f"{source}: 'accept_secondary_capture' must be true or false, got {value!r}")
+        return value
+    if key in ("unknown_body_part", "unknown_view"):
+        if not isinstance(value, str):
+            raise TypeError(f"{source}: {key!r} must be one of {_POLICIES}, got {value!r}")
+        return value.strip().lower()
+    if key.endswith("_codes"):
+        return _code_list(key, value, source)
+    if key.endswith("_attributes"):
+        return _keyword_list(key, value, source)
+    if key == "own_output_markers":
+        return _markers(key, value, source)
+    return _str_list(key, value, source)
+
+
+# --------------------------------------------------------------------------------- decisions
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What :func:`select_files` decided for one file.
+
+    Attributes:
+        path: the file.
+        root: the input it was found under (a folder, or the file's own folder for a file input).
+        status: ``"selected"``, ``"skipped"`` or ``"error"`` (the header could not be read).
+        reason: why, naming the deciding attribute and its value.
+        study_uid, series_uid, sop_uid, sop_class: UIDs from the header (empty if not DICOM).
+        modality, body_part, view: Modality, Body Part Examined and View Position as read (may be empty).
+    """
+
+    path: Path
+    root: Path
+    status: str
+    reason: str
+    study_uid: str = ""
+    series_uid: str = ""
+    sop_uid: str = ""
+    sop_class: str = ""
+    modality: str = ""
+    body_part: str = ""
+    view: str = ""
+
+    @property
+    def relative_path(self) -> str:
+        """The path relative to its input root, with forward slashes."""
+        try:
+            return self.path.relative_to(self.root).as_posix()
+        except ValueError:
+            return self.path.as_posix()
+
+    @property
+    def selected(self) -> bool:
+        """Whether the file was selected."""
+        return self.status == SELECTED
+
+    def as_row(self) -> dict[str, str]:
+        """Return the decision as a flat row of :data:`DECISION_COLUMNS` (path relative to its root)."""
+        row = {k: str(v) for k, v in asdict(self).items() if k not in ("path", "root")}
+        row["path"] = self.relative_path
+        return {column: row[column] for column in DECISION_COLUMNS}
+
+
+@dataclass
+class SelectionResult:
+    """All decisions of one :func:`select_files` run, in input order then sorted path order."""
+
+    decisions: list[Decision]
+    rules: SelectionRules
+
+    @property
+    def selected(self) -> list[Decision]:
+        """The selected decisions."""
+        return [d for d in self.decisions if d.status == SELECTED]
+
+    def counts(self) -> dict[str, int]:
+        """Return the number of decisions per status (every status present, possibly 0)."""
+        counts = dict.fromkeys(STATUSES, 0)
+        for decision in self.decisions:
+            counts[decision.status] += 1
+        return counts
+
+    def studies(self) -> dict[str, dict[str, list[Decision]]]:
+        """Group the selected instances Study Instance UID -> Series Instance UID -> instances."""
+        grouped: dict[str, dict[str, list[Decision]]] = {}
+        for decision in self.selected:
+            grouped.setdefault(decision.study_uid, {}).setdefault(decision.series_uid, []).append(decision)
+        return grouped
+
+
+# ---------------------------------------------------------------------------- header reading
+
+
+@dataclass(frozen=True)
+class Header:
+    """A DICOM header read without its pixel data.
+
+    Attributes:
+        dataset: the attributes read (only those asked for, plus the file meta information).
+        has_pixel_data: whether a non-empty Pixel Data (or Float / Double Float Pixel Data) element follows.
+        has_preamble: whether the file has the 128-byte preamble and ``DICM`` prefix.
+    """
+
+    dataset: Dataset
+    has_pixel_data: bool
+    has_preamble: bool
+
+
+def _looks_like_bare_dataset(head: bytes) -> bool:
+    """Whether ``head`` plausibly starts a data set without preamble (group 0002 or 0008, little endian)."""
+    if len(head) < 8:
+        return False
+    group, element = struct.unpack("<HH", head[:4])
+    if group not in (0x0002, 0x0008) or element > 0x3FFF:
+        return False
+    vr = head[4:6]
+    if vr.isalpha() and vr.isupper():
+        return True
+    (length,) = struct.unpack("<L", head[4:8])
+    return length < 0x10000
+
+
+def _describe_non_dicom(head: bytes) -> str:
+    if head.startswith(b"\xff\xd8\xff"):
+        return "not a DICOM file (JPEG image)"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "not a DICOM file (PNG image)"
+    return "not a DICOM file (no DICM prefix at byte 128, no data set at byte 0)"
+
+
+def _pixel_data_follows(fp: BinaryIO, little_endian: bool, implicit_vr: bool) -> tuple[bool, int | None]:
+    """Read the element at the file position (where ``stop_before_pixels`` stops).
+
+    Returns:
+        ``(present, value_end)``: whether it is non-empty pixel data, and the file offset where its value
+        ends (``None`` for an undefined length, i.e. encapsulated pixel data).
+    """
+    start = fp.tell()
+    chunk = fp.read(12)
+    if len(chunk) < 8:
+        return False, None
+    endian = "<" if little_endian else ">"
+    group, element = struct.unpack(f"{endian}HH", chunk[:4])
+    if (group << 16 | element) not in _PIXEL_TAGS:
+        return False, None
+    if implicit_vr:
+        (length,) = struct.unpack(f"{endian}L", chunk[4:8])
+        header = 8
+    elif chunk[4:6] in _LONG_LENGTH_VRS:
+        if len(chunk) < 12:
+            return False, None
+        (length,) = struct.unpack(f"{endian}L", chunk[8:12])
+        header = 12
+    else:
+        (length,) = struct.unpack(f"{endian}H", chunk[6:8])
+        header = 8
+    if length == 0:
+        return False, None
+    return True, (None if length == 0xFFFFFFFF else start + header + length)
+
+
+def read_header(path: str | Path, keywords: Sequence[str] | None = None) -> Header:
+    """Read a DICOM file's header (never its pixel data) and tell whether it has pixel data.
+
+    The file is recognised by its ``DICM`` prefix, or, for files written without preamble and file meta
+    information, by a plausible first element of group 0002 or 0008. Pixel data presence is found without
+    reading it: pydicom stops at, and rewinds to, the top-level (7FE0,0010) element when told
+    ``stop_before_pixels``, so the element's tag and length are the next bytes of the file.
+
+    Args:
+        path: the file.
+        keywords: the attributes to read (default: all but pixel data); the file meta is always read.
+
+    Raises:
+        NotDicomError: if the file is not DICOM.
+        TruncatedDicomError: if the file ends before its file meta, an element or its Pixel Data does.
+        InvalidDicomError, OSError, ValueError, EOFError, struct.error: if the header cannot be parsed.
+    """
+    path = Path(path)
+    specific = None if keywords is None else [tag_for_keyword(k) for k in keywords]
+    if specific is not None and None in specific:
+        bad = [k for k in keywords or () if tag_for_keyword(k) is None]
+        raise ValueError(f"not DICOM keyword(s): {bad}")
+    with path.open("rb") as fp:
+        head = fp.read(132)
+        has_preamble = len(head) == 132 and head[128:132] == b"DICM"
+        if not has_preamble and not _looks_like_bare_dataset(head):
+            raise NotDicomError(_describe_non_dicom(head))
+        size = os.fstat(fp.fileno()).st_size
+        fp.seek(0)
+        ds = dcmread(fp, force=not has_preamble, stop_before_pixels=True, specific_tags=specific)
+        meta_length = ds.file_meta.get("FileMetaInformationGroupLength")
+        if has_preamble and isinstance(meta_length, int) and 144 + meta_length > size:
+            raise TruncatedDicomError(
+                f"truncated file (file meta information needs {144 + meta_length} bytes)"
+            )
+        if fp.tell() > size:
+            raise TruncatedDicomError(
+                f"truncated file (an element ends at byte {fp.tell()}, file has {size})"
+            )
+        if not has_preamble and "SOPClassUID" not in ds and "SOPInstanceUID" not in ds and not ds.file_meta:
+            raise NotDicomError("not a DICOM file (no DICM prefix and no SOP Class/Instance UID at byte 0)")
+        implicit_vr, little_endian = ds.original_encoding
+        tsyntax = ds.file_meta.get("TransferSyntaxUID")
+        if tsyntax == DeflatedExplicitVRLittleEndian:
+            # The deflated data set was read from a decompressed copy: ask pydicom, deferring the value.
+            fp.seek(0)
+            full = dcmread(fp, force=not has_preamble, defer_size=64)
+            has_pixels = any(tag in full for tag in _PIXEL_TAGS)
+        else:
+            has_pixels, value_end = _pixel_data_follows(fp, bool(little_endian), bool(implicit_vr))
+            if value_end is not None and value_end > size:
+                raise TruncatedDicomError(
+                    f"truncated file (Pixel Data ends at byte {value_end}, file has {size})"
+                )
+    return Header(ds, has_pixels, has_preamble)
+
+
+# --------------------------------------------------------------------------------- the rules
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, Iterable) and not isinstance(value, str | bytes):
+        return "\\".join(str(v) for v in value).strip()
+    return str(value).strip()
+
+
+def _codes(ds: Dataset, keyword: str) -> list[tuple[str, str, str]]:
+    out = []
+    for item in ds.get(keyword) or []:
+        scheme = str(item.get("CodingSchemeDesignator", "")).strip().upper()
+        value = str(
+            item.get("CodeValue", "") or item.get("LongCodeValue", "") or item.get("URNCodeValue", "")
+        )
+        if scheme or value:
+            out.append((scheme, value.strip().upper(), str(item.get("CodeMeaning", "")).strip()))
+    return out
+
+
+def _show_code(code: tuple[str, str, str]) -> str:
+    scheme, value, meaning = code
+    return f"{scheme} {value} {meaning}".strip()
+
+
+def _keyword_hit(ds: Dataset, attributes: Sequence[str], words: Sequence[str]) -> tuple[str, str] | None:
+    """Return ``(word, attribute)`` for the first whole-word match, case-insensitive."""
+    for attribute in attributes:
+        text = _text(ds, attribute).upper()
+        if not text:
+            continue
+        for word in words:
+            if re.search(rf"(?<![A-Z0-9]){re.escape(word)}(?![A-Z0-9])", text):
+                return word, attribute
+    return None
+
+
+def _sop_class_name(uid: str) -> str:
+    name = UID(uid).name
+    return name if name != uid else f"unknown SOP Class {uid}"
+
+
+def _body_part(ds: Dataset, rules: SelectionRules) -> tuple[bool, str]:
+    """Return ``(is_chest_or_kept, text)`` where text names the deciding attribute."""
+    body_part = _text(ds, "BodyPartExamined").upper()
+    if body_part:
+        if body_part in rules.body_parts:
+            return True, f"BodyPartExamined={body_part}"
+        return False, f"not chest (BodyPartExamined={body_part})"
+    codes = _codes(ds, "AnatomicRegionSequence")
+    if codes:
+        for code in codes:
+            if code[:2] in rules.chest_region_codes:
+                return True, f"Anatomic Region Sequence={_show_code(code)}"
+        return False, f"not chest (Anatomic Region Sequence={_show_code(codes[0])})"
+    hit = _keyword_hit(ds, rules.body_part_keyword_attributes, rules.body_part_keywords)
+    if hit:
+        return True, f"keyword {hit[0]} in {hit[1]}"
+    text = (
+        "body part unknown (no BodyPartExamined, no Anatomic Region Sequence, no chest keyword in "
+        + "/".join(rules.body_part_keyword_attributes)
+        + ")"
+    )
+    return rules.unknown_body_part == "keep", text
+
+
+def _view(ds: Dataset, rules: SelectionRules) -> tuple[bool, str]:
+    """Return ``(is_frontal_or_kept, text)`` where text names the deciding attribute."""
+    view = _text(ds, "ViewPosition").upper()
+    if view:
+        if view in rules.frontal_views:
+            return True, f"ViewPosition={view}"
+        if view in rules.lateral_views:
+            return False, f"lateral view (ViewPosition={view})"
+        return False, f"not a frontal view (ViewPosition={view})"
+    codes = _codes(ds, "ViewCodeSequence")
+    if codes:
+        code = codes[0]
+        if code[:2] in rules.frontal_view_codes:
+            return True, f"View Code Sequence={_show_code(code)}"
+        if code[:2] in rules.lateral_view_codes:
+            return False, f"lateral view (View Code Sequence={_show_code(code)})"
+        return False, f"not a frontal view (View Code Sequence={_show_code(code)})"
+    frontal = _keyword_hit(ds, rules.view_keyword_attributes, rules.frontal_view_keywords)
+    lateral = _keyword_hit(ds, rules.view_keyword_attributes, rules.lateral_view_keywords)
+    if lateral and not frontal:
+        return False, f"lateral view (keyword {lateral[0]} in {lateral[1]})"
+    if frontal and not lateral:
+        return True, f"keyword {frontal[0]} in {frontal[1]}"
+    text = "view unknown (no ViewPosition, no View Code Sequence, no unambiguous view keyword)"
+    if rules.unknown_view == "keep":
+        return True, f"{text}, assumed frontal"
+    return False, text
+
+
+def decide_header(header: Header, rules: SelectionRules) -> tuple[str, str]:
+    """Apply the rules (steps 2 to 9 of the module docstring) to one header.
+
+    Returns:
+        ``(status, reason)`` with status ``"selected"`` or ``"skipped"``.
+    """
+    ds = header.dataset
+    media_class = str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
+    sop_class = str(ds.get("SOPClassUID", "") or media_class)
+    if MediaStorageDirectoryStorage in (media_class, sop_class):
+        return SKIPPED, "DICOMDIR (Media Storage SOP Class Media Storage Directory Storage)"
+    for marker in rules.own_output_markers:
+        if marker.matches(ds):
+            return SKIPPED, f"our own output ({marker.describe()})"
+    modality = _text(ds, "Modality").upper()
+    if sop_class:
+        name = _sop_class_name(sop_class)
+        if sop_class == KeyObjectSelectionDocumentStorage:
+            return SKIPPED, f"key object selection (SOP Class {name})"
+        if name.endswith("SR Storage") or modality == "SR":
+            return SKIPPED, f"structured report (SOP Class {name})"
+        if "Presentation State" in name or modality == "PR":
+            return SKIPPED, f"presentation state (SOP Class {name})"
+    if not sop_class:
+        return SKIPPED, "no SOP Class UID (0008,0016)"
+    intent = _text(ds, "PresentationIntentType").upper()
+    if intent and intent not in rules.presentation_intents:
+        label = "DX For Processing" if intent == "FOR PROCESSING" else "not for presentation"
+        return SKIPPED, f"{label} (Presentation Intent Type={intent})"
+    if sop_class == DigitalXRayImageStorageForProcessing:
+        return SKIPPED, f"DX For Processing (SOP Class {_sop_class_name(sop_class)})"
+    if sop_class not in rules.kept_sop_classes:
+        if sop_class in SECONDARY_CAPTURE_SOP_CLASSES:
+            return SKIPPED, f"secondary capture not accepted (SOP Class {_sop_class_name(sop_class)})"
+        kinds = "/".join(rules.modalities)
+        return (
+            SKIPPED,
+            f"not a {kinds} image (SOP Class {_sop_class_name(sop_class)}, Modality={modality or '-'})",
+        )
+    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        if not _text(ds, keyword):
+            return SKIPPED, f"no {keyword}"
+    if not header.has_pixel_data:
+        return SKIPPED, "no Pixel Data (7FE0,0010)"
+    chest, body_text = _body_part(ds, rules)
+    if not chest:
+        return SKIPPED, body_text
+    frontal, view_text = _view(ds, rules)
+    if not frontal:
+        return SKIPPED, view_text
+    return SELECTED, f"{modality or 'image'} chest frontal ({body_text}; {view_text})"
+
+
+def _decision(path: Path, root: Path, status: str, reason: str, ds: Dataset | None = None) -> Decision:
+    if ds is None:
+        return Decision(path, root, status, reason)
+    return Decision(
+        path,
+        root,
+        status,
+        reason,
+        study_uid=_text(ds, "StudyInstanceUID"),
+        series_uid=_text(ds, "SeriesInstanceUID"),
+        sop_uid=_text(ds, "SOPInstanceUID"),
+        sop_class=str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", "")),
+        modality=_text(ds, "Modality").upper(),
+        body_part=_text(ds, "BodyPartExamined").upper(),
+        view=_text(ds, "ViewPosition").upper(),
+    )
+
+
+def decide_file(
+    path: str | Path, rules: SelectionRules | None = None, *, root: str | Path | None = None
+) -> Decision:
+    """Decide one file (without the duplicate check, which needs the other files).
+
+    Args:
+        path: the file.
+        rules: the rules (default: the package's).
+        root: the input folder it belongs to (default: its parent), for :attr:`Decision.relative_path`.
+    """
+    path = Path(path)
+    rules = rules or SelectionRules.default()
+    root_path = Path(root) if root is not None else path.parent
+    try:
+        if path.stat().st_size == 0:
+            return _decision(path, root_path, SKIPPED, "zero-byte file")
+        header = read_header(path, rules.header_keywords())
+    except NotDicomError as exc:
+        return _decision(path, root_path, SKIPPED, str(exc))
+    except TruncatedDicomError as exc:
+        logger.warning("%s is truncated", path)
+        return _decision(path, root_path, ERROR, str(exc))
+    except _READ_ERRORS as exc:
+        logger.warning("cannot read the DICOM header of %s: %s", path, type(exc).__name__)
+        return _decision(path, root_path, ERROR, f"unreadable DICOM header ({type(exc).__name__}: {exc})")
+    status, reason = decide_header(header, rules)
+    return _decision(path, root_path, status, reason, header.dataset)
+
+
+def iter_input_files(inputs: Sequence[str | Path]) -> Iterator[tuple[Path, Path]]:
+    """Yield ``(file, root)`` for every file under the inputs: inputs in order, files sorted within a folder.
+
+    A file reached twice (overlapping inputs) is yielded once. Links to folders are not followed.
+
+    Raises:
+        FileNotFoundError: if an input does not exist.
+    """
+    seen: set[Path] = set()
+    for item in inputs:
+        top = Path(item)
+        if not top.exists():
+            raise FileNotFoundError(f"input not found: {top}")
+        if top.is_file():
+            candidates: Iterable[tuple[Path, Path]] = [(top, top.parent)]
+        else:
+            candidates = ((p, top) for p in _walk_sorted(top))
+        for path, root in candidates:
+            key = path.resolve()
+            if key in seen:
+                continue
+            seen.add(key)
+            yield path, root
+
+
+def _walk_sorted(root: Path) -> list[Path]:
+    found = [Path(folder) / name for folder, _, files in os.walk(root) for name in files]
+    return sorted((p for p in found if p.is_file()), key=lambda p: p.relative_to(root).parts)
+
+
+def select_files(
+    inputs: Sequence[str | Path],
+    rules: SelectionRules | None = None,
+    *,
+    progress: Callable[[Iterable[tuple[Path, Path]]], Iterable[tuple[Path, Path]]] | None = None,
+) -> SelectionResult:
+    """Decide every file under ``inputs``: one :class:`Decision` per file, in a stable order.
+
+    Args:
+        inputs: files and folders (searched recursively; every file is looked at, whatever its name).
+        rules: the rules (default: the package's ``selection_rules.yaml``).
+        progress: wraps the file iterator to show progress (e.g. ``tqdm``); called once.
+
+    Raises:
+        ValueError: if ``inputs`` is empty.
+        FileNotFoundError: if an input does not exist.
+    """
+    if isinstance(inputs, str | Path):
+        raise TypeError("inputs must be a sequence of paths, not a single path")
+    if not inputs:
+        raise ValueError("select_files needs at least one input path")
+    for item in inputs:
+        if not Path(item).exists():
+            raise FileNotFoundError(f"input not found: {item}")
+    rules = rules or SelectionRules.default()
+    files = list(iter_input_files(inputs))
+    decisions: list[Decision] = []
+    first_by_sop: dict[str, Decision] = {}
+    for path, root in progress(files) if progress is not None else files:
+        decision = decide_file(path, rules, root=root)
+        if decision.status == SELECTED:
+            first = first_by_sop.get(decision.sop_uid)
+            if first is not None:
+                reason = f"duplicate SOP Instance UID of {first.relative_path}"
+                decision = replace(decision, status=SKIPPED, reason=reason)
+            else:
+                first_by_sop[decision.sop_uid] = decision
+        logger.debug("%s: %s (%s)", decision.relative_path, decision.status, decision.reason)
+        decisions.append(decision)
+    result = SelectionResult(decisions, rules)
+    counts = result.counts()
+    logger.info(
+        "%d file(s): %d selected in %d study(ies), %d skipped, %d unreadable",
+        len(decisions),
+        counts[SELECTED],
+        len(result.studies()),
+        counts[SKIPPED],
+        counts[ERROR],
+    )
+    return result

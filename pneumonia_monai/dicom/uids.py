@@ -1,0 +1,124 @@
+"""Deterministic identifiers: DICOM UIDs derived from content, pseudonyms and salted patient hashes.
+
+Re-running a conversion must give the same UIDs, so the UIDs written by :mod:`pneumonia_monai.dicom.convert`
+are *name-based*: a version 5 (SHA-1, name-based) UUID of the inputs, written under the ``2.25`` arc as
+PS3.5 Annex B.2 and ISO/IEC 9834-8 allow for any UUID. Note that
+``pydicom.uid.generate_uid(prefix=None, entropy_srcs=...)`` is *not* deterministic: with ``prefix=None``
+pydicom ignores ``entropy_srcs`` and returns a random UUID.
+
+Pseudonyms and patient hashes are one-way (SHA-256 / HMAC-SHA-256) and short enough for the DICOM value
+representations they go into (LO: 64 characters, PN component: 64 characters).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import uuid
+from pathlib import Path
+
+from pydicom.uid import UID
+
+#: Namespace of every name-based UUID this package derives. Never change it: that would change every UID.
+UID_NAMESPACE: uuid.UUID = uuid.UUID("0400c9ff-e9f6-4b3d-8633-f2911517f619")
+
+_CHUNK = 1 << 20
+
+
+def _check_parts(parts: tuple[str, ...], what: str) -> None:
+    if not parts:
+        raise ValueError(f"{what} needs at least one part")
+    for part in parts:
+        if not isinstance(part, str):
+            raise TypeError(f"{what} parts must be str, got {type(part).__name__}: {part!r}")
+        if not part:
+            raise ValueError(f"{what} parts must be non-empty strings, got {parts!r}")
+
+
+def derived_uid(*parts: str) -> UID:
+    """Return the ``2.25`` UID of a name-based UUID of ``parts``.
+
+    The parts are serialised as a JSON list, so ``("ab", "c")`` and ``("a", "bc")`` give different UIDs.
+
+    Args:
+        *parts: the non-empty strings the UID is derived from (a kind tag, a content digest, a path ...).
+
+    Returns:
+        A valid DICOM UID of at most 44 characters.
+
+    Raises:
+        ValueError: if no part is given or a part is empty.
+        TypeError: if a part is not a string.
+    """
+    _check_parts(parts, "derived_uid")
+    name = json.dumps(list(parts), ensure_ascii=True, separators=(",", ":"))
+    return UID(f"2.25.{uuid.uuid5(UID_NAMESPACE, name).int}")
+
+
+def file_digest(path: str | Path) -> str:
+    """Return the SHA-256 hex digest of a file's bytes.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+    """
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def pseudonym(identifier: str, *, namespace: str, prefix: str = "ANON", length: int = 12) -> str:
+    """Return a stable pseudonym for an identifier that is already public (a Kaggle patient id, say).
+
+    The pseudonym is ``prefix`` + the first ``length`` upper-case hex digits of
+    ``SHA-256(namespace + NUL + identifier)``; it contains only ``[A-Z0-9]`` so it is valid as a
+    Patient ID (LO), a Patient's Name (PN) and a folder name.
+
+    Args:
+        identifier: the identifier to replace.
+        namespace: what the identifier is unique within (``"kermany2018"``), so equal ids of two data
+            sets do not share a pseudonym.
+        prefix: upper-case letters/digits put in front.
+        length: number of hex digits kept (8 to 32).
+
+    Raises:
+        ValueError: if ``identifier`` or ``namespace`` is empty, ``prefix`` is not alphanumeric upper case,
+            or ``length`` is out of range.
+    """
+    if not identifier:
+        raise ValueError("pseudonym() needs a non-empty identifier")
+    if not namespace:
+        raise ValueError("pseudonym() needs a non-empty namespace")
+    if not (prefix.isascii() and prefix.isalnum() and prefix.upper() == prefix):
+        raise ValueError(f"prefix must be upper-case ASCII letters and digits, got {prefix!r}")
+    if not 8 <= length <= 32:
+        raise ValueError(f"length must be between 8 and 32, got {length!r}")
+    digest = hashlib.sha256(f"{namespace}\x00{identifier}".encode()).hexdigest().upper()
+    return f"{prefix}{digest[:length]}"
+
+
+def salted_patient_hash(patient_id: str, salt: str, *, length: int = 16) -> str:
+    """Return a keyed one-way hash of a Patient ID, for grouping without the identifier.
+
+    ``HMAC-SHA-256(salt, patient_id)`` truncated to ``length`` hex digits and prefixed with ``P``. Without
+    the salt, a hash cannot be checked against a guessed Patient ID, which is what makes it safe to write
+    into a datalist.
+
+    Args:
+        patient_id: the Patient ID (0010,0020) value.
+        salt: a secret; keep it to get the same hashes on a later run.
+        length: number of hex digits kept (8 to 64).
+
+    Raises:
+        ValueError: if ``patient_id`` or ``salt`` is empty or ``length`` is out of range.
+    """
+    if not patient_id:
+        raise ValueError("salted_patient_hash() needs a non-empty patient_id")
+    if not salt:
+        raise ValueError("salted_patient_hash() needs a non-empty salt")
+    if not 8 <= length <= 64:
+        raise ValueError(f"length must be between 8 and 64, got {length!r}")
+    mac = hmac.new(salt.encode(), patient_id.encode(), hashlib.sha256).hexdigest()
+    return f"P{mac[:length]}"
