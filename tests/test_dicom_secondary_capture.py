@@ -1,0 +1,171 @@
+"""Grad-CAM overlays as DICOM Secondary Capture (:mod:`pneumonia_monai.dicom.secondary_capture`)."""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.data import get_testdata_file
+from pydicom.uid import SecondaryCaptureImageStorage
+
+from pneumonia_monai.dicom.secondary_capture import build_heatmap_sc
+from pneumonia_monai.dicom.sr import write_dataset_atomic
+from pneumonia_monai.inference.heatmap import overlay
+
+ALGORITHM = {"algorithm_name": "densenet121-pneumonia", "algorithm_version": "1.2.3"}
+SAMPLE = Path(__file__).resolve().parents[1] / "bundle" / "sample_data" / "chest_xray" / "train" / "PNEUMONIA"
+
+#: dciodvfy warnings accepted: RG1's Referring Physician's Name "ward", copied from the source as the
+#: Study module must be, is an old Person Name form.
+ACCEPTED_WARNINGS = (
+    re.compile(r"\(0x0008,0x0090\) PN Referring Physician's Name .* Retired Person Name form"),
+)
+
+
+def assert_valid(path: Path) -> None:
+    """dciodvfy (dicom3tools) finds no error and no warning but the accepted ones."""
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        pytest.fail("dciodvfy (dicom3tools) is required to validate DICOM outputs")
+    result = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60, check=False)
+    lines = (result.stdout + result.stderr).splitlines()
+    assert [line for line in lines if line.startswith("Error")] == []
+    warnings = [line for line in lines if line.startswith("Warning")]
+    assert [w for w in warnings if not any(p.search(w) for p in ACCEPTED_WARNINGS)] == []
+
+
+@pytest.fixture(scope="module")
+def rg1() -> pydicom.Dataset:
+    """pydicom-data's RG1: a real chest CR, lossy (JPEG 2000) compressed, no Burned In Annotation."""
+    return pydicom.dcmread(get_testdata_file("RG1_UNCI.dcm"), stop_before_pixels=True)
+
+
+@pytest.fixture(scope="module")
+def film_overlay() -> np.ndarray:
+    """A real 224x224 chest film of the bundle's sample with a made-up heatmap on its lower right."""
+    path = sorted(SAMPLE.glob("*.jpeg"))[0]
+    with Image.open(path) as img:
+        grey = np.asarray(img.convert("L"), dtype=np.float64) / 255.0
+    cam = np.zeros((7, 7))
+    cam[4:, 4:] = 1.0
+    return overlay(grey, cam)
+
+
+def write_and_read(ds: pydicom.Dataset, tmp_path: Path) -> tuple[Path, pydicom.Dataset]:
+    path = tmp_path / "heatmap.dcm"
+    write_dataset_atomic(ds, path)
+    return path, pydicom.dcmread(path)
+
+
+def test_round_trip(rg1: pydicom.Dataset, film_overlay: np.ndarray, tmp_path: Path) -> None:
+    sc = build_heatmap_sc(rg1, film_overlay, **ALGORITHM)
+    path, back = write_and_read(sc, tmp_path)
+    assert_valid(path)
+
+    # Pixels: the overlay, as RGB, unchanged.
+    assert back.SOPClassUID == SecondaryCaptureImageStorage
+    assert back.PhotometricInterpretation == "RGB"
+    assert back.SamplesPerPixel == 3
+    assert back.BitsAllocated == 8
+    assert (back.Rows, back.Columns) == film_overlay.shape[:2]
+    np.testing.assert_array_equal(back.pixel_array, film_overlay)
+
+    # Same study and patient, new series and instance.
+    assert back.StudyInstanceUID == rg1.StudyInstanceUID
+    assert back.SeriesInstanceUID not in (rg1.SeriesInstanceUID, rg1.StudyInstanceUID, rg1.SOPInstanceUID)
+    assert back.SOPInstanceUID not in (rg1.SeriesInstanceUID, rg1.StudyInstanceUID, rg1.SOPInstanceUID)
+    assert back.SOPInstanceUID != back.SeriesInstanceUID
+    for keyword in (
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyID",
+        "AccessionNumber",
+    ):
+        assert back[keyword].value == rg1[keyword].value, keyword
+    assert back.StudyDescription == rg1.StudyDescription
+    assert (back.SeriesNumber, back.InstanceNumber) == (991, 1)
+
+    # Derivation and labelling.
+    assert back.BurnedInAnnotation == "YES"  # RG1 does not say it has none
+    assert back.ConversionType == "WSD"
+    assert list(back.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+    assert back.Manufacturer == "pneumonia_monai"
+    assert back.ManufacturerModelName == ALGORITHM["algorithm_name"]
+    assert back.SoftwareVersions == ALGORITHM["algorithm_version"]
+    assert back.SeriesDescription.startswith("pneumonia_monai")
+    assert "NOT FOR DIAGNOSTIC USE" in back.SeriesDescription
+    assert back.ImageComments == "NOT FOR DIAGNOSTIC USE - AI heatmap (Grad-CAM)"
+    assert "NOT FOR DIAGNOSTIC USE" in back.DerivationDescription
+    assert ALGORITHM["algorithm_name"] in back.DerivationDescription
+    assert ALGORITHM["algorithm_version"] in back.DerivationDescription
+    assert len(back.SourceImageSequence) == 1
+    ref = back.SourceImageSequence[0]
+    assert ref.ReferencedSOPClassUID == rg1.SOPClassUID
+    assert ref.ReferencedSOPInstanceUID == rg1.SOPInstanceUID
+    assert ref.PurposeOfReferenceCodeSequence[0].CodeValue == "121322"  # Source image for processing
+    # Geometry and history carried over from the source.
+    assert list(back.PatientOrientation) == list(rg1.PatientOrientation)
+    assert back.BodyPartExamined == "CHEST"
+    assert back.LossyImageCompression == "01"
+    assert back.LossyImageCompressionRatio == rg1.LossyImageCompressionRatio
+    assert back.LossyImageCompressionMethod == rg1.LossyImageCompressionMethod
+    # The acquisition equipment of the film is credited.
+    contributors = [item.Manufacturer for item in back.ContributingEquipmentSequence]
+    assert rg1.Manufacturer in contributors
+
+
+def test_source_facts_decide_annotation_orientation_and_lossy_flag(
+    rg1: pydicom.Dataset, film_overlay: np.ndarray, tmp_path: Path
+) -> None:
+    source = copy.deepcopy(rg1)
+    source.BurnedInAnnotation = "NO"
+    source.PatientOrientation = ["AL", "F"]  # a compound orientation highdicom cannot take
+    for keyword in ("LossyImageCompression", "LossyImageCompressionRatio", "LossyImageCompressionMethod"):
+        delattr(source, keyword)
+    del source.BodyPartExamined
+    sc = build_heatmap_sc(source, film_overlay[:100, :60], series_number=5, instance_number=2, **ALGORITHM)
+    path, back = write_and_read(sc, tmp_path)
+    assert_valid(path)
+    assert back.BurnedInAnnotation == "NO"
+    assert back.PatientOrientation in ("", None)
+    assert "LossyImageCompression" not in back or back.LossyImageCompression != "01"
+    assert back.BodyPartExamined == "CHEST"
+    assert (back.Rows, back.Columns) == (100, 60)
+    assert (back.SeriesNumber, back.InstanceNumber) == (5, 2)
+    assert "BurnedInAnnotation" not in rg1  # the caller's dataset is untouched
+
+
+def test_new_uids_each_time(rg1: pydicom.Dataset, film_overlay: np.ndarray) -> None:
+    first = build_heatmap_sc(rg1, film_overlay, **ALGORITHM)
+    second = build_heatmap_sc(rg1, film_overlay, **ALGORITHM)
+    assert first.SOPInstanceUID != second.SOPInstanceUID
+    assert first.SeriesInstanceUID != second.SeriesInstanceUID
+
+
+def test_rejects_bad_inputs(rg1: pydicom.Dataset) -> None:
+    good = np.zeros((8, 8, 3), dtype=np.uint8)
+    with pytest.raises(TypeError, match="float32"):
+        build_heatmap_sc(rg1, good.astype(np.float32), **ALGORITHM)
+    with pytest.raises(ValueError, match=r"\(8, 8\)"):
+        build_heatmap_sc(rg1, good[..., 0], **ALGORITHM)
+    with pytest.raises(ValueError, match=r"\(8, 8, 4\)"):
+        build_heatmap_sc(rg1, np.zeros((8, 8, 4), dtype=np.uint8), **ALGORITHM)
+    with pytest.raises(TypeError, match="list"):
+        build_heatmap_sc(rg1, [[0, 0, 0]], **ALGORITHM)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="series_number must be a positive int, got 0"):
+        build_heatmap_sc(rg1, good, series_number=0, **ALGORITHM)
+    with pytest.raises(ValueError, match="algorithm_name"):
+        build_heatmap_sc(rg1, good, algorithm_name="x" * 65, algorithm_version="1")
+    headless = copy.deepcopy(rg1)
+    del headless.StudyInstanceUID
+    with pytest.raises(ValueError, match="StudyInstanceUID"):
+        build_heatmap_sc(headless, good, **ALGORITHM)
