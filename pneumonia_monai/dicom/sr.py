@@ -4,8 +4,8 @@ SOP class: **Comprehensive SR**. TID 1500 may be carried by Enhanced, Comprehens
 SR; highdicom's own examples use Comprehensive 3D SR because their measurements carry 3-D coordinates
 (SCOORD3D). This report has no spatial coordinates at all, so the 3-D class brings nothing but a
 narrower set of readers: Comprehensive SR is the most widely supported class that carries TID 1500
-(it is, for instance, the only SR class the Orthanc Stone Web Viewer renders as a measurement report),
-and it allows everything used here (by-value IMAGE references, NUM, CODE, TEXT, UIDREF).
+(the Orthanc Stone Web Viewer, for one, read TID 1500 from Comprehensive SR only until 2025), and it
+allows everything used here (by-value IMAGE references, NUM, CODE, TEXT, UIDREF).
 
 Content tree (``>`` = child)::
 
