@@ -114,7 +114,8 @@ _BASE_KEYWORDS: tuple[str, ...] = (
     "ViewCodeSequence",
 )
 
-_READ_ERRORS: tuple[type[BaseException], ...] = (
+#: What reading a corrupt header can raise (pydicom raises a variety of errors on damaged files).
+HEADER_READ_ERRORS: tuple[type[BaseException], ...] = (
     InvalidDicomError,
     BytesLengthException,
     OSError,
@@ -786,7 +787,12 @@ def decide_file(
     except TruncatedDicomError as exc:
         logger.warning("%s is truncated", path)
         return _decision(path, root_path, ERROR, str(exc))
-    except _READ_ERRORS as exc:
+    except OSError as exc:
+        logger.warning("cannot read %s: %s", path, type(exc).__name__)
+        return _decision(
+            path, root_path, ERROR, f"cannot read file ({type(exc).__name__}: {exc.strerror or exc})"
+        )
+    except HEADER_READ_ERRORS as exc:
         logger.warning("cannot read the DICOM header of %s: %s", path, type(exc).__name__)
         return _decision(path, root_path, ERROR, f"unreadable DICOM header ({type(exc).__name__}: {exc})")
     status, reason = decide_header(header, rules)
