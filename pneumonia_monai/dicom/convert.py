@@ -378,7 +378,8 @@ class KaggleConversion:
     Attributes:
         rows: one per file under the source tree, sorted by path.
         datalist: the datalist written to ``OUT/datalist.json``.
-        datalist_path, report_path: where the datalist and ``conversion.csv`` were written.
+        datalist_path: where ``datalist.json`` was written.
+        report_path: where ``conversion.csv`` was written.
     """
 
     rows: list[ConversionRow]

@@ -8,7 +8,7 @@ data is neither read nor decoded. Every file found under the inputs gets exactly
 The rules are data (:class:`SelectionRules`, loaded from ``selection_rules.yaml`` shipped with the package,
 or a site's own file). They are applied in this order, the first that matches decides:
 
-1. zero-byte file, not a DICOM file, truncated or unreadable header (``error``);
+1. zero-byte file or not a DICOM file (``skipped``); truncated file or unreadable header (``error``);
 2. DICOMDIR;
 3. our own output (``own_output_markers``);
 4. structured reports, key object selections, presentation states;
@@ -404,8 +404,13 @@ class Decision:
         root: the input it was found under (a folder, or the file's own folder for a file input).
         status: ``"selected"``, ``"skipped"`` or ``"error"`` (the header could not be read).
         reason: why, naming the deciding attribute and its value.
-        study_uid, series_uid, sop_uid, sop_class: UIDs from the header (empty if not DICOM).
-        modality, body_part, view: Modality, Body Part Examined and View Position as read (may be empty).
+        study_uid: Study Instance UID (empty where the header could not be read, as for the next fields).
+        series_uid: Series Instance UID.
+        sop_uid: SOP Instance UID.
+        sop_class: SOP Class UID (or the Media Storage SOP Class UID of the file meta).
+        modality: Modality, upper case.
+        body_part: Body Part Examined as read, upper case (may be empty).
+        view: View Position as read, upper case (may be empty).
     """
 
     path: Path
