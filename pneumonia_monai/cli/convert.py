@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     k2d = sub.add_parser(
         "kaggle-to-dicom",
         help="Kaggle JPEG tree -> DICOM studies (DX For Presentation), datalist.json, conversion.csv",
+        description="Convert a Kaggle/Mendeley JPEG tree to DICOM: OUT/<patient>/<study>/<series>/<sop>.dcm "
+        "(deterministic UIDs, byte-identical re-runs), OUT/datalist.json and OUT/conversion.csv.",
     )
     k2d.add_argument(
         "src", type=Path, metavar="SRC", help="the Kaggle tree (train/test/val, NORMAL/PNEUMONIA)"
@@ -93,11 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_verbosity_args(k2d)
 
-    d2l = sub.add_parser("dicom-to-datalist", help="DICOM folder + labels CSV -> datalist JSON")
+    d2l = sub.add_parser(
+        "dicom-to-datalist",
+        help="DICOM folder + labels CSV -> datalist JSON",
+        description="Select the chest frontal CR/DX films under DICOM_DIR, join their labels and write a "
+        "datalist (image = DICOM path, label, patient_id = salted hash of Patient ID, subtype). LABELS_CSV "
+        "columns: the key (study_uid, sop_uid or accession_number, after --key), the label (normal, "
+        "pneumonia, bacterial or viral) and optionally subtype (bacterial, viral, unknown).",
+    )
     d2l.add_argument(
         "dicom_dir", type=Path, metavar="DICOM_DIR", help="folder of DICOM files (searched recursively)"
     )
-    d2l.add_argument("labels_csv", type=Path, metavar="LABELS_CSV", help="labels CSV (see the module help)")
+    d2l.add_argument("labels_csv", type=Path, metavar="LABELS_CSV", help="labels CSV (columns above)")
     d2l.add_argument("out_json", type=Path, metavar="OUT_JSON", help="datalist to write")
     d2l.add_argument(
         "--key", choices=sorted(KEY_COLUMNS), default="study_uid", help="join key (default: study_uid)"
