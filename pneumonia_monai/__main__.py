@@ -1,4 +1,5 @@
-from pneumonia_monai.cli.main import main
 import sys
+
+from pneumonia_monai.cli.main import main
 
 sys.exit(main())

@@ -1,1 +1,1 @@
-"""cli"""
+"""The ``pneumonia-monai`` command line: one module per sub-command."""

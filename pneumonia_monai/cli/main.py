@@ -13,19 +13,34 @@ from pneumonia_monai import __version__
 
 #: Sub-command name -> (module, one-line help).
 COMMANDS: dict[str, tuple[str, str]] = {
-    "datalist": ("pneumonia_monai.cli.datalist", "scan a Kaggle/Mendeley JPEG tree and write a MONAI datalist"),
-    "convert": ("pneumonia_monai.cli.convert", "convert a Kaggle JPEG tree to DICOM studies, or DICOM + labels to a datalist"),
-    "select": ("pneumonia_monai.cli.select", "triage a DICOM folder: which files are chest frontal CR/DX, and why"),
-    "check-codecs": ("pneumonia_monai.cli.check_codecs", "name the DICOM transfer syntaxes this install cannot decode"),
+    "datalist": (
+        "pneumonia_monai.cli.datalist",
+        "scan a Kaggle/Mendeley JPEG tree and write a MONAI datalist",
+    ),
+    "convert": (
+        "pneumonia_monai.cli.convert",
+        "convert a Kaggle JPEG tree to DICOM studies, or DICOM + labels to a datalist",
+    ),
+    "select": (
+        "pneumonia_monai.cli.select",
+        "triage a DICOM folder: which files are chest frontal CR/DX, and why",
+    ),
+    "check-codecs": (
+        "pneumonia_monai.cli.check_codecs",
+        "name the DICOM transfer syntaxes this install cannot decode",
+    ),
     "infer": ("pneumonia_monai.cli.infer", "run the bundle on files and folders of DICOM and JPEG/PNG films"),
-    "evaluate": ("pneumonia_monai.cli.evaluate", "score predictions against labels and draw the report figures"),
+    "evaluate": (
+        "pneumonia_monai.cli.evaluate",
+        "score predictions against labels and draw the report figures",
+    ),
     "serve": ("pneumonia_monai.cli.serve", "run a DICOM node that receives studies and sends results back"),
 }
 
 
 def _usage() -> str:
     width = max(len(name) for name in COMMANDS)
-    lines = [f"usage: pneumonia-monai [--version] COMMAND [ARGS]", "", "commands:"]
+    lines = ["usage: pneumonia-monai [--version] COMMAND [ARGS]", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "Run 'pneumonia-monai COMMAND --help' for the options of one command."]
     return "\n".join(lines)

@@ -1,1 +1,1 @@
-"""data"""
+"""Data ingest: Kaggle/Mendeley trees, patient-grouped splits and MONAI datalists."""

@@ -88,7 +88,9 @@ def parse_name(stem: str, label: str) -> tuple[str, str]:
         if match:
             subtype = _SUBTYPE_WORDS[match["kind"].lower()]
             if label == "normal" and subtype != "none":
-                logger.warning("%s is in a NORMAL folder but its name says %s; keeping the folder", stem, subtype)
+                logger.warning(
+                    "%s is in a NORMAL folder but its name says %s; keeping the folder", stem, subtype
+                )
                 subtype = "none"
             elif label == "pneumonia" and subtype == "none":
                 logger.warning("%s is in a PNEUMONIA folder but its name says normal; subtype unknown", stem)
@@ -164,10 +166,14 @@ def scan_kaggle_tree(root: str | Path) -> list[ImageRecord]:
         subtype, patient_id = parse_name(path.stem, label)
         records.append(ImageRecord(str(path), label, subtype, patient_id, split))
     if unlabelled:
-        logger.info("%d image(s) under %s are outside NORMAL/PNEUMONIA folders and were ignored", unlabelled, root)
+        logger.info(
+            "%d image(s) under %s are outside NORMAL/PNEUMONIA folders and were ignored", unlabelled, root
+        )
     if not records:
         raise ValueError(f"no images under NORMAL/ or PNEUMONIA/ folders in {root}")
-    logger.info("found %d images of %d patients in %s", len(records), len({r.patient_id for r in records}), root)
+    logger.info(
+        "found %d images of %d patients in %s", len(records), len({r.patient_id for r in records}), root
+    )
     return records
 
 

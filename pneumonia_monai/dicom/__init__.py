@@ -1,1 +1,1 @@
-"""dicom"""
+"""DICOM input and output: the pixel pipeline, codecs, study selection, converters, SR and SC writers."""

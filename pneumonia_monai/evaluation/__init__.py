@@ -1,1 +1,1 @@
-"""evaluation"""
+"""Evaluation: metrics with bootstrap intervals, operating points, report figures."""

@@ -1,1 +1,1 @@
-"""inference"""
+"""Inference on files and folders: bundle loading, the streaming runner, heatmaps."""

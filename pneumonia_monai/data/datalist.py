@@ -1,0 +1,192 @@
+"""MONAI datalists for the bundle: ``training`` / ``validation`` / ``test`` lists of image records.
+
+Each item is ``{"image": path, "label": int, "patient_id": str, "subtype": str}``. Labels depend on the
+label mode: ``binary`` (0 normal, 1 pneumonia) or ``subtype`` (0 normal, 1 bacterial, 2 viral).
+
+Kaggle's official ``val/`` folder (16 films) is too small to select models on, so it is folded into the
+pool with ``train/``; validation is carved from that pool by patient. The official ``test/`` split is
+kept as ``test`` and never used to make a choice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pneumonia_monai.constants import LABEL_MODES
+from pneumonia_monai.data.kaggle import ImageRecord, count_by, scan_kaggle_tree
+from pneumonia_monai.data.splits import grouped_split
+
+logger = logging.getLogger(__name__)
+
+DATALIST_KEYS: tuple[str, ...] = ("training", "validation", "test")
+
+
+def label_of(record: ImageRecord, label_mode: str) -> int | None:
+    """Return the integer label of ``record`` in ``label_mode``; ``None`` where it has none.
+
+    A pneumonia film whose subtype is unknown has no label in ``subtype`` mode.
+
+    Raises:
+        ValueError: if ``label_mode`` is not ``"binary"`` or ``"subtype"``.
+    """
+    if label_mode not in LABEL_MODES:
+        raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
+    if label_mode == "binary":
+        return int(record.label == "pneumonia")
+    return {"none": 0, "bacterial": 1, "viral": 2}.get(record.subtype)
+
+
+def _item(record: ImageRecord, label: int, base: Path | None) -> dict[str, Any]:
+    image = Path(record.image)
+    if base is not None:
+        with contextlib.suppress(ValueError):  # on another drive (Windows): keep the absolute path
+            image = Path(os.path.relpath(image, base))
+    return {"image": str(image), "label": label, "patient_id": record.patient_id, "subtype": record.subtype}
+
+
+def build_datalist(
+    records: Sequence[ImageRecord],
+    *,
+    label_mode: str = "binary",
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    relative_to: str | Path | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Split records into a datalist, by patient, stratified on normal / bacterial / viral.
+
+    The split does not depend on ``label_mode``: the same seed gives the same patients in validation
+    for the two-class and the three-class model, so their numbers can be compared.
+
+    Args:
+        records: films from :func:`~pneumonia_monai.data.kaggle.scan_kaggle_tree`.
+        label_mode: ``"binary"`` or ``"subtype"``.
+        val_fraction: fraction of the train+val pool that goes to validation.
+        seed: split seed.
+        relative_to: write image paths relative to this folder (the datalist's own folder).
+
+    Raises:
+        ValueError: on an unknown ``label_mode`` or when the pool is too small to split.
+    """
+    if label_mode not in LABEL_MODES:
+        raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
+    base = Path(relative_to) if relative_to is not None else None
+    pool = [r for r in records if r.source_split != "test"]
+    test = [r for r in records if r.source_split == "test"]
+    if not pool:
+        raise ValueError("no training films: every record is from the official test split")
+    train_idx, val_idx = grouped_split(
+        [r.subtype if r.label == "pneumonia" else "normal" for r in pool],
+        [r.patient_id for r in pool],
+        val_fraction=val_fraction,
+        seed=seed,
+    )
+    out: dict[str, list[dict[str, Any]]] = {key: [] for key in DATALIST_KEYS}
+    unlabelled = 0
+    for key, chosen in (
+        ("training", [pool[i] for i in train_idx]),
+        ("validation", [pool[i] for i in val_idx]),
+        ("test", test),
+    ):
+        for record in chosen:
+            label = label_of(record, label_mode)
+            if label is None:
+                unlabelled += 1
+                continue
+            out[key].append(_item(record, label, base))
+    if unlabelled:
+        logger.warning(
+            "%d pneumonia film(s) have no bacterial/viral subtype and are left out in %s mode",
+            unlabelled,
+            label_mode,
+        )
+    for key in DATALIST_KEYS:
+        logger.info("%s: %d films, labels %s", key, len(out[key]), _label_counts(out[key]))
+    return out
+
+
+def _label_counts(items: Sequence[dict[str, Any]]) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for item in items:
+        counts[item["label"]] = counts.get(item["label"], 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def write_json_atomic(obj: Any, path: str | Path) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=2)
+            fh.write("\n")
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def resolve_items(datalist: dict[str, Any], key: str, base: str | Path) -> list[dict[str, Any]]:
+    """Return the ``key`` list of a datalist with image paths made absolute against ``base``.
+
+    Raises:
+        KeyError: if the datalist has no ``key`` list.
+    """
+    if key not in datalist:
+        raise KeyError(f"datalist has no {key!r} list (it has {sorted(datalist)})")
+    items = []
+    for item in datalist[key]:
+        image = Path(item["image"])
+        items.append({**item, "image": str(image if image.is_absolute() else Path(base) / image)})
+    return items
+
+
+def prepare_datalist(
+    dataset_dir: str | Path,
+    *,
+    label_mode: str = "binary",
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    output: str | Path | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Return the bundle's datalist for ``dataset_dir``, with absolute image paths.
+
+    ``dataset_dir`` is either a Kaggle/Mendeley image tree, which is scanned and split here, or a
+    datalist JSON file (for example one written by ``pneumonia-monai convert dicom-to-datalist``),
+    whose relative image paths are taken relative to the file's folder.
+
+    Args:
+        dataset_dir: image tree or datalist JSON.
+        label_mode: ``"binary"`` or ``"subtype"`` (ignored for a datalist file, whose labels are used).
+        val_fraction: validation fraction for a tree.
+        seed: split seed for a tree.
+        output: if given, the datalist is also written there (for provenance).
+
+    Raises:
+        FileNotFoundError: if ``dataset_dir`` does not exist.
+    """
+    source = Path(dataset_dir)
+    if source.is_file():
+        with source.open(encoding="utf-8") as fh:
+            raw = json.load(fh)
+        datalist = {
+            key: resolve_items(raw, key, source.parent) if key in raw else [] for key in DATALIST_KEYS
+        }
+        logger.info("datalist %s: %s", source, {k: len(v) for k, v in datalist.items()})
+    else:
+        records = scan_kaggle_tree(source)
+        logger.info(
+            "labels: %s; official splits: %s", count_by(records, "subtype"), count_by(records, "source_split")
+        )
+        datalist = build_datalist(records, label_mode=label_mode, val_fraction=val_fraction, seed=seed)
+    if output is not None:
+        write_json_atomic(datalist, output)
+    return datalist

@@ -1,0 +1,37 @@
+"""List the films of a folder for the bundle's own ``inference`` run."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pneumonia_monai.data.kaggle import IMAGE_SUFFIXES, JUNK_NAMES
+
+logger = logging.getLogger(__name__)
+
+
+def list_films(folder: str | Path) -> list[dict[str, str]]:
+    """Return ``[{"image": path}, ...]`` for the JPEG/PNG and DICOM files under ``folder``, sorted.
+
+    DICOM files are recognised by their header, whatever their name. For triage of real DICOM
+    archives (views, body parts, duplicates) use ``pneumonia-monai infer``, which applies the
+    selection rules; this listing is for a folder of films already known to be chest frontals.
+
+    Raises:
+        FileNotFoundError: if ``folder`` does not exist.
+    """
+    from pneumonia_monai.dicom.io import is_dicom
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"folder not found: {root}")
+    films = []
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or any(
+            p in JUNK_NAMES or p.startswith("._") for p in path.relative_to(root).parts
+        ):
+            continue
+        if path.suffix.lower() in IMAGE_SUFFIXES or is_dicom(path):
+            films.append({"image": str(path)})
+    logger.info("%d film(s) under %s", len(films), root)
+    return films

@@ -1,0 +1,95 @@
+"""Ignite handlers of the bundle's evaluation: collect predictions, then write the report."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+from pneumonia_monai.constants import class_names
+
+logger = logging.getLogger(__name__)
+
+
+class MetricsReportHandler:
+    """Collect the evaluator's probabilities and labels, and write ``metrics.json`` and figures.
+
+    The report (metrics with bootstrap intervals grouped by patient, ROC/PR/calibration/confusion
+    figures) is written by :func:`pneumonia_monai.evaluation.report.write_report` when the evaluator
+    completes.
+
+    Args:
+        output_dir: folder of ``metrics.json`` and the figures.
+        num_classes: 2 or 3.
+        threshold: operating threshold on the pneumonia probability.
+        split_name: name of the evaluated split, recorded in the report.
+        n_resamples: bootstrap resamples for the intervals.
+        seed: bootstrap seed.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        num_classes: int,
+        threshold: float,
+        split_name: str = "validation",
+        n_resamples: int = 2000,
+        seed: int = 0,
+    ) -> None:
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+        self.output_dir = Path(output_dir)
+        self.class_names = class_names(num_classes)
+        self.threshold = float(threshold)
+        self.split_name = split_name
+        self.n_resamples = int(n_resamples)
+        self.seed = int(seed)
+        self.metrics: dict[str, Any] = {}
+        self._reset()
+
+    def _reset(self, engine: Engine | None = None) -> None:
+        self.probs: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+        self.groups: list[str] = []
+        self.images: list[np.ndarray] = []
+
+    def attach(self, engine: Engine) -> None:
+        """Collect on every iteration of ``engine`` and report when it completes."""
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._report)
+
+    def _collect(self, engine: Engine) -> None:
+        output = engine.state.output
+        batch = engine.state.batch
+        for item in output:
+            self.probs.append(torch.as_tensor(item["pred"]).detach().float().cpu().numpy())
+            label = torch.as_tensor(item["label"]).detach().cpu()
+            self.labels.append(label.argmax().numpy() if label.numel() > 1 else label.reshape(()).numpy())
+            self.images.append(torch.as_tensor(item["image"]).detach().float().cpu().numpy()[0])
+        ids = batch.get("patient_id") if isinstance(batch, dict) else None
+        self.groups.extend(list(ids) if ids is not None else [""] * len(output))
+
+    def _report(self, engine: Engine) -> None:
+        from pneumonia_monai.evaluation.report import write_report
+
+        y_true = np.asarray(self.labels, dtype=int)
+        probs = np.stack(self.probs)
+        groups = np.asarray(self.groups) if all(self.groups) else None
+        self.metrics = write_report(
+            self.output_dir,
+            y_true,
+            probs,
+            class_names=self.class_names,
+            threshold=self.threshold,
+            groups=groups,
+            images=np.stack(self.images),
+            split_name=self.split_name,
+            n_resamples=self.n_resamples,
+            seed=self.seed,
+        )
+        logger.info("wrote the %s report (%d films) to %s", self.split_name, len(y_true), self.output_dir)

@@ -1,0 +1,109 @@
+"""Load a chest film, JPEG/PNG or DICOM, as one channel of display intensities in [0, 1].
+
+Training, evaluation and inference all load through :class:`LoadChestXRayd`, so a film gives the same
+tensor whatever its format: a JPEG's 8-bit grey levels are divided by 255; a DICOM object goes through
+the grayscale pipeline of :mod:`pneumonia_monai.dicom.pixels` (Modality LUT, VOI LUT, polarity,
+padding, scaling by the VOI output range), whose output is on the same display scale.
+
+The array is ``(1, rows, columns)``: channel first, row-major, as stored (no transpose).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Transform
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+#: PIL modes read as 8-bit grey levels (RGB is reduced by ITU-R BT.601 luma, as PIL's ``convert("L")``).
+_EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr"})
+#: PIL modes of 16-bit greyscale PNGs.
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I"})
+
+
+class ImageLoadError(ValueError):
+    """A film that cannot be loaded; the message says why."""
+
+
+def load_raster(path: str | Path) -> np.ndarray:
+    """Load a JPEG/PNG as a float32 ``(rows, columns)`` array in [0, 1].
+
+    Raises:
+        ImageLoadError: if the file is missing, not an image, or of an unsupported mode.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            if mode in _EIGHT_BIT_MODES:
+                return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+            if mode in _SIXTEEN_BIT_MODES:
+                arr = np.asarray(img, dtype=np.float32)
+                return np.clip(arr / 65535.0, 0.0, 1.0)
+    except FileNotFoundError:
+        raise ImageLoadError(f"file not found: {path}") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL raises these for unreadable or truncated images
+        raise ImageLoadError(f"not a readable image ({exc.__class__.__name__}: {exc})") from exc
+    raise ImageLoadError(f"unsupported image mode {mode!r} (expected 8-bit grey/RGB or 16-bit grey)")
+
+
+def load_film(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """Load a film of any supported format; DICOM is recognised by its header, not its name.
+
+    Returns:
+        ``(image, meta)``: a float32 ``(rows, columns)`` array in [0, 1] and non-PHI facts about the
+        file (``format``, and for DICOM the UIDs, modality, view ...).
+
+    Raises:
+        ImageLoadError: if the file cannot be loaded (``DicomReadError`` is one of these for DICOM).
+    """
+    from pneumonia_monai.dicom import io as dicom_io  # the DICOM stack is imported only when used
+
+    path = Path(path)
+    if dicom_io.is_dicom(path):
+        try:
+            image, meta = dicom_io.read_image(path)
+        except dicom_io.DicomReadError as exc:
+            raise ImageLoadError(str(exc)) from exc
+        return image, {"format": "dicom", **meta}
+    return load_raster(path), {"format": "raster"}
+
+
+class LoadChestXRay(Transform):
+    """Load a film path into a ``(1, rows, columns)`` float32 :class:`~monai.data.MetaTensor`."""
+
+    def __call__(self, path: str | Path) -> MetaTensor:
+        """Load ``path``; the meta dictionary holds ``filename_or_obj``, ``format`` and ``spatial_shape``."""
+        image, facts = load_film(path)
+        # Only keys every format has, so that a batch mixing JPEG and DICOM films collates.
+        meta = {
+            "filename_or_obj": str(path),
+            "format": facts["format"],
+            "spatial_shape": np.asarray(image.shape),
+        }
+        return MetaTensor(torch.from_numpy(np.ascontiguousarray(image))[None], meta=meta)
+
+
+class LoadChestXRayd(MapTransform):
+    """Dictionary version of :class:`LoadChestXRay`: replaces each path under ``keys`` by its image."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.loader = LoadChestXRay()
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Load every path under ``keys``."""
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.loader(d[key])
+        return d

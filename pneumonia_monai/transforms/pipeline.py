@@ -1,0 +1,67 @@
+"""The one deterministic preprocessing chain shared by training, evaluation and inference.
+
+Every bundle config uses :class:`ChestXRayPreprocessd` for the deterministic part of its
+preprocessing, so the chain is written once and cannot drift between the configs:
+
+1. :class:`~pneumonia_monai.transforms.io.LoadChestXRayd`: JPEG/PNG or DICOM to ``(1, rows, cols)``
+   display intensities in [0, 1];
+2. :class:`~pneumonia_monai.transforms.lung_crop.LungFieldCropd`: crop to the lung fields (optional);
+3. :class:`monai.transforms.Resized` to ``spatial_size`` with area interpolation (anti-aliased
+   down-sampling of 2,000-pixel DICOM films);
+4. :class:`monai.transforms.EnsureTyped` to float32.
+
+It is a plain (non-random) transform, so :class:`monai.data.CacheDataset` caches its output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import torch
+from monai.config import KeysCollection
+from monai.transforms import Compose, EnsureTyped, MapTransform, Resized
+
+from pneumonia_monai.transforms.io import LoadChestXRayd
+from pneumonia_monai.transforms.lung_crop import LungFieldCropd
+
+
+class ChestXRayPreprocessd(MapTransform):
+    """Load, crop to the lungs and resize the films under ``keys``.
+
+    Args:
+        keys: keys of the film paths (usually ``"image"``).
+        spatial_size: output ``(rows, columns)``.
+        lung_crop: crop to the lung fields (``False``: resize the whole film).
+        crop_margin: margin around the lung fields, as a fraction of the film's size.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        spatial_size: Sequence[int] | int = (224, 224),
+        lung_crop: bool = True,
+        crop_margin: float = 0.05,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        size = (
+            (int(spatial_size),) * 2 if isinstance(spatial_size, int) else tuple(int(s) for s in spatial_size)
+        )
+        if len(size) != 2 or min(size) < 16:
+            raise ValueError(f"spatial_size must be two sizes of at least 16 pixels, got {spatial_size!r}")
+        self.spatial_size = size
+        self.chain = Compose(
+            [
+                LoadChestXRayd(keys, allow_missing_keys=allow_missing_keys),
+                LungFieldCropd(
+                    keys, margin=crop_margin, enabled=lung_crop, allow_missing_keys=allow_missing_keys
+                ),
+                Resized(keys, spatial_size=size, mode="area", allow_missing_keys=allow_missing_keys),
+                EnsureTyped(keys, dtype=torch.float32, allow_missing_keys=allow_missing_keys),
+            ]
+        )
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Return a copy of ``data`` with each film replaced by its preprocessed tensor."""
+        return self.chain(dict(data))
