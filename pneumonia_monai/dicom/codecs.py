@@ -1,0 +1,134 @@
+"""Which transfer syntaxes of CR/DX archives this install can decode, by pydicom 3's decoder registry.
+
+The project depends on licence-safe decoders only: python-gdcm (BSD), pylibjpeg (MIT) with its
+openjpeg (BSD/MIT) and rle (MIT) plugins, pyjpegls (MIT, CharLS BSD) and Pillow (MIT-CMU), next to
+pydicom's own native and RLE decoders. The GPL-3.0 ``pylibjpeg-libjpeg`` is not required: pydicom's
+``pylibjpeg`` plugin for the JPEG and JPEG-LS syntaxes runs on it, so for those syntaxes that plugin is
+not counted here (:func:`check_decoders` leaves it out unless asked, :func:`missing_decoders` never
+counts it), and :func:`gpl_libjpeg_installed` says whether it is present anyway.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+from pydicom import uid
+from pydicom.pixels import get_decoder
+
+logger = logging.getLogger(__name__)
+
+#: Transfer syntaxes common in CR/DX archives: UID -> name.
+TRANSFER_SYNTAXES: dict[str, str] = {
+    uid.ImplicitVRLittleEndian: "Implicit VR Little Endian",
+    uid.ExplicitVRLittleEndian: "Explicit VR Little Endian",
+    uid.ExplicitVRBigEndian: "Explicit VR Big Endian (retired)",
+    uid.DeflatedExplicitVRLittleEndian: "Deflated Explicit VR Little Endian",
+    uid.JPEGBaseline8Bit: "JPEG Baseline (process 1)",
+    uid.JPEGExtended12Bit: "JPEG Extended (process 2 & 4)",
+    uid.JPEGLossless: "JPEG Lossless (process 14)",
+    uid.JPEGLosslessSV1: "JPEG Lossless SV1 (process 14, selection value 1)",
+    uid.JPEGLSLossless: "JPEG-LS Lossless",
+    uid.JPEGLSNearLossless: "JPEG-LS Near-Lossless",
+    uid.JPEG2000Lossless: "JPEG 2000 Lossless",
+    uid.JPEG2000: "JPEG 2000 (lossy)",
+    uid.RLELossless: "RLE Lossless",
+}
+
+#: Licence-safe packages that decode each encapsulated syntax (any one of them is enough).
+INSTALL_HINTS: dict[str, str] = {
+    uid.JPEGBaseline8Bit: "python-gdcm or pillow",
+    uid.JPEGExtended12Bit: "python-gdcm (Pillow decodes 8-bit samples only)",
+    uid.JPEGLossless: "python-gdcm",
+    uid.JPEGLosslessSV1: "python-gdcm",
+    uid.JPEGLSLossless: "pyjpegls or python-gdcm",
+    uid.JPEGLSNearLossless: "pyjpegls or python-gdcm",
+    uid.JPEG2000Lossless: "pylibjpeg + pylibjpeg-openjpeg, python-gdcm or pillow",
+    uid.JPEG2000: "pylibjpeg + pylibjpeg-openjpeg, python-gdcm or pillow",
+    uid.RLELossless: "pylibjpeg + pylibjpeg-rle (pydicom's own RLE decoder needs only numpy)",
+}
+
+#: Why 12-bit JPEG Extended fails without the GPL plugin (pydicom 3.0's gdcm plugin refuses 12-bit
+#: process 4 data, python-gdcm wheels lack the 12-bit IJG codec, Pillow reads 8-bit JPEG only).
+JPEG_EXTENDED_12BIT_NOTE = (
+    "the licence-safe decoders (python-gdcm, Pillow) decode 8-bit JPEG Extended only; 12-bit samples "
+    "need pylibjpeg-libjpeg (GPL-3.0), which this project does not install"
+)
+
+#: Name given to pydicom's built-in decoding of native (uncompressed, or deflated) pixel data.
+NATIVE_PLUGIN = "pydicom"
+
+#: (syntax, pydicom plugin) pairs that only work through the GPL-3.0 pylibjpeg-libjpeg.
+GPL_PLUGINS: frozenset[tuple[str, str]] = frozenset(
+    (syntax, "pylibjpeg")
+    for syntax in (
+        uid.JPEGBaseline8Bit,
+        uid.JPEGExtended12Bit,
+        uid.JPEGLossless,
+        uid.JPEGLosslessSV1,
+        uid.JPEGLSLossless,
+        uid.JPEGLSNearLossless,
+    )
+)
+
+
+def syntax_label(syntax: str) -> str:
+    """Return ``"name (UID)"`` for a transfer syntax, the project's name where it has one."""
+    known = uid.UID(str(syntax))
+    name = TRANSFER_SYNTAXES.get(str(syntax)) or (known.name if known.is_transfer_syntax else "")
+    return f"{name or 'unknown transfer syntax'} ({syntax})"
+
+
+def install_hint(syntax: str) -> str:
+    """Return which licence-safe package(s) decode ``syntax``, as a phrase for messages."""
+    return INSTALL_HINTS.get(str(syntax), "no licence-safe decoder is known for it")
+
+
+def available_plugins(syntax: str, include_gpl: bool = False) -> list[str]:
+    """Return the pydicom decoder plugins that can decode ``syntax`` in this install.
+
+    Native syntaxes (including deflated) are decoded by pydicom itself: ``["pydicom"]``. For the JPEG
+    and JPEG-LS syntaxes the ``pylibjpeg`` plugin is left out unless ``include_gpl`` (it runs on the
+    GPL-3.0 pylibjpeg-libjpeg).
+
+    Raises:
+        NotImplementedError: if pydicom has no decoder for ``syntax`` at all.
+    """
+    decoder = get_decoder(syntax)
+    if not decoder.is_encapsulated:
+        return [NATIVE_PLUGIN]
+    return [
+        name for name in decoder.available_plugins if include_gpl or (str(syntax), name) not in GPL_PLUGINS
+    ]
+
+
+def check_decoders(include_gpl: bool = False) -> dict[str, list[str]]:
+    """Return ``{transfer syntax UID: [available decoder plugin names]}`` for :data:`TRANSFER_SYNTAXES`.
+
+    Read from pydicom 3's ``pydicom.pixels.decoders`` registry (``get_decoder(uid).available_plugins``);
+    licence-safe plugins only unless ``include_gpl``.
+    """
+    return {syntax: available_plugins(syntax, include_gpl) for syntax in TRANSFER_SYNTAXES}
+
+
+def missing_decoders() -> list[str]:
+    """Return the UIDs of :data:`TRANSFER_SYNTAXES` that no licence-safe plugin can decode."""
+    return [syntax for syntax, plugins in check_decoders().items() if not plugins]
+
+
+def gpl_libjpeg_installed() -> bool:
+    """Return whether the GPL-3.0 ``pylibjpeg-libjpeg`` (module ``libjpeg``) is importable."""
+    return importlib.util.find_spec("libjpeg") is not None
+
+
+def log_missing_decoders() -> None:
+    """Log a warning naming the transfer syntaxes this install cannot decode (batch commands call it)."""
+    missing = missing_decoders()
+    if not missing:
+        logger.debug("decoders available for all %d transfer syntaxes", len(TRANSFER_SYNTAXES))
+        return
+    logger.warning(
+        "no decoder for %d transfer syntax(es); their files will be reported as errors: %s",
+        len(missing),
+        "; ".join(f"{syntax_label(s)} - install {install_hint(s)}" for s in missing),
+    )

@@ -1,0 +1,301 @@
+"""Recognise DICOM files by their header and read one as a display image plus non-PHI facts.
+
+:func:`read_image` reads the whole data set with pydicom (``force=True``, so files without the
+128-byte preamble are read too), decodes **the first frame only** with pydicom 3's decoder for the
+file's transfer syntax and runs :func:`pneumonia_monai.dicom.pixels.to_display` on it.
+
+Multi-frame rule: frame 0 is used; ``meta["frames"]`` says how many the file holds and
+``meta["frame_used"]`` which one was used (always 0), and a debug message is logged. A chest film
+stored as several frames is rare (a dual-energy or stitched series would be several objects); taking
+the first frame is explicit and reproducible, where averaging or picking a "best" frame would not be.
+
+Everything that makes a file unusable is raised as :class:`DicomReadError` with a message meant to be
+logged as the file's ``reason`` in a batch run; pydicom's and numpy's exceptions are wrapped in it.
+pydicom's warnings while reading are captured and logged at debug level (and quoted in the message
+when the file turns out unusable, since they often say why: "End of file reached ..."). The capture
+uses :func:`warnings.catch_warnings`, which is process-wide state on Python < 3.14: reading from
+several threads at once may misplace a warning (never an image); data loader worker processes are
+unaffected.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom import dcmread, uid
+from pydicom.datadict import dictionary_has_tag
+from pydicom.dataset import Dataset
+from pydicom.pixels import get_decoder
+from pydicom.pixels.utils import as_pixel_options
+
+from pneumonia_monai.dicom import codecs, pixels
+
+logger = logging.getLogger(__name__)
+
+#: Attributes without which no image can be made: keyword -> tag text for messages.
+REQUIRED_ATTRIBUTES: dict[str, str] = {
+    "Rows": "(0028,0010)",
+    "Columns": "(0028,0011)",
+    "BitsAllocated": "(0028,0100)",
+    "BitsStored": "(0028,0101)",
+    "PixelRepresentation": "(0028,0103)",
+    "SamplesPerPixel": "(0028,0002)",
+    "PhotometricInterpretation": "(0028,0004)",
+    "PixelData": "(7FE0,0010)",
+}
+
+#: Photometric interpretations read_image accepts before decoding; YBR_ICT / YBR_RCT only occur in
+#: JPEG 2000 and come back from the decoders as RGB.
+SUPPORTED_PHOTOMETRIC: frozenset[str] = pixels.GRAYSCALE | pixels.COLOUR | {"YBR_ICT", "YBR_RCT"}
+
+#: First two bytes of a data set written without preamble: group 0002 or 0008, either byte order.
+_NO_PREAMBLE_STARTS = frozenset({b"\x02\x00", b"\x00\x02", b"\x08\x00", b"\x00\x08"})
+
+
+class DicomReadError(ValueError):
+    """A DICOM file that cannot be turned into an image; the message says why, for humans."""
+
+
+# --------------------------------------------------------------------------------------------------
+# sniffing
+
+
+def is_dicom(path: str | Path) -> bool:
+    """Return whether ``path`` is a DICOM file, judged by its header, never by its name.
+
+    True for the ``DICM`` magic at byte 128 (PS3.10 file format), or for a file without preamble that
+    pydicom can parse with ``force=True`` and that holds at least one group 0008 element known to the
+    DICOM dictionary. Never raises: unreadable paths and folders are not DICOM.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(132)
+    except OSError:
+        return False
+    if len(head) == 132 and head[128:132] == b"DICM":
+        return True
+    if head[:2] not in _NO_PREAMBLE_STARTS:  # cheap reject of JPEGs, text, ... before parsing
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = dcmread(path, force=True, stop_before_pixels=True)
+        return any(tag.group == 0x0008 and dictionary_has_tag(tag) for tag in ds.keys())  # noqa: SIM118
+    except Exception:  # noqa: BLE001 - any parse failure means "not DICOM"
+        return False
+
+
+# --------------------------------------------------------------------------------------------------
+# reading
+
+
+def _warning_text(caught: list[warnings.WarningMessage]) -> str:
+    return "; ".join(dict.fromkeys(str(w.message) for w in caught))
+
+
+def _transfer_syntax(ds: Dataset) -> uid.UID:
+    """The file's transfer syntax, or the one pydicom found the data set encoded in (no meta)."""
+    tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if tsyntax:
+        return uid.UID(str(tsyntax))
+    implicit, little = ds.original_encoding
+    if implicit:
+        inferred = uid.ImplicitVRLittleEndian
+    else:
+        inferred = uid.ExplicitVRLittleEndian if little else uid.ExplicitVRBigEndian
+    logger.debug("no (0002,0010) Transfer Syntax UID; data set read as %s", inferred.name)
+    ds.file_meta.TransferSyntaxUID = inferred  # pydicom's decoder looks it up there
+    return inferred
+
+
+def _check_attributes(ds: Dataset, read_warnings: str) -> None:
+    missing = [
+        f"{keyword} {tag}"
+        for keyword, tag in REQUIRED_ATTRIBUTES.items()
+        if keyword not in ds or ds[keyword].value in (None, "", b"")
+    ]
+    if missing:
+        hint = f" (pydicom: {read_warnings[:300]})" if read_warnings else ""
+        raise DicomReadError(f"missing required attribute(s): {', '.join(missing)}{hint}")
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        bits_allocated, bits_stored = int(ds.BitsAllocated), int(ds.BitsStored)
+        pixel_rep, samples = int(ds.PixelRepresentation), int(ds.SamplesPerPixel)
+        frames = int(ds.get("NumberOfFrames") or 1)
+    except (TypeError, ValueError) as exc:
+        raise DicomReadError(f"invalid Image Pixel attribute value: {exc}") from exc
+    if rows < 1 or columns < 1 or frames < 1:
+        raise DicomReadError(f"invalid image size: Rows {rows}, Columns {columns}, Number of Frames {frames}")
+    if bits_allocated not in (1, 8, 16, 32) or not 1 <= bits_stored <= bits_allocated:
+        raise DicomReadError(
+            f"unsupported Bits Allocated (0028,0100) {bits_allocated} / Bits Stored (0028,0101) {bits_stored}"
+        )
+    if pixel_rep not in (0, 1):
+        raise DicomReadError(f"invalid Pixel Representation (0028,0103) {pixel_rep}")
+    pi = str(ds.PhotometricInterpretation).strip().upper()
+    if pi not in SUPPORTED_PHOTOMETRIC:
+        raise DicomReadError(
+            f"unsupported Photometric Interpretation (0028,0004) {pi!r} "
+            f"(supported: {', '.join(sorted(SUPPORTED_PHOTOMETRIC))})"
+        )
+    expected_samples = 1 if pi in pixels.GRAYSCALE else 3
+    if samples != expected_samples:
+        raise DicomReadError(f"Samples per Pixel (0028,0002) is {samples}, {pi} needs {expected_samples}")
+
+
+def _check_native_length(ds: Dataset) -> None:
+    """Refuse native pixel data shorter than Rows x Columns x Samples x Frames x Bits Allocated."""
+    frames = int(ds.get("NumberOfFrames") or 1)
+    bits = int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel) * frames * int(ds.BitsAllocated)
+    expected = (bits + 7) // 8
+    if str(ds.PhotometricInterpretation).strip().upper() == "YBR_FULL_422":
+        expected = expected // 3 * 2  # two chroma samples shared by each pair of pixels
+    actual = len(ds.PixelData)
+    if actual < expected:
+        raise DicomReadError(
+            f"truncated pixel data: {actual} of the {expected} bytes that Rows x Columns x Samples per "
+            f"Pixel x Number of Frames x Bits Allocated call for"
+        )
+
+
+def _decode_first_frame(ds: Dataset, tsyntax: uid.UID) -> tuple[np.ndarray, str]:
+    """Decode frame 0; return it with the photometric interpretation the decoder left it in."""
+    label = codecs.syntax_label(tsyntax)
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError:
+        raise DicomReadError(f"unsupported transfer syntax {label}: pydicom has no decoder for it") from None
+    if not decoder.is_available:
+        raise DicomReadError(
+            f"cannot decode {label}: no decoder plugin is installed for it; "
+            f"install {codecs.install_hint(tsyntax)}"
+        )
+    if not tsyntax.is_encapsulated:
+        _check_native_length(ds)
+    try:
+        arr, changes = decoder.as_array(ds, index=0, **as_pixel_options(ds))
+    except Exception as exc:  # every decoder failure becomes a per-file reason
+        if tsyntax == uid.JPEGExtended12Bit and int(ds.BitsStored) > 8:
+            raise DicomReadError(
+                f"cannot decode {label} with {int(ds.BitsStored)}-bit samples: "
+                + codecs.JPEG_EXTENDED_12BIT_NOTE
+            ) from exc
+        raise DicomReadError(f"cannot decode {label} pixel data: {type(exc).__name__}: {exc}") from exc
+    except BaseException as exc:
+        # pylibjpeg-rle (Rust, pyo3) panics on some corrupt RLE data; pyo3's PanicException derives
+        # from BaseException, so neither pydicom's plugin loop nor ``except Exception`` stops it.
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise DicomReadError(f"cannot decode {label} pixel data: the decoder crashed: {exc}") from exc
+    photometric = str(changes.get("photometric_interpretation", ds.PhotometricInterpretation))
+    return arr, photometric.strip().upper()
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    return "" if value is None else str(value).strip()
+
+
+def _pixel_spacing(ds: Dataset) -> tuple[list[float] | None, str | None]:
+    """Pixel Spacing (0028,0030), else the detector-plane Imager Pixel Spacing (0018,1164) of CR/DX."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(keyword)
+        if value:
+            try:
+                return [float(v) for v in value], keyword
+            except (TypeError, ValueError):
+                logger.debug("ignoring unreadable %s %r", keyword, value)
+    return None, None
+
+
+def _meta(ds: Dataset, tsyntax: uid.UID, info: dict[str, Any]) -> dict[str, Any]:
+    """Non-PHI facts of the file (no patient name, id, birth date ...)."""
+    spacing, spacing_source = _pixel_spacing(ds)
+    return {
+        "study_uid": _text(ds, "StudyInstanceUID"),
+        "series_uid": _text(ds, "SeriesInstanceUID"),
+        "sop_uid": _text(ds, "SOPInstanceUID"),
+        "sop_class_uid": _text(ds, "SOPClassUID"),
+        "modality": _text(ds, "Modality"),
+        "photometric_interpretation": _text(ds, "PhotometricInterpretation"),
+        "transfer_syntax_uid": str(tsyntax),
+        "rows": int(ds.Rows),
+        "columns": int(ds.Columns),
+        "bits_stored": int(ds.BitsStored),
+        "view_position": _text(ds, "ViewPosition"),
+        "pixel_spacing": spacing,
+        "pixel_spacing_source": spacing_source,
+        "voi_source": info["voi_source"],
+        "inverted": bool(info["inverted"]),
+        "frames": int(ds.get("NumberOfFrames") or 1),
+        "frame_used": 0,
+    }
+
+
+def read_image(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read a DICOM file as a display image.
+
+    Returns:
+        ``(image, meta)``: a float32 ``(rows, columns)`` array in [0, 1] in display sense (0 black,
+        1 white: MONOCHROME2 after the VOI LUT; see :mod:`pneumonia_monai.dicom.pixels`) and a dict of
+        non-PHI facts: ``study_uid``, ``series_uid``, ``sop_uid``, ``sop_class_uid``, ``modality``,
+        ``photometric_interpretation``, ``transfer_syntax_uid``, ``rows``, ``columns``,
+        ``bits_stored``, ``view_position``, ``pixel_spacing`` (list or None) with
+        ``pixel_spacing_source``, ``voi_source``, ``inverted``, ``frames`` and ``frame_used``.
+
+    Raises:
+        DicomReadError: for a missing, empty, non-DICOM or truncated file, missing Image Pixel
+            attributes, an unsupported photometric interpretation or transfer syntax, a missing
+            decoder (the message names the syntax and the package to install) or undecodable data.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise DicomReadError(f"cannot read file: {exc.strerror or exc}") from exc
+    if not path.is_file():
+        raise DicomReadError("not a regular file")
+    if size == 0:
+        raise DicomReadError("empty file (0 bytes)")
+    if not is_dicom(path):
+        raise DicomReadError(
+            "not a DICOM file: no 'DICM' marker at byte 128 and no data set with group 0008 elements"
+        )
+
+    try:
+        return _read(path)
+    except DicomReadError:
+        raise
+    except Exception as exc:  # a broken file must never end a batch with another exception type
+        raise DicomReadError(f"cannot read the DICOM data set: {type(exc).__name__}: {exc}") from exc
+
+
+def _read(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    # pydicom converts elements lazily, so it may warn at any step, not only in dcmread
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return _read_dataset(path, caught)
+        finally:
+            if caught:
+                logger.debug("%s: pydicom warned: %s", path, _warning_text(caught))
+
+
+def _read_dataset(path: Path, caught: list[warnings.WarningMessage]) -> tuple[np.ndarray, dict[str, Any]]:
+    ds = dcmread(path, force=True)
+    _check_attributes(ds, _warning_text(caught))
+    tsyntax = _transfer_syntax(ds)
+    arr, photometric = _decode_first_frame(ds, tsyntax)
+    frames = int(ds.get("NumberOfFrames") or 1)
+    if frames > 1:
+        logger.debug("%s: %d frames, using frame 0", path, frames)
+    try:
+        image, info = pixels.to_display(ds, arr, photometric=photometric)
+    except ValueError as exc:
+        raise DicomReadError(f"cannot display the pixel data: {exc}") from exc
+    return image, _meta(ds, tsyntax, info)
