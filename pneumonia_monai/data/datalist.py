@@ -46,6 +46,7 @@ def label_of(record: ImageRecord, label_mode: str) -> int | None:
 def _item(record: ImageRecord, label: int, base: Path | None) -> dict[str, Any]:
     image = Path(record.image)
     if base is not None:
+        image = image.resolve()
         with contextlib.suppress(ValueError):  # on another drive (Windows): keep the absolute path
             image = Path(os.path.relpath(image, base))
     return {"image": str(image), "label": label, "patient_id": record.patient_id, "subtype": record.subtype}
@@ -76,7 +77,7 @@ def build_datalist(
     """
     if label_mode not in LABEL_MODES:
         raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
-    base = Path(relative_to) if relative_to is not None else None
+    base = Path(relative_to).resolve() if relative_to is not None else None
     pool = [r for r in records if r.source_split != "test"]
     test = [r for r in records if r.source_split == "test"]
     if not pool:

@@ -150,7 +150,9 @@ def scan_kaggle_tree(root: str | Path) -> list[ImageRecord]:
     records: list[ImageRecord] = []
     seen: dict[tuple[str, ...], Path] = {}
     unlabelled = 0
-    for path in iter_image_files(root):
+    # Shallowest copy first, so that the nested chest_xray/chest_xray duplicate is the one dropped.
+    files = sorted(iter_image_files(root), key=lambda p: (len(p.relative_to(root).parts), str(p)))
+    for path in files:
         rel = path.relative_to(root)
         found = _class_and_split(rel)
         if found is None:
@@ -165,6 +167,7 @@ def scan_kaggle_tree(root: str | Path) -> list[ImageRecord]:
         label, split = found
         subtype, patient_id = parse_name(path.stem, label)
         records.append(ImageRecord(str(path), label, subtype, patient_id, split))
+    records.sort(key=lambda r: r.image)
     if unlabelled:
         logger.info(
             "%d image(s) under %s are outside NORMAL/PNEUMONIA folders and were ignored", unlabelled, root

@@ -76,10 +76,20 @@ class MetricsReportHandler:
 
     def _report(self, engine: Engine) -> None:
         from pneumonia_monai.evaluation.report import write_report
+        from pneumonia_monai.inference.heatmap import gradcam
 
         y_true = np.asarray(self.labels, dtype=int)
         probs = np.stack(self.probs)
         groups = np.asarray(self.groups) if all(self.groups) else None
+        images = np.stack(self.images)
+        network = engine.network  # type: ignore[attr-defined]
+        device = next(network.parameters()).device
+
+        def cam_of(i: int) -> np.ndarray:
+            # Grad-CAM of the pneumonia class (two classes) or of the predicted class (three classes)
+            target = 1 if len(self.class_names) == 2 else int(np.argmax(probs[i]))
+            return gradcam(network, torch.from_numpy(images[i])[None, None].to(device), class_index=target)
+
         self.metrics = write_report(
             self.output_dir,
             y_true,
@@ -87,7 +97,8 @@ class MetricsReportHandler:
             class_names=self.class_names,
             threshold=self.threshold,
             groups=groups,
-            images=np.stack(self.images),
+            images=images,
+            cams=cam_of,
             split_name=self.split_name,
             n_resamples=self.n_resamples,
             seed=self.seed,

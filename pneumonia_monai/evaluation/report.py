@@ -212,9 +212,10 @@ def select_montage_cases(
 def _write_montage(
     out_dir: Path, y_bin: np.ndarray, prob: np.ndarray, threshold: float, images: Any, cams: Any
 ) -> Path | None:
-    if len(images) != y_bin.size or len(cams) != y_bin.size:
+    n_cams = y_bin.size if callable(cams) else len(cams)
+    if len(images) != y_bin.size or n_cams != y_bin.size:
         raise ValueError(
-            f"images and cams must have one entry per film ({y_bin.size}), got {len(images)} and {len(cams)}"
+            f"images and cams must have one entry per film ({y_bin.size}), got {len(images)} and {n_cams}"
         )
     cases = select_montage_cases(y_bin, prob, threshold)
     if not cases:
@@ -224,7 +225,10 @@ def _write_montage(
 
     tiles = [
         (
-            overlay(_unit_2d(images[i], f"images[{i}]"), _unit_2d(cams[i], f"cams[{i}]")),
+            overlay(
+                _unit_2d(images[i], f"images[{i}]"),
+                _unit_2d(cams(i) if callable(cams) else cams[i], f"cams[{i}]"),
+            ),
             f"{category} p={prob[i]:.2f}",
         )
         for category, i in cases
@@ -261,7 +265,8 @@ def write_report(
             :class:`~pneumonia_monai.evaluation.threshold.ThresholdChoice` recording its rule.
         groups: ``(n,)`` patient ids; intervals then resample patients (cluster bootstrap).
         images: ``n`` films (``(H, W)`` or ``(1, H, W)``) for the Grad-CAM montage.
-        cams: ``n`` class-activation maps of the same spatial shape as ``images``.
+        cams: ``n`` class-activation maps of the same spatial shape as ``images``, or a callable that
+            returns the map of film ``i``, so that maps are computed only for the films the montage shows.
         split_name: name of the evaluated set.
         extra: more JSON-ready content for the ``extra`` key.
         n_resamples: bootstrap resamples; ``0`` writes no intervals.

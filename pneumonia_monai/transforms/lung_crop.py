@@ -8,14 +8,17 @@ The detection is classical and cheap, on a thumbnail of at most :data:`THUMBNAIL
 
 1. grey levels are quantised to 256 steps first, so that two encodings of the same film (a JPEG and
    its DICOM conversion, MONOCHROME1 or windowed 12-bit) give the very same crop;
-2. Gaussian smoothing, then Otsu's threshold splits air (dark) from tissue and bone (bright);
+2. Gaussian smoothing, then Otsu's threshold splits air (dark) from tissue and bone (bright); rows
+   and columns with almost no tissue (wide air or padding borders) are cut off: what is left is the
+   body, where the lungs are looked for;
 3. the threshold is taken inside a central band (the outer :data:`_BAND` of each side, where air,
    labels and collimation sit, is ignored), and dark regions are opened and separated from thin
    bridges by an erosion;
 4. the largest one or two remaining regions lying in the central part of the film are the lung fields;
 5. their bounding box is made symmetric about the spine (the brightest column of the central third),
-   so that a lung field that was missed still lies inside it, and grown by ``margin`` (a fraction of
-   the film's size): that is the crop.
+   so that a lung field that was missed still lies inside it, is stretched down to at least
+   :data:`MIN_BOX_HEIGHT` of the body (a consolidated, bright lung base is not dark and must not be
+   cut off), and grown by ``margin`` (a fraction of the film's size): that is the crop.
 
 Where the result is implausible (no region, a box smaller than :data:`MIN_BOX_FRACTION` of the film,
 narrower than :data:`MIN_BOX_WIDTH`, or starting below :data:`MAX_APEX_ROW`), the whole film is kept;
@@ -44,6 +47,9 @@ THUMBNAIL_SIZE = 128
 MIN_BOX_FRACTION = 0.15
 #: A lung-field box narrower than this fraction of the film's width is not believed (one lung only).
 MIN_BOX_WIDTH = 0.35
+#: The box reaches at least this fraction of the body's height below its top (bright, consolidated
+#: lung bases are not dark and would otherwise be cut off).
+MIN_BOX_HEIGHT = 0.8
 #: The lung apices lie in the upper part of a frontal film: a box starting lower is not believed.
 MAX_APEX_ROW = 0.3
 #: A region is a lung candidate if its centroid lies within this central band (fractions of the size).
@@ -51,8 +57,20 @@ _CENTRAL_ROWS = (0.12, 0.85)
 _CENTRAL_COLS = (0.08, 0.92)
 #: Smallest lung candidate, as a fraction of the thumbnail's area.
 _MIN_REGION_FRACTION = 0.01
+#: A row or column of the thumbnail belongs to the body when this fraction of it is tissue.
+_TISSUE_FRACTION = 0.05
 #: Width of the outer band ignored when thresholding, as a fraction of the size.
 _BAND = 0.04
+
+
+def _body_box(thumb: np.ndarray) -> tuple[int, int, int, int]:
+    """Rows and columns of a thumbnail that hold tissue: ``(row_start, row_stop, col_start, col_stop)``."""
+    tissue = thumb > filters.threshold_otsu(thumb)
+    rows = np.flatnonzero(tissue.mean(axis=1) >= _TISSUE_FRACTION)
+    cols = np.flatnonzero(tissue.mean(axis=0) >= _TISSUE_FRACTION)
+    if rows.size < 8 or cols.size < 8:
+        return 0, thumb.shape[0], 0, thumb.shape[1]
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
 def find_lung_box(image: np.ndarray, margin: float = 0.05) -> tuple[tuple[int, int, int, int] | None, str]:
@@ -82,48 +100,62 @@ def find_lung_box(image: np.ndarray, margin: float = 0.05) -> tuple[tuple[int, i
     else:
         thumb = levels
     thumb = filters.gaussian(thumb, sigma=1.0, preserve_range=True)
-    t_rows, t_cols = thumb.shape
-    # Threshold on the central band only: the film's edges (air, labels, collimation) would skew it.
-    band = np.zeros_like(thumb, dtype=bool)
-    band[
-        round(_BAND * t_rows) : round((1 - _BAND) * t_rows),
-        round(_BAND * t_cols) : round((1 - _BAND) * t_cols),
-    ] = True
-    inner = thumb[band]
-    if float(inner.max() - inner.min()) < 8.0:
+    if float(thumb.max() - thumb.min()) < 8.0:
         return None, "film has almost no contrast"
-    dark = (thumb < filters.threshold_otsu(inner)) & band
+    # Stage 1: the body. Rows and columns without tissue (wide air or padding borders) are cut off,
+    # so that the air around the patient cannot merge with the lung fields.
+    b_r0, b_r1, b_c0, b_c1 = _body_box(thumb)
+    body = thumb[b_r0:b_r1, b_c0:b_c1]
+    t_rows, t_cols = thumb.shape
+    s_rows, s_cols = body.shape
+    # Stage 2: the lung fields, dark regions inside the body. The threshold is taken on a central
+    # band only: the edges (air, labels, collimation) would skew it.
+    band = np.zeros_like(body, dtype=bool)
+    band[
+        round(_BAND * s_rows) : round((1 - _BAND) * s_rows),
+        round(_BAND * s_cols) : round((1 - _BAND) * s_cols),
+    ] = True
+    inner = body[band]
+    if inner.size == 0 or float(inner.max() - inner.min()) < 8.0:
+        return None, "film has almost no contrast"
+    dark = (body < filters.threshold_otsu(inner)) & band
     dark = ndimage.binary_opening(dark, structure=morphology.disk(2))
     dark = ndimage.binary_erosion(dark, structure=morphology.disk(1))
     labels = measure.label(dark, connectivity=1)
     candidates = []
     for region in measure.regionprops(labels):
-        if region.area < _MIN_REGION_FRACTION * t_rows * t_cols:
+        if region.area < _MIN_REGION_FRACTION * s_rows * s_cols:
             continue
         r, c = region.centroid
         if (
-            _CENTRAL_ROWS[0] <= r / t_rows <= _CENTRAL_ROWS[1]
-            and _CENTRAL_COLS[0] <= c / t_cols <= _CENTRAL_COLS[1]
+            _CENTRAL_ROWS[0] <= r / s_rows <= _CENTRAL_ROWS[1]
+            and _CENTRAL_COLS[0] <= c / s_cols <= _CENTRAL_COLS[1]
         ):
             candidates.append(region)
     if not candidates:
         return None, "no dark region inside the body"
     lungs = sorted(candidates, key=lambda reg: reg.area, reverse=True)[:2]
-    r0 = min(reg.bbox[0] for reg in lungs) / t_rows
-    c0 = min(reg.bbox[1] for reg in lungs) / t_cols
-    r1 = max(reg.bbox[2] for reg in lungs) / t_rows
-    c1 = max(reg.bbox[3] for reg in lungs) / t_cols
+    r0 = (b_r0 + min(reg.bbox[0] for reg in lungs)) / t_rows
+    c0 = (b_c0 + min(reg.bbox[1] for reg in lungs)) / t_cols
+    r1 = (b_r0 + max(reg.bbox[2] for reg in lungs)) / t_rows
+    c1 = (b_c0 + max(reg.bbox[3] for reg in lungs)) / t_cols
     # Never cut a lung off: make the box symmetric about the spine, the brightest column of the
     # central third (a missed or merged lung field then still lies inside the box).
-    third = thumb[:, t_cols // 3 : 2 * t_cols // 3]
-    spine = (t_cols // 3 + float(np.argmax(third.mean(axis=0)))) / t_cols
+    third = body[:, s_cols // 3 : 2 * s_cols // 3]
+    spine = (b_c0 + s_cols // 3 + float(np.argmax(third.mean(axis=0)))) / t_cols
     c0, c1 = max(0.0, min(c0, 2 * spine - c1)), min(1.0, max(c1, 2 * spine - c0))
-    if r0 > MAX_APEX_ROW:
-        return None, f"lung box starts {r0:.0%} down the film (apices missed)"
-    if (r1 - r0) * (c1 - c0) < MIN_BOX_FRACTION:
-        return None, f"lung box covers only {(r1 - r0) * (c1 - c0):.0%} of the film"
-    if c1 - c0 < MIN_BOX_WIDTH:
-        return None, f"lung box spans only {c1 - c0:.0%} of the width (one lung found)"
+    b_top, b_height = b_r0 / t_rows, (b_r1 - b_r0) / t_rows
+    b_width = (b_c1 - b_c0) / t_cols
+    if r0 - b_top > MAX_APEX_ROW * b_height:
+        return None, f"lung box starts {(r0 - b_top) / b_height:.0%} down the body (apices missed)"
+    # Consolidated lung is bright, not dark: a pneumonic base can be missed. Never stop the box short
+    # of MIN_BOX_HEIGHT of the body below its top, so the bases stay in.
+    r1 = min(b_top + b_height, max(r1, r0 + MIN_BOX_HEIGHT * b_height))
+    area = (r1 - r0) * (c1 - c0) / (b_height * b_width)
+    if area < MIN_BOX_FRACTION:
+        return None, f"lung box covers only {area:.0%} of the body"
+    if (c1 - c0) / b_width < MIN_BOX_WIDTH:
+        return None, f"lung box spans only {(c1 - c0) / b_width:.0%} of the body's width (one lung found)"
     box = (
         max(0, int(np.floor((r0 - margin) * rows))),
         min(rows, int(np.ceil((r1 + margin) * rows))),

@@ -1,0 +1,50 @@
+# Two commands for a fresh machine:
+#   make demo   set everything up, then run the shipped model on the embedded sample DICOM studies
+#   make test   set everything up, then run the linters and the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Debian packages the tests use for real: dcmtk (storescu, echoscu, dcmcjpeg), dicom3tools (dciodvfy),
+# Orthanc and its DICOMweb plugin (the PACS of the round-trip tests).
+SYSTEM_PACKAGES := dcmtk dicom3tools orthanc orthanc-dicomweb
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEMO_OUT ?= demo-output
+
+.PHONY: install system-deps demo train-demo test lint benchmark clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+demo: install
+	$(PY) -m pneumonia_monai infer bundle/sample_data/dicom --output $(DEMO_OUT) --heatmaps
+	@echo "results: $(DEMO_OUT)/results.csv, $(DEMO_OUT)/studies.csv, SRs in $(DEMO_OUT)/sr/"
+
+train-demo: install
+	$(PY) -m monai.bundle run training --config_file bundle/configs/train.json \
+		--ckpt_dir $(DEMO_OUT)/train --output_dir $(DEMO_OUT)/train/runs
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: install system-deps lint
+	$(PY) -m pytest
+
+benchmark: install
+	$(PY) scripts/benchmark_train.py
+	$(PY) scripts/benchmark_infer.py
+
+clean:
+	rm -rf $(DEMO_OUT) bundle/runs bundle/eval .pytest_cache .ruff_cache

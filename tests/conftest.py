@@ -1,0 +1,37 @@
+"""Fixtures shared by the test modules: where the repository, the bundle and its sample data are."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundle"
+SAMPLE_TREE = BUNDLE / "sample_data" / "chest_xray"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def sample_tree() -> Path:
+    """The embedded Kaggle-style sample: 40 real films of 36 patients."""
+    return SAMPLE_TREE
+
+
+@pytest.fixture(scope="session")
+def sample_images() -> list[Path]:
+    return sorted(SAMPLE_TREE.rglob("*.jpeg"))
+
+
+@pytest.fixture
+def bundle_copy(tmp_path: Path) -> Path:
+    """A copy of the bundle (configs, docs, sample data; no checkpoints) in a temporary folder."""
+    dest = tmp_path / "bundle"
+    shutil.copytree(BUNDLE, dest, ignore=shutil.ignore_patterns("models", "runs", "eval", "datalist*.json"))
+    (dest / "models").mkdir()
+    return dest
