@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Build one of the project's optional virtual environments beside the main .venv.
+#
+#   scripts/make_optional_env.sh deploy   # .venv-deploy: MONAI Deploy App SDK + Holoscan (CUDA 13 runtime)
+#   scripts/make_optional_env.sh label    # .venv-label:  MONAI Label
+#
+# They are separate environments because each brings dependencies that must not sit beside the main
+# one: Holoscan's Python package fails `import monai` paths that touch CUDA when no CUDA runtime is
+# installed, and MONAI Label pulls torchvision, SAM2 and a server stack. Every environment pins
+# torch==2.13.0 (the project's pin) through a constraints file so that no other torch (e.g. a
+# multi-GB CUDA build) is ever resolved.
+#
+# PYTHON selects the interpreter (default: python3). The environment is created in the repository
+# root; an existing one is reused (pip makes it match the pins).
+set -euo pipefail
+
+usage() {
+    echo "usage: $0 deploy|label" >&2
+    exit 2
+}
+
+[[ $# -eq 1 ]] || usage
+kind="$1"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+python="${PYTHON:-python3}"
+
+case "$kind" in
+    deploy)
+        env_dir="$root/.venv-deploy"
+        requirements="$root/deploy/requirements.txt"
+        ;;
+    label)
+        env_dir="$root/.venv-label"
+        requirements="$root/monailabel_app/requirements.txt"
+        ;;
+    *)
+        usage
+        ;;
+esac
+
+constraints="$(mktemp)"
+trap 'rm -f "$constraints"' EXIT
+echo "torch==2.13.0" >"$constraints"
+
+if [[ ! -x "$env_dir/bin/python" ]]; then
+    "$python" -m venv "$env_dir"
+fi
+"$env_dir/bin/python" -m pip install --quiet --upgrade "pip>=25.1.1"
+"$env_dir/bin/python" -m pip install --quiet -c "$constraints" torch==2.13.0
+"$env_dir/bin/python" -m pip install --quiet -c "$constraints" -e "$root[test]" -r "$requirements"
+
+echo "$env_dir ready"
