@@ -167,22 +167,14 @@ class PneumoniaClassifierOperator(Operator):
         device: str | None = None,
         **kwargs: Any,
     ) -> None:
-        self.bundle_root = find_bundle_root(bundle_path)
-        self.device = device
-        self._classifier: BundleClassifier | None = None
+        # Loaded when the application is composed, so that a bad bundle stops it before any input is read.
+        self.classifier = BundleClassifier(find_bundle_root(bundle_path), device=device)
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
         """Declare the ports."""
         spec.input(self.INPUT)
         spec.output(self.OUTPUT).condition(ConditionType.NONE)
-
-    @property
-    def classifier(self) -> BundleClassifier:
-        """The bundle, loaded on first use."""
-        if self._classifier is None:
-            self._classifier = BundleClassifier(self.bundle_root, device=self.device)
-        return self._classifier
 
     def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
         """Classify the selected films, grouped by study."""

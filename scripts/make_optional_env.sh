@@ -5,8 +5,8 @@
 #   scripts/make_optional_env.sh label    # .venv-label:  MONAI Label
 #
 # They are separate environments because each brings dependencies that must not sit beside the main
-# one: Holoscan's Python package fails `import monai` paths that touch CUDA when no CUDA runtime is
-# installed, and MONAI Label pulls torchvision, SAM2 and a server stack. Every environment pins
+# one: Holoscan (CUDA 13 runtime, CuPy, Triton client) and MONAI Label (a server stack, torchvision,
+# and declared pins that conflict with the project's: see monailabel_app/requirements.txt). Every environment pins
 # torch==2.13.0 (the project's pin) through a constraints file so that no other torch (e.g. a
 # multi-GB CUDA build) is ever resolved.
 #
@@ -41,6 +41,8 @@ esac
 constraints="$(mktemp)"
 trap 'rm -f "$constraints"' EXIT
 echo "torch==2.13.0" >"$constraints"
+# Also for the isolated build environments of source distributions.
+export PIP_CONSTRAINT="$constraints"
 
 if [[ ! -x "$env_dir/bin/python" ]]; then
     "$python" -m venv "$env_dir"
@@ -48,5 +50,10 @@ fi
 "$env_dir/bin/python" -m pip install --quiet --upgrade "pip>=25.1.1"
 "$env_dir/bin/python" -m pip install --quiet -c "$constraints" torch==2.13.0
 "$env_dir/bin/python" -m pip install --quiet -c "$constraints" -e "$root[test]" -r "$requirements"
+# Packages whose declared dependencies conflict with the project's (each file says why).
+nodeps="${requirements%.txt}-nodeps.txt"
+if [[ -f "$nodeps" ]]; then
+    "$env_dir/bin/python" -m pip install --quiet --no-deps -r "$nodeps"
+fi
 
 echo "$env_dir ready"
