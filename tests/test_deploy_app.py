@@ -13,6 +13,7 @@ turns the skip into a failure. ``PNEUMONIA_MONAI_DEPLOY_PYTHON`` names another i
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -226,3 +227,30 @@ def test_app_fails_on_missing_checkpoint(deploy_python: Path, random_bundle: Pat
     result = _run_app(deploy_python, inputs, tmp_path / "out", bundle, tmp_path)
     assert result.returncode != 0
     assert "checkpoint not found" in result.stdout + result.stderr
+
+
+def test_app_yaml_is_read_by_the_packager(deploy_python: Path) -> None:
+    """``monai-deploy package`` reads app.yaml with holoscan-cli's ApplicationConfiguration."""
+    script = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from holoscan_cli.packager.config_reader import ApplicationConfiguration\n"
+        "config = ApplicationConfiguration()\n"
+        "config.read(Path(sys.argv[1]))\n"
+        "print(json.dumps({'title': config.title(), 'version': config._get_version(type('P', (), "
+        "{'version': None})()), 'resources': config._resource_object}))\n"
+    )
+    result = subprocess.run(
+        [str(deploy_python), "-c", script, str(REPO / "deploy" / "app.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads(result.stdout.strip().splitlines()[-1])
+    assert config["title"].startswith("pneumonia_monai")
+    assert config["version"] == json.loads((BUNDLE / "configs" / "metadata.json").read_text())["version"]
+    assert config["resources"]["gpu"] == 1
+    # The packager runs `python3 <app dir>`: the folder needs its __main__.py.
+    assert (REPO / "deploy" / "__main__.py").is_file()
