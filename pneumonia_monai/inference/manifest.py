@@ -1,0 +1,455 @@
+"""The results manifest of a batch inference run, its atomic writers and the state a run resumes from.
+
+Files of an output folder ``OUT`` (written by :func:`pneumonia_monai.inference.runner.run_inference`):
+
+- ``results.csv`` and ``results.json``: one row per file found under the inputs, in the order the files
+  were found, with the columns :func:`result_columns` gives (``prob_normal``, ``prob_bacterial`` and
+  ``prob_viral`` are added for a three-class model). Probabilities are written with full precision
+  (``repr`` of a float) so that the prediction can be checked against the threshold from the file;
+  cells that do not apply are empty in the CSV and ``null`` in the JSON.
+- ``studies.csv``: one row per Study Instance UID seen (:data:`STUDY_COLUMNS`).
+- ``.state/journal.jsonl``: the resume journal (:class:`StateJournal`): one JSON line per finished
+  file, appended and flushed as soon as the file is done. A line whose run fingerprint (weights and
+  settings) differs from the current run's is ignored, and a torn last line (a killed run) is skipped.
+
+No patient name, id, birth date or accession number is ever part of a row: only paths, UIDs, the view,
+probabilities and reasons.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import IO, Any
+
+logger = logging.getLogger(__name__)
+
+#: Row statuses.
+OK = "ok"
+SKIPPED = "skipped"
+ERROR = "error"
+STATUSES: tuple[str, ...] = (OK, SKIPPED, ERROR)
+#: Predictions of an ``ok`` row.
+NORMAL = "normal"
+PNEUMONIA = "pneumonia"
+
+#: Columns of ``results.csv`` / ``results.json``, in order.
+RESULT_COLUMNS: tuple[str, ...] = (
+    "path",
+    "status",
+    "reason",
+    "study_uid",
+    "series_uid",
+    "sop_uid",
+    "view",
+    "prob_pneumonia",
+    "prediction",
+    "threshold",
+    "model_version",
+)
+#: Columns added for a three-class (normal / bacterial / viral) model.
+SUBTYPE_COLUMNS: tuple[str, ...] = ("prob_normal", "prob_bacterial", "prob_viral")
+#: Columns of ``studies.csv``, in order.
+STUDY_COLUMNS: tuple[str, ...] = (
+    "study_uid",
+    "n_images",
+    "prob_pneumonia",
+    "prediction",
+    "threshold",
+    "model_version",
+    "sr_path",
+)
+
+RESULTS_CSV = "results.csv"
+RESULTS_JSON = "results.json"
+STUDIES_CSV = "studies.csv"
+STATE_DIR = ".state"
+JOURNAL_NAME = "journal.jsonl"
+#: Version of the journal line format.
+JOURNAL_VERSION = 1
+
+
+def result_columns(three_class: bool = False) -> tuple[str, ...]:
+    """Return the columns of ``results.csv`` for a two- or three-class model."""
+    return RESULT_COLUMNS + SUBTYPE_COLUMNS if three_class else RESULT_COLUMNS
+
+
+def _check_probability(name: str, value: float | None, *, required: bool) -> float | None:
+    if value is None:
+        if required:
+            raise ValueError(f"{name} is required for an ok row")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One row of the results manifest: one file and what became of it.
+
+    Attributes:
+        path: the file relative to its input root (forward slashes); a file input's own name.
+        status: ``"ok"``, ``"skipped"`` or ``"error"``.
+        reason: why (the selection rule that decided, or the error).
+        study_uid, series_uid, sop_uid: the DICOM UIDs (empty for JPEG/PNG and unreadable files).
+        view: View Position as read (empty for JPEG/PNG, or when the header has none).
+        prob_pneumonia: probability of pneumonia (``ok`` rows only).
+        prediction: ``"pneumonia"`` if ``prob_pneumonia >= threshold`` else ``"normal"`` (``ok`` rows only).
+        threshold: the run's operating point.
+        model_version: the run's model version.
+        prob_normal, prob_bacterial, prob_viral: class probabilities of a three-class model (``ok`` rows).
+
+    Raises:
+        ValueError, TypeError: if the status is unknown, or an ``ok`` row's probabilities or prediction are
+            missing, out of range or inconsistent with the threshold.
+    """
+
+    path: str
+    status: str
+    reason: str
+    study_uid: str = ""
+    series_uid: str = ""
+    sop_uid: str = ""
+    view: str = ""
+    prob_pneumonia: float | None = None
+    prediction: str = ""
+    threshold: float | None = None
+    model_version: str = ""
+    prob_normal: float | None = None
+    prob_bacterial: float | None = None
+    prob_viral: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+        if not isinstance(self.path, str) or not self.path:
+            raise ValueError(f"path must be a non-empty string, got {self.path!r}")
+        ok = self.status == OK
+        for name in ("prob_pneumonia", *SUBTYPE_COLUMNS):
+            value = getattr(self, name)
+            if not ok and value is not None:
+                raise ValueError(f"{name} is only given for ok rows, got {value!r} for a {self.status} row")
+            object.__setattr__(
+                self, name, _check_probability(name, value, required=ok and name == "prob_pneumonia")
+            )
+        object.__setattr__(self, "threshold", _check_probability("threshold", self.threshold, required=ok))
+        subtypes = [getattr(self, name) for name in SUBTYPE_COLUMNS]
+        if any(v is not None for v in subtypes) and any(v is None for v in subtypes):
+            raise ValueError("prob_normal, prob_bacterial and prob_viral must be given together")
+        if ok:
+            expected = PNEUMONIA if self.prob_pneumonia >= self.threshold else NORMAL  # type: ignore[operator]
+            if self.prediction != expected:
+                raise ValueError(
+                    f"prediction {self.prediction!r} contradicts prob_pneumonia {self.prob_pneumonia!r} "
+                    f"and threshold {self.threshold!r} (expected {expected!r})"
+                )
+        elif self.prediction:
+            raise ValueError(f"prediction is only given for ok rows, got {self.prediction!r}")
+
+    def as_csv_row(self, columns: Sequence[str] = RESULT_COLUMNS) -> dict[str, str]:
+        """Return the row as CSV cells (empty for ``None``; floats at full precision)."""
+        values = asdict(self)
+        return {column: _cell(values[column]) for column in columns}
+
+    def as_json(self, columns: Sequence[str] = RESULT_COLUMNS) -> dict[str, Any]:
+        """Return the row as a JSON object (``None`` for cells that do not apply)."""
+        values = asdict(self)
+        return {column: values[column] for column in columns}
+
+    def to_state(self) -> dict[str, Any]:
+        """Return every field, for the resume journal."""
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, data: Mapping[str, Any]) -> ResultRow:
+        """Rebuild a row from :meth:`to_state` (unknown keys are an error).
+
+        Raises:
+            ValueError, TypeError: if ``data`` is not a valid row.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown result row field(s) {sorted(unknown)}")
+        return cls(**dict(data))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    """One row of ``studies.csv``.
+
+    Attributes:
+        study_uid: Study Instance UID.
+        n_images: number of ``ok`` (frontal chest) images of the study.
+        prob_pneumonia: maximum probability over those images (the rule of the DICOM SR); ``None`` when
+            the study has no ``ok`` image.
+        prediction: ``"pneumonia"`` if ``prob_pneumonia >= threshold`` else ``"normal"``; empty without
+            images.
+        threshold: the run's operating point.
+        model_version: the run's model version.
+        sr_path: the study's SR, relative to the output folder (empty when none was written).
+    """
+
+    study_uid: str
+    n_images: int
+    prob_pneumonia: float | None
+    prediction: str
+    threshold: float
+    model_version: str
+    sr_path: str = ""
+
+    def as_csv_row(self) -> dict[str, str]:
+        """Return the row as CSV cells."""
+        values = asdict(self)
+        return {column: _cell(values[column]) for column in STUDY_COLUMNS}
+
+
+def aggregate_studies(rows: Iterable[ResultRow], *, threshold: float, model_version: str) -> list[StudyRow]:
+    """Group rows by Study Instance UID, in order of first appearance.
+
+    Every study seen gets a row, also one with no ``ok`` image (``n_images`` 0, no probability), so that a
+    study the model could not read is visible. The study probability is the maximum over its ``ok`` images.
+    """
+    threshold = float(threshold)
+    probs: dict[str, list[float]] = {}
+    for row in rows:
+        if not row.study_uid:
+            continue
+        bucket = probs.setdefault(row.study_uid, [])
+        if row.status == OK and row.prob_pneumonia is not None:
+            bucket.append(row.prob_pneumonia)
+    studies = []
+    for study_uid, values in probs.items():
+        top = max(values) if values else None
+        prediction = "" if top is None else (PNEUMONIA if top >= threshold else NORMAL)
+        studies.append(StudyRow(study_uid, len(values), top, prediction, threshold, model_version))
+    return studies
+
+
+# ---------------------------------------------------------------------------------------- writers
+
+
+def _temporary_sibling(path: Path, mode: str) -> tuple[IO[Any], Path]:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    return os.fdopen(
+        fd, mode, newline="" if "b" not in mode else None, encoding=None if "b" in mode else "utf-8"
+    ), Path(name)
+
+
+def write_csv_atomic(path: str | Path, columns: Sequence[str], rows: Iterable[Mapping[str, str]]) -> Path:
+    """Write CSV rows to a temporary file beside ``path`` and move it over ``path`` (``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = _temporary_sibling(path, "w")
+    try:
+        with handle:
+            writer = csv.DictWriter(handle, fieldnames=list(columns), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    logger.debug("wrote %s", path)
+    return path
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    """Write ``data`` as indented JSON to a temporary file beside ``path`` and move it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = _temporary_sibling(path, "w")
+    try:
+        with handle:
+            json.dump(data, handle, indent=1, allow_nan=False)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    logger.debug("wrote %s", path)
+    return path
+
+
+def write_results(
+    out_dir: str | Path, rows: Sequence[ResultRow], *, three_class: bool = False
+) -> tuple[Path, Path]:
+    """Write ``results.csv`` and ``results.json`` (the same rows) into ``out_dir``; return their paths."""
+    out = Path(out_dir)
+    columns = result_columns(three_class)
+    csv_path = write_csv_atomic(out / RESULTS_CSV, columns, (row.as_csv_row(columns) for row in rows))
+    json_path = write_json_atomic(out / RESULTS_JSON, [row.as_json(columns) for row in rows])
+    return csv_path, json_path
+
+
+def write_studies(out_dir: str | Path, studies: Sequence[StudyRow]) -> Path:
+    """Write ``studies.csv`` into ``out_dir``; return its path."""
+    return write_csv_atomic(Path(out_dir) / STUDIES_CSV, STUDY_COLUMNS, (s.as_csv_row() for s in studies))
+
+
+def read_results_csv(path: str | Path) -> list[dict[str, str]]:
+    """Read ``results.csv`` (or ``studies.csv``) back as a list of ``{column: cell}`` dicts."""
+    with Path(path).open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+# ------------------------------------------------------------------------------------ resume state
+
+
+def file_key(path: str | Path) -> str:
+    """Identify a file's current content: SHA-256 of its resolved path, size and modification time.
+
+    A file replaced or touched after it was processed gets a new key, so its old result is not reused.
+
+    Raises:
+        OSError: if the file cannot be examined.
+    """
+    resolved = Path(path).resolve()
+    stat = resolved.stat()
+    text = f"{resolved.as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}"
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+@dataclass(frozen=True)
+class StateEntry:
+    """What the journal remembers of one finished file.
+
+    Attributes:
+        row: its result row.
+        heatmaps: whether its heatmap outputs were written.
+    """
+
+    row: ResultRow
+    heatmaps: bool = False
+
+
+class StateJournal:
+    """Append-only journal of finished files, for resuming a run.
+
+    Each line is ``{"v": 1, "fingerprint": ..., "key": ..., "heatmaps": bool, "row": {...}}``; the last
+    line of a key wins. Lines are flushed to the operating system as they are written, so a killed process
+    loses at most the line it was writing, which :meth:`load` skips. Not safe for two writers: the runner
+    holds ``OUT/.lock`` while it writes.
+
+    Args:
+        path: the journal file (its folder is created).
+        fingerprint: the run's fingerprint; lines of other fingerprints are ignored by :meth:`load`.
+    """
+
+    def __init__(self, path: str | Path, fingerprint: str) -> None:
+        if not isinstance(fingerprint, str) or not fingerprint:
+            raise ValueError(f"fingerprint must be a non-empty string, got {fingerprint!r}")
+        self.path = Path(path)
+        self.fingerprint = fingerprint
+        self._handle: IO[str] | None = None
+
+    def load(self) -> dict[str, StateEntry]:
+        """Return the entries of this fingerprint, by file key; unreadable lines are skipped (logged)."""
+        entries: dict[str, StateEntry] = {}
+        if not self.path.is_file():
+            return entries
+        skipped = 0
+        with self.path.open(encoding="utf-8", errors="replace") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    data = json.loads(line)
+                    if data.get("v") != JOURNAL_VERSION or data.get("fingerprint") != self.fingerprint:
+                        continue
+                    entries[str(data["key"])] = StateEntry(
+                        ResultRow.from_state(data["row"]), bool(data["heatmaps"])
+                    )
+                except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                    skipped += 1
+                    logger.debug("%s line %d skipped: %s", self.path, number, type(exc).__name__)
+        if skipped:
+            logger.warning("resume journal: %d unreadable line(s) skipped (an interrupted run)", skipped)
+        return entries
+
+    def _line(self, key: str, entry: StateEntry) -> str:
+        data = {
+            "v": JOURNAL_VERSION,
+            "fingerprint": self.fingerprint,
+            "key": key,
+            "heatmaps": entry.heatmaps,
+            "row": entry.row.to_state(),
+        }
+        return json.dumps(data, allow_nan=False, separators=(",", ":")) + "\n"
+
+    def open(self) -> None:
+        """Open the journal for appending (a torn last line is closed off first)."""
+        if self._handle is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        torn = False
+        if self.path.is_file() and self.path.stat().st_size:
+            with self.path.open("rb") as handle:
+                handle.seek(-1, os.SEEK_END)
+                torn = handle.read(1) != b"\n"
+        self._handle = self.path.open("a", encoding="utf-8")
+        if torn:
+            self._handle.write("\n")
+            self._handle.flush()
+
+    def record(self, key: str, entry: StateEntry) -> None:
+        """Append one finished file and flush it."""
+        if self._handle is None:
+            self.open()
+        handle = self._handle
+        if handle is None:  # pragma: no cover - open() sets it or raises
+            raise RuntimeError(f"{self.path} is not open")
+        handle.write(self._line(key, entry))
+        handle.flush()
+
+    def close(self) -> None:
+        """Flush to disk and close the journal."""
+        if self._handle is not None:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+            self._handle = None
+
+    def compact(self, entries: Iterable[tuple[str, StateEntry]]) -> None:
+        """Replace the journal (atomically) by exactly ``entries``: the files of the run that just ended."""
+        self.close()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = _temporary_sibling(self.path, "w")
+        try:
+            with handle:
+                for key, entry in entries:
+                    handle.write(self._line(key, entry))
+                handle.flush()
+                os.fsync(handle.fileno())
+            tmp.replace(self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> StateJournal:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
