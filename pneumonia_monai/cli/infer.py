@@ -1,0 +1,148 @@
+"""``pneumonia-monai infer``: run the bundle on files and folders of DICOM and JPEG/PNG chest films.
+
+Examples::
+
+    pneumonia-monai infer /archive/incoming --output results/
+    pneumonia-monai infer study1/ film.png --output out/ --heatmaps --device cuda --batch-size 32
+    pneumonia-monai infer /archive --output out/ --rules site_rules.yaml --no-sr -q
+
+Writes ``OUT/results.csv`` and ``OUT/results.json`` (one row per file found: ``ok``, ``skipped`` or
+``error`` with the reason), ``OUT/studies.csv`` (one row per study), ``OUT/sr/<StudyInstanceUID>.dcm``
+(a DICOM SR per study, unless ``--no-sr``) and with ``--heatmaps`` Grad-CAM overlays in ``OUT/heatmaps/``.
+An interrupted run started again finishes the rest (``--force`` redoes everything). Another run writing to
+the same ``OUT`` makes this one stop at once (exit status 2).
+
+Exit status: 0 when every file is ``ok`` or ``skipped``; 1 when a file ended in ``error`` (or an output could
+not be written); 2 for bad usage, an unusable bundle or a busy output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pneumonia_monai.cli.common import (
+    EXIT_FAILURES,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_verbosity_args,
+    configure_logging,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the ``infer`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="pneumonia-monai infer",
+        description="Classify every chest film under the inputs (DICOM selected by the selection rules, "
+        "JPEG/PNG taken as frontal films) with the bundle's preprocessing, weights and threshold.",
+    )
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="files and folders")
+    parser.add_argument("--output", "-o", type=Path, required=True, metavar="OUT", help="output folder")
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        default=None,
+        help="bundle folder (default: the bundle shipped with the package)",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="where the network runs (default: auto)",
+    )
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=8, metavar="N", help="images per forward pass"
+    )
+    parser.add_argument(
+        "--workers",
+        type=_non_negative_int,
+        default=2,
+        metavar="N",
+        help="decoding threads (0: none; default 2)",
+    )
+    parser.add_argument(
+        "--heatmaps", action="store_true", help="write Grad-CAM overlays (PNG, and DICOM Secondary Capture)"
+    )
+    parser.add_argument("--no-sr", dest="write_sr", action="store_false", help="write no DICOM SR")
+    parser.add_argument("--force", action="store_true", help="recompute files finished by an earlier run")
+    parser.add_argument(
+        "--rules", type=Path, default=None, metavar="FILE", help="site selection rules YAML (see 'select')"
+    )
+    add_verbosity_args(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``pneumonia-monai infer``; return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
+        return int(exc.code or 0)
+    configure_logging(args)
+
+    from pneumonia_monai.dicom.selection import SelectionRules
+    from pneumonia_monai.inference.bundle import BundleError
+    from pneumonia_monai.inference.runner import OutputBusyError, run_inference
+
+    try:
+        rules = SelectionRules.from_file(args.rules) if args.rules is not None else None
+    except (OSError, ValueError, TypeError) as exc:
+        logger.error("unusable rules file: %s", exc)
+        return EXIT_USAGE
+    try:
+        summary = run_inference(
+            args.inputs,
+            args.output,
+            bundle=args.bundle,
+            device=args.device,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            heatmaps=args.heatmaps,
+            write_sr=args.write_sr,
+            force=args.force,
+            rules=rules,
+            progress=None if not args.quiet else False,
+        )
+    except BundleError as exc:
+        logger.error("unusable bundle: %s", exc)
+        return EXIT_USAGE
+    except OutputBusyError as exc:
+        logger.error("%s", exc)
+        return EXIT_USAGE
+    except (FileNotFoundError, ValueError, TypeError) as exc:
+        logger.error("%s", exc)
+        return EXIT_USAGE
+    except OSError as exc:
+        logger.error("cannot write the outputs: %s", exc)
+        return EXIT_FAILURES
+    return EXIT_OK if summary.exit_code == 0 else EXIT_FAILURES
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

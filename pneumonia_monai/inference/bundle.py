@@ -1,0 +1,402 @@
+"""Load the MONAI bundle for inference: the network with its weights, the pre/post-processing, the threshold.
+
+Everything inference needs comes from the bundle's ``configs/inference.json`` and ``configs/metadata.json``,
+parsed with :class:`monai.bundle.ConfigParser`, so a prediction cannot drift from training: the same
+``preprocessing`` Compose, the ``network_def`` the checkpoint was trained with, the ``postprocessing``
+(softmax) and the operating ``threshold`` chosen on validation.
+
+A bundle that cannot be used (a missing file or key, a checkpoint that does not fit ``network_def``, a
+network whose output does not have ``num_classes`` channels ...) raises :class:`BundleError` with a
+one-line message, *before* any input is read; the command line maps it to exit status 2.
+
+Class layouts understood (``class_names`` in ``inference.json``):
+
+- ``["normal", "pneumonia"]``: the probability of pneumonia is the second softmax output;
+- ``["normal", "bacterial", "viral"]``: the probability of pneumonia is ``1 - p(normal)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+#: Keys of ``inference.json`` that inference reads.
+REQUIRED_KEYS: tuple[str, ...] = (
+    "num_classes",
+    "class_names",
+    "spatial_size",
+    "lung_crop",
+    "threshold",
+    "checkpoint",
+    "network_def",
+    "preprocessing",
+    "postprocessing",
+)
+#: Two-class layout.
+BINARY_CLASSES: tuple[str, ...] = ("normal", "pneumonia")
+#: Three-class layout.
+SUBTYPE_CLASSES: tuple[str, ...] = ("normal", "bacterial", "viral")
+#: Algorithm name used when ``metadata.json`` has no usable ``name``.
+DEFAULT_MODEL_NAME = "pneumonia_monai"
+#: Largest deviation from 1 tolerated in the sum of one image's class probabilities.
+PROBABILITY_SUM_TOLERANCE = 1e-3
+#: Keys under which a training checkpoint may wrap the network's state dict.
+_WRAPPER_KEYS = ("model", "network", "state_dict")
+
+
+class BundleError(ValueError):
+    """The bundle cannot be used for inference; the one-line message says why."""
+
+
+@dataclass(frozen=True)
+class InferenceBundle:
+    """A bundle ready for inference.
+
+    Attributes:
+        root: the bundle folder.
+        network: the network with the checkpoint's weights, in eval mode, on ``device``.
+        preprocessing: the bundle's ``preprocessing``: ``{"image": path}`` -> ``{"image": (1, H, W)}``.
+        postprocessing: the bundle's ``postprocessing``: ``{"pred": logits (C,)}`` -> ``{"pred": probs}``.
+        device: where the network runs.
+        class_names: the classes, in output order (see the module docstring).
+        threshold: the operating point: ``prob_pneumonia >= threshold`` means pneumonia.
+        spatial_size: the network's input ``(rows, columns)``.
+        model_name: the algorithm name (``metadata.json`` ``name``, at most 64 characters).
+        model_version: the model version (``metadata.json`` ``version``).
+        checkpoint: the weights file.
+        fingerprint: SHA-256 of the weights and of every setting that changes a result (classes,
+            threshold, spatial size, lung crop, pre/post-processing configs, version): results computed
+            with another fingerprint are never reused.
+    """
+
+    root: Path
+    network: torch.nn.Module
+    preprocessing: Callable[[Mapping[str, Any]], Mapping[str, Any]]
+    postprocessing: Callable[[Mapping[str, Any]], Mapping[str, Any]]
+    device: torch.device
+    class_names: tuple[str, ...]
+    threshold: float
+    spatial_size: tuple[int, int]
+    model_name: str
+    model_version: str
+    checkpoint: Path
+    fingerprint: str
+
+    @property
+    def three_class(self) -> bool:
+        """Whether the network outputs normal / bacterial / viral."""
+        return self.class_names == SUBTYPE_CLASSES
+
+    @property
+    def num_classes(self) -> int:
+        """Number of network outputs."""
+        return len(self.class_names)
+
+    def predict(self, images: torch.Tensor) -> np.ndarray:
+        """Return the class probabilities of a batch, through the bundle's post-processing.
+
+        The forward pass runs under :func:`torch.inference_mode`, with automatic mixed precision
+        (float16) on CUDA; the logits are post-processed one image at a time in float32, as the bundle's
+        ``postprocessing`` expects a channel-first item.
+
+        Args:
+            images: ``(B, 1, H, W)`` float tensor of preprocessed films.
+
+        Returns:
+            ``(B, num_classes)`` float64 array of probabilities.
+
+        Raises:
+            TypeError: if ``images`` is not a floating point tensor.
+            ValueError: if its shape is not ``(B, 1, H, W)`` with ``B >= 1``, or the post-processing does
+                not give finite probabilities summing to 1.
+        """
+        if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+            raise TypeError(f"images must be a floating point torch.Tensor, got {type(images).__name__}")
+        if images.ndim != 4 or images.shape[0] < 1 or images.shape[1] != 1:
+            raise ValueError(f"images must have shape (B, 1, H, W) with B >= 1, got {tuple(images.shape)}")
+        autocast = (
+            torch.autocast(device_type="cuda", dtype=torch.float16)
+            if self.device.type == "cuda"
+            else nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            logits = self.network(images.to(self.device, non_blocking=True))
+        logits = logits.detach().float().cpu()
+        if tuple(logits.shape) != (images.shape[0], self.num_classes):
+            raise ValueError(
+                f"the network returned shape {tuple(logits.shape)}, "
+                f"expected ({images.shape[0]}, {self.num_classes})"
+            )
+        probs = np.stack(
+            [
+                np.asarray(torch.as_tensor(self.postprocessing({"pred": row})["pred"]), dtype=np.float64)
+                for row in logits
+            ]
+        )
+        sums = probs.sum(axis=1)
+        if not np.all(np.isfinite(probs)) or np.any(np.abs(sums - 1.0) > PROBABILITY_SUM_TOLERANCE):
+            raise ValueError(f"post-processing did not give probabilities (row sums {sums.tolist()})")
+        return np.clip(probs, 0.0, 1.0)
+
+    def pneumonia_probability(self, probs: Sequence[float] | np.ndarray) -> float:
+        """Return the probability of pneumonia from one image's class probabilities."""
+        if self.three_class:
+            return float(min(1.0, max(0.0, 1.0 - float(probs[0]))))
+        return float(probs[1])
+
+    def explained_class(self, probs: Sequence[float] | np.ndarray) -> int:
+        """Return the output index a heatmap explains: pneumonia, or the likelier pneumonia subtype."""
+        if self.three_class:
+            return 1 if float(probs[1]) >= float(probs[2]) else 2
+        return 1
+
+
+def resolve_device(device: str) -> torch.device:
+    """Turn ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` into a usable device.
+
+    Raises:
+        ValueError: for an unknown name, or CUDA asked for where none is available.
+    """
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string, got {type(device).__name__}")
+    name = device.strip().lower()
+    if name == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r} (expected auto, cpu, cuda or cuda:N)") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device!r} (expected auto, cpu, cuda or cuda:N)")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but CUDA is not available on this machine")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {device!r} asked for, but only {torch.cuda.device_count()} GPU(s) exist"
+            )
+    return resolved
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise BundleError(f"{path} not found")
+    try:
+        with path.open(encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{path} cannot be read: {_one_line(exc)}") from exc
+    if not isinstance(data, dict):
+        raise BundleError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _state_dict(raw: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The network state dict inside a checkpoint (bare, or wrapped under one of :data:`_WRAPPER_KEYS`)."""
+    if isinstance(raw, Mapping):
+        for key in _WRAPPER_KEYS:
+            if key in raw and isinstance(raw[key], Mapping):
+                raw = raw[key]
+                break
+    if not isinstance(raw, Mapping) or not raw or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise BundleError(f"checkpoint {path} does not hold a state dict of tensors")
+    state = dict(raw)
+    if all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def locate_default_bundle() -> Path:
+    """Return the bundle shipped with the package.
+
+    Found by :func:`pneumonia_monai.engine.paths.locate_bundle_root` (the ``bundle/`` of a source checkout,
+    or the folder named by ``PNEUMONIA_MONAI_BUNDLE``).
+
+    Raises:
+        BundleError: if no bundle can be found.
+    """
+    from pneumonia_monai.engine.paths import locate_bundle_root
+
+    try:
+        return Path(locate_bundle_root())
+    except FileNotFoundError as exc:
+        raise BundleError(str(exc)) from exc
+
+
+def load_bundle(bundle: str | Path | None = None, *, device: str = "auto") -> InferenceBundle:
+    """Load and check a bundle for inference.
+
+    Args:
+        bundle: the bundle folder (holding ``configs/inference.json``); default: the package's bundle.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    Returns:
+        The bundle, its network in eval mode on the device and checked with one forward pass of a blank
+        image of ``spatial_size``.
+
+    Raises:
+        BundleError: if the bundle is unusable (the message names the file, key or tensor at fault).
+        ValueError: if ``device`` is unknown or unavailable.
+    """
+    from monai.bundle import ConfigParser
+
+    torch_device = resolve_device(device)
+    root = locate_default_bundle() if bundle is None else Path(bundle)
+    if not root.is_dir():
+        raise BundleError(f"bundle folder {root} not found")
+    root = root.resolve()
+    config_path = root / "configs" / "inference.json"
+    meta_path = root / "configs" / "metadata.json"
+    config = _read_json(config_path)
+    meta = _read_json(meta_path)
+    missing = [key for key in REQUIRED_KEYS if key not in config]
+    if missing:
+        raise BundleError(f"{config_path} lacks key(s) {', '.join(missing)}")
+    version = meta.get("version")
+    if not isinstance(version, str) or not version.strip() or len(version) > 64 or "\\" in version:
+        raise BundleError(f"{meta_path} needs a 'version' string of 1 to 64 characters, got {version!r}")
+    name = meta.get("name")
+    model_name = name.strip() if isinstance(name, str) and 0 < len(name.strip()) <= 64 else DEFAULT_MODEL_NAME
+
+    parser = ConfigParser()
+    parser.read_config(str(config_path))
+    parser.read_meta(str(meta_path))
+    parser["bundle_root"] = str(root)
+
+    def parsed(key: str) -> Any:
+        try:
+            return parser.get_parsed_content(key)
+        except Exception as exc:  # any failure of the bundle's own config is a bundle error
+            raise BundleError(f"{config_path}: cannot build {key!r}: {_one_line(exc)}") from exc
+
+    class_names = parsed("class_names")
+    if not isinstance(class_names, list | tuple) or tuple(class_names) not in (
+        BINARY_CLASSES,
+        SUBTYPE_CLASSES,
+    ):
+        raise BundleError(
+            f"{config_path}: 'class_names' must be {list(BINARY_CLASSES)} or {list(SUBTYPE_CLASSES)}, "
+            f"got {class_names!r}"
+        )
+    class_names = tuple(class_names)
+    num_classes = parsed("num_classes")
+    if num_classes != len(class_names):
+        raise BundleError(
+            f"{config_path}: 'num_classes' is {num_classes!r} but 'class_names' has {len(class_names)}"
+        )
+    threshold = parsed("threshold")
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, int | float)
+        or not 0.0 <= float(threshold) <= 1.0
+    ):
+        raise BundleError(f"{config_path}: 'threshold' must be a number in [0, 1], got {threshold!r}")
+    threshold = float(threshold)
+    size = parsed("spatial_size")
+    if (
+        not isinstance(size, list | tuple)
+        or len(size) != 2
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 16 for s in size)
+    ):
+        raise BundleError(f"{config_path}: 'spatial_size' must be two sizes of at least 16, got {size!r}")
+    spatial_size = (int(size[0]), int(size[1]))
+
+    checkpoint = Path(parsed("checkpoint"))
+    if not checkpoint.is_file():
+        raise BundleError(
+            f"checkpoint {checkpoint} not found (train the model, or point 'checkpoint' at one)"
+        )
+    network = parsed("network_def")
+    if not isinstance(network, torch.nn.Module):
+        raise BundleError(f"{config_path}: 'network_def' is a {type(network).__name__}, not a torch module")
+    preprocessing = parsed("preprocessing")
+    postprocessing = parsed("postprocessing")
+    for key, value in (("preprocessing", preprocessing), ("postprocessing", postprocessing)):
+        if not callable(value):
+            raise BundleError(f"{config_path}: {key!r} is a {type(value).__name__}, not a transform")
+
+    try:
+        raw = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and torch errors all mean "unreadable weights"
+        raise BundleError(f"checkpoint {checkpoint} cannot be read: {_one_line(exc)}") from exc
+    try:
+        network.load_state_dict(_state_dict(raw, checkpoint), strict=True)
+    except RuntimeError as exc:
+        raise BundleError(f"checkpoint {checkpoint} does not fit 'network_def': {_one_line(exc)}") from exc
+    network = network.to(torch_device).eval()
+    try:
+        with torch.inference_mode():
+            out = network(torch.zeros((1, 1, *spatial_size), device=torch_device))
+    except Exception as exc:  # any failure of the forward pass: unusable
+        raise BundleError(
+            f"'network_def' fails on a (1, 1, {spatial_size[0]}, {spatial_size[1]}) input: {_one_line(exc)}"
+        ) from exc
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, len(class_names)):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise BundleError(
+            f"the network outputs {shape} for one image, expected (1, {len(class_names)}) for {class_names}"
+        )
+    if not math.isfinite(float(out.float().abs().sum())):
+        raise BundleError(f"checkpoint {checkpoint} gives non-finite outputs")
+
+    settings = {
+        "class_names": list(class_names),
+        "threshold": threshold,
+        "spatial_size": list(spatial_size),
+        "lung_crop": config.get("lung_crop"),
+        "preprocessing": config.get("preprocessing"),
+        "postprocessing": config.get("postprocessing"),
+        "version": version,
+    }
+    digest = hashlib.sha256(_file_sha256(checkpoint).encode())
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    loaded = InferenceBundle(
+        root=root,
+        network=network,
+        preprocessing=preprocessing,
+        postprocessing=postprocessing,
+        device=torch_device,
+        class_names=class_names,
+        threshold=threshold,
+        spatial_size=spatial_size,
+        model_name=model_name,
+        model_version=version.strip(),
+        checkpoint=checkpoint,
+        fingerprint=digest.hexdigest(),
+    )
+    logger.info(
+        "bundle %s: %s %s, classes %s, input %dx%d, threshold %.4g, on %s",
+        root,
+        model_name,
+        loaded.model_version,
+        "/".join(class_names),
+        *spatial_size,
+        threshold,
+        torch_device,
+    )
+    return loaded

@@ -1,0 +1,813 @@
+"""Streaming batch inference over files and folders of DICOM and JPEG/PNG chest films.
+
+:func:`run_inference` is the engine of ``pneumonia-monai infer`` and of the DICOM node (called once per
+received study). Its pipeline, for every file found under the inputs, in a stable order:
+
+1. **triage** (header only): junk files (``__MACOSX``, ``._*``, ``.DS_Store``) are skipped; JPEG/PNG files
+   (by suffix, and not DICOM by header) are taken as frontal chest films; everything else goes through the
+   DICOM selection rules (:func:`pneumonia_monai.dicom.selection.decide_file`);
+2. **decoding and preprocessing** with the bundle's own ``preprocessing``, in a pool of ``workers`` threads
+   (pydicom's decoders, numpy, scikit-image and torch release the GIL for most of this work);
+3. **batched inference** on the device (``torch.inference_mode``, mixed precision on CUDA) through the
+   bundle's ``postprocessing``; optional Grad-CAM heatmaps (PNG for people, DICOM Secondary Capture for
+   DICOM inputs);
+4. the file's row is appended to the resume journal as soon as it is done.
+
+At the end ``results.csv``, ``results.json`` and ``studies.csv`` are rebuilt from the rows of every file
+found (see :mod:`pneumonia_monai.inference.manifest`) and one DICOM SR is written per study with at least one
+``ok`` DICOM image (:func:`pneumonia_monai.dicom.sr.build_pneumonia_sr`).
+
+Memory is bounded whatever the number of files: at most :func:`in_flight_limit` preprocessed images exist
+at any time (a bounded window of submitted work plus one batch); rows hold no pixels.
+
+Resumption: a run that is interrupted (killed, even) and started again reuses the rows of the journal for
+files whose path, size and modification time are unchanged and whose run fingerprint (weights and
+settings, see :attr:`~pneumonia_monai.inference.bundle.InferenceBundle.fingerprint`) matches; ``error`` rows
+are retried (a decoder installed since, say), ``ok`` and ``skipped`` rows are not. ``force=True`` redoes every
+file. An SR whose study results did not change is kept as it is (same SOP Instance UID).
+
+Concurrency: a run holds an exclusive :func:`fcntl.flock` on ``OUT/.lock`` from start to end. A second run
+into the same folder does not wait: it fails at once with :class:`OutputBusyError` (the command line exits
+with status 2), so that a scheduler or a DICOM node never hangs behind a long run.
+
+Inputs are only ever read. Outputs are written to a temporary file and moved into place (``os.replace``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from pneumonia_monai.data.kaggle import IMAGE_SUFFIXES, JUNK_NAMES
+from pneumonia_monai.dicom.selection import SELECTED, SelectionRules, decide_file, iter_input_files
+from pneumonia_monai.inference.bundle import InferenceBundle, load_bundle
+from pneumonia_monai.inference.manifest import (
+    ERROR,
+    JOURNAL_NAME,
+    NORMAL,
+    OK,
+    PNEUMONIA,
+    SKIPPED,
+    STATE_DIR,
+    STATUSES,
+    ResultRow,
+    StateEntry,
+    StateJournal,
+    StudyRow,
+    aggregate_studies,
+    file_key,
+    write_json_atomic,
+    write_results,
+    write_studies,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Lock file of an output folder.
+LOCK_NAME = ".lock"
+#: Sub-folders of the output folder.
+SR_DIR = "sr"
+HEATMAP_DIR = "heatmaps"
+#: Record of the SRs written, by study (to keep an unchanged study's SR as it is).
+SR_STATE_NAME = "sr.json"
+#: Without a terminal, a progress line is logged every this many files ...
+PROGRESS_EVERY = 100
+#: ... or after this many seconds, whichever comes first.
+PROGRESS_SECONDS = 10.0
+#: Test hook: the process kills itself (SIGKILL, no clean-up) after recording this many files.
+KILL_AFTER_ENV = "PNEUMONIA_MONAI_TEST_KILL_AFTER"
+
+
+class OutputBusyError(RuntimeError):
+    """Another run holds the output folder's lock."""
+
+
+@dataclass
+class RunSummary:
+    """What a run did.
+
+    Attributes:
+        counts: number of files per status (``ok``, ``skipped``, ``error``; all present).
+        images_per_second: images inferred by this run per second of the run, model loading excluded.
+        results_csv: ``OUT/results.csv``.
+        results_json: ``OUT/results.json``.
+        studies_csv: ``OUT/studies.csv``.
+        sr_paths: the SR of every study with at least one ``ok`` DICOM image (unless SRs were turned off).
+        sc_paths: the heatmap Secondary Captures of the ``ok`` DICOM images (with ``heatmaps``).
+        png_paths: the heatmap PNGs of the ``ok`` images (with ``heatmaps``).
+        exit_code: 0 when every file is ``ok`` or ``skipped`` and every output was written, else 1.
+        n_inferred: images that went through the network in this run.
+        n_reused: files whose row was reused from an earlier run.
+        output_failures: SRs, heatmaps or Secondary Captures that could not be written.
+        peak_in_flight: the most preprocessed-but-unfinished items held at once.
+        in_flight_limit: the bound ``peak_in_flight`` never exceeds (:func:`in_flight_limit`).
+        elapsed_s: seconds of the run, model loading excluded.
+    """
+
+    counts: dict[str, int]
+    images_per_second: float
+    results_csv: Path
+    results_json: Path
+    studies_csv: Path
+    sr_paths: list[Path] = field(default_factory=list)
+    sc_paths: list[Path] = field(default_factory=list)
+    png_paths: list[Path] = field(default_factory=list)
+    exit_code: int = 0
+    n_inferred: int = 0
+    n_reused: int = 0
+    output_failures: int = 0
+    peak_in_flight: int = 0
+    in_flight_limit: int = 0
+    elapsed_s: float = 0.0
+
+
+def in_flight_limit(batch_size: int, workers: int) -> int:
+    """The most items the pipeline holds at once: a window of submitted work and one batch being filled.
+
+    The window is ``batch_size + 2 * max(workers, 1)`` items, enough for the workers to prepare the next batch
+    while the device runs the current one.
+    """
+    return _window(batch_size, workers) + batch_size
+
+
+def _window(batch_size: int, workers: int) -> int:
+    return batch_size + 2 * max(workers, 1)
+
+
+# ------------------------------------------------------------------------------------------ items
+
+
+@dataclass(frozen=True)
+class _Job:
+    index: int
+    path: Path
+    root: Path
+    rel: str
+    key: str
+
+
+@dataclass
+class _Item:
+    """A file on its way through the pipeline: a finished row, or a preprocessed image for the model."""
+
+    job: _Job
+    row: ResultRow | None = None
+    reused: StateEntry | None = None
+    image: torch.Tensor | None = None
+    reason: str = ""
+    study_uid: str = ""
+    series_uid: str = ""
+    sop_uid: str = ""
+    view: str = ""
+
+
+class _Ready:
+    """A finished item in the window of pending work (the same interface as a Future)."""
+
+    def __init__(self, item: _Item) -> None:
+        self._item = item
+
+    def result(self) -> _Item:
+        return self._item
+
+
+def _is_junk(rel: str) -> bool:
+    return any(part in JUNK_NAMES or part.startswith("._") for part in rel.split("/"))
+
+
+def _root_cause_message(exc: BaseException, job: _Job) -> str:
+    """The innermost meaningful message of an exception chain (MONAI wraps transform errors)."""
+    from pneumonia_monai.transforms import ImageLoadError
+
+    current: BaseException | None = exc
+    while current is not None:
+        if isinstance(current, ImageLoadError):
+            text = str(current)
+            break
+        if current.__cause__ is None:
+            text = f"cannot preprocess the image ({type(current).__name__}: {current})"
+            break
+        current = current.__cause__
+    # Readers quote the absolute path; the manifest names files relative to their input.
+    text = text.replace(str(job.path.resolve()), job.rel).replace(str(job.path), job.rel)
+    return " ".join(text.split())
+
+
+class _Context:
+    """What the workers need: read-only during the run."""
+
+    def __init__(self, bundle: InferenceBundle, rules: SelectionRules) -> None:
+        self.bundle = bundle
+        self.rules = rules
+        self.common = {"threshold": bundle.threshold, "model_version": bundle.model_version}
+
+    def row(self, job: _Job, status: str, reason: str, **uids: str) -> ResultRow:
+        """A row without probabilities (``skipped`` or ``error``)."""
+        return ResultRow(job.rel, status, reason, **uids, **self.common)
+
+    def finished(self, job: _Job, status: str, reason: str, **uids: str) -> _Item:
+        """An item that needs no inference."""
+        return _Item(job, row=self.row(job, status, reason, **uids))
+
+    def prepare(self, job: _Job) -> _Item:
+        """Triage one file and, when it is to be inferred, decode and preprocess it (runs in a worker)."""
+        from pneumonia_monai.dicom.io import is_dicom
+
+        if _is_junk(job.rel):
+            return self.finished(job, SKIPPED, "junk file (macOS/Windows metadata)")
+        uids: dict[str, str] = {}
+        try:
+            size = job.path.stat().st_size
+            suffix = job.path.suffix.lower()
+            if size > 0 and suffix in IMAGE_SUFFIXES and not is_dicom(job.path):
+                reason = f"{suffix.lstrip('.').upper()} image, taken as a frontal chest film"
+            else:
+                decision = decide_file(job.path, self.rules, root=job.root)
+                uids = {
+                    "study_uid": decision.study_uid,
+                    "series_uid": decision.series_uid,
+                    "sop_uid": decision.sop_uid,
+                    "view": decision.view,
+                }
+                if decision.status != SELECTED:
+                    return self.finished(job, decision.status, decision.reason, **uids)
+                reason = decision.reason
+            data = self.bundle.preprocessing({"image": str(job.path)})
+            image = torch.as_tensor(data["image"]).as_subclass(torch.Tensor).detach()
+            expected = (1, *self.bundle.spatial_size)
+            if tuple(image.shape) != expected:
+                raise ValueError(f"preprocessing gave shape {tuple(image.shape)}, expected {expected}")
+            image = image.to(torch.float32).contiguous()
+        except Exception as exc:  # a broken file is an error row, never the end of the run
+            logger.debug("%s: %s", job.rel, type(exc).__name__, exc_info=True)
+            return self.finished(job, ERROR, _root_cause_message(exc, job), **uids)
+        return _Item(job, image=image, reason=reason, **uids)
+
+
+# ---------------------------------------------------------------------------------------- progress
+
+
+class _Progress:
+    """A tqdm bar, or a log line every :data:`PROGRESS_EVERY` files or :data:`PROGRESS_SECONDS` seconds."""
+
+    def __init__(self, total: int, bar: bool) -> None:
+        self.total = total
+        self.done = 0
+        self._last = time.monotonic()
+        self._bar = None
+        if bar:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc="infer", unit="file", file=sys.stderr)
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+            return
+        now = time.monotonic()
+        if self.done % PROGRESS_EVERY == 0 or now - self._last >= PROGRESS_SECONDS:
+            self._last = now
+            logger.info("infer: %d/%d file(s) done", self.done, self.total)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+# --------------------------------------------------------------------------------------------- run
+
+
+@contextlib.contextmanager
+def _exclusive_lock(out: Path) -> Iterator[None]:
+    handle: IO[str] = (out / LOCK_NAME).open("a", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputBusyError(
+                f"another inference run is writing to {out} (it holds {out / LOCK_NAME}); "
+                "wait for it to finish or choose another output folder"
+            ) from None
+        yield
+    finally:
+        handle.close()  # closing the descriptor releases the lock
+
+
+def _kill_after() -> int | None:
+    value = os.environ.get(KILL_AFTER_ENV)
+    if not value:
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        raise ValueError(f"{KILL_AFTER_ENV} must be an integer, got {value!r}") from None
+    logger.warning("test hook %s=%d: this process will kill itself", KILL_AFTER_ENV, count)
+    return count
+
+
+def _check_arguments(inputs: Sequence[str | Path], batch_size: int, workers: int) -> list[Path]:
+    if isinstance(inputs, str | Path) or not isinstance(inputs, Sequence):
+        raise TypeError("inputs must be a sequence of paths, not a single path")
+    if not inputs:
+        raise ValueError("inputs is empty: give at least one file or folder")
+    paths = [Path(item) for item in inputs]
+    for path in paths:
+        if not path.exists():
+            raise FileNotFoundError(f"input not found: {path}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be a non-negative int, got {workers!r}")
+    return paths
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder)
+    except ValueError:
+        return False
+    return True
+
+
+def run_inference(
+    inputs: Sequence[str | Path],
+    output: str | Path,
+    *,
+    bundle: str | Path | None = None,
+    device: str = "auto",
+    batch_size: int = 8,
+    workers: int = 2,
+    heatmaps: bool = False,
+    write_sr: bool = True,
+    force: bool = False,
+    rules: SelectionRules | None = None,
+    progress: bool | None = None,
+) -> RunSummary:
+    """Run the bundle on every file under ``inputs`` and write the results into ``output``.
+
+    Args:
+        inputs: files and folders (searched recursively), DICOM and JPEG/PNG in any mix.
+        output: the output folder (created); see :mod:`pneumonia_monai.inference.manifest` for its files.
+        bundle: the bundle folder; default: the package's bundle.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        batch_size: images per forward pass.
+        workers: threads decoding and preprocessing files (0: in the calling thread).
+        heatmaps: also write Grad-CAM overlays (``OUT/heatmaps/``): a PNG per ``ok`` image and a DICOM
+            Secondary Capture per ``ok`` DICOM image.
+        write_sr: write one DICOM SR per study (``OUT/sr/<StudyInstanceUID>.dcm``).
+        force: recompute every file, ignoring the results of earlier runs.
+        rules: the DICOM selection rules (default: the package's).
+        progress: ``True`` a tqdm bar, ``False`` periodic log lines, ``None`` a bar on a terminal only.
+
+    Returns:
+        The run's :class:`RunSummary`.
+
+    Raises:
+        BundleError: if the bundle is unusable (nothing is read or written then).
+        OutputBusyError: if another run is writing to ``output``.
+        FileNotFoundError: if an input does not exist.
+        ValueError, TypeError: for invalid arguments or an unavailable device.
+    """
+    input_paths = _check_arguments(inputs, batch_size, workers)
+    rules = rules if rules is not None else SelectionRules.default()
+    if not isinstance(rules, SelectionRules):
+        raise TypeError(f"rules must be SelectionRules, got {type(rules).__name__}")
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output {out} exists and is not a folder")
+    kill_after = _kill_after()
+    loaded = load_bundle(bundle, device=device)
+
+    out.mkdir(parents=True, exist_ok=True)
+    out = out.resolve()
+    with _exclusive_lock(out):
+        return _Run(
+            loaded, rules, out, batch_size, workers, heatmaps, write_sr, force, progress, kill_after
+        ).run(input_paths)
+
+
+class _Run:
+    """One run of the pipeline, with the lock held."""
+
+    def __init__(
+        self,
+        bundle: InferenceBundle,
+        rules: SelectionRules,
+        out: Path,
+        batch_size: int,
+        workers: int,
+        heatmaps: bool,
+        write_sr: bool,
+        force: bool,
+        progress: bool | None,
+        kill_after: int | None,
+    ) -> None:
+        self.bundle = bundle
+        self.context = _Context(bundle, rules)
+        self.out = out
+        self.batch_size = batch_size
+        self.workers = workers
+        self.heatmaps = heatmaps
+        self.write_sr = write_sr
+        self.force = force
+        self.bar = sys.stderr.isatty() if progress is None else bool(progress)
+        self.kill_after = kill_after
+        self.state_dir = out / STATE_DIR
+        fingerprint = hashlib.sha256(
+            (bundle.fingerprint + json.dumps(_rules_identity(rules), sort_keys=True, default=str)).encode()
+        ).hexdigest()
+        self.journal = StateJournal(self.state_dir / JOURNAL_NAME, fingerprint)
+        self.rows: list[ResultRow | None] = []
+        self.entries: list[tuple[str, StateEntry] | None] = []
+        self.first_by_sop: dict[str, str] = {}
+        self.heatmap_names: set[str] = set()
+        self.summary = RunSummary(
+            counts=dict.fromkeys(STATUSES, 0),
+            images_per_second=0.0,
+            results_csv=out / "results.csv",
+            results_json=out / "results.json",
+            studies_csv=out / "studies.csv",
+            in_flight_limit=in_flight_limit(batch_size, workers),
+        )
+        self.recorded = 0
+
+    # ---- driving
+
+    def run(self, inputs: list[Path]) -> RunSummary:
+        from pneumonia_monai.dicom.codecs import log_missing_decoders
+
+        start = time.perf_counter()
+        log_missing_decoders()
+        jobs = self._jobs(inputs)
+        previous = {} if self.force else self.journal.load()
+        self.rows = [None] * len(jobs)
+        self.entries = [None] * len(jobs)
+        logger.info(
+            "infer: %d file(s), %d result(s) of an earlier run reusable, batch %d, %d worker(s), device %s",
+            len(jobs),
+            sum(1 for job in jobs if _reusable(previous.get(job.key), self.heatmaps)),
+            self.batch_size,
+            self.workers,
+            self.bundle.device,
+        )
+        self.progress = _Progress(len(jobs), self.bar)
+        try:
+            with self.journal:
+                self._stream(jobs, previous)
+        finally:
+            self.progress.close()
+        self._finish(jobs)
+        elapsed = time.perf_counter() - start
+        summary = self.summary
+        summary.elapsed_s = elapsed
+        summary.images_per_second = summary.n_inferred / elapsed if elapsed > 0 else 0.0
+        errors = summary.counts[ERROR]
+        summary.exit_code = 1 if errors or summary.output_failures else 0
+        log = logger.warning if summary.exit_code else logger.info
+        log(
+            "infer: %d file(s): %d ok, %d skipped, %d error; %d image(s) inferred at %.2f images/s, "
+            "%d reused; %d output failure(s); results in %s",
+            len(jobs),
+            summary.counts[OK],
+            summary.counts[SKIPPED],
+            errors,
+            summary.n_inferred,
+            summary.images_per_second,
+            summary.n_reused,
+            summary.output_failures,
+            summary.results_csv,
+        )
+        return summary
+
+    def _jobs(self, inputs: list[Path]) -> list[_Job]:
+        jobs = []
+        excluded = 0
+        for path, root in iter_input_files(inputs):
+            if _inside(path, self.out):
+                excluded += 1
+                continue
+            try:
+                rel = path.relative_to(root).as_posix()
+            except ValueError:
+                rel = path.name
+            try:
+                key = file_key(path)
+            except OSError:
+                key = hashlib.sha256(str(path.resolve()).encode("utf-8", "surrogateescape")).hexdigest()
+            jobs.append(_Job(len(jobs), path, root, rel, key))
+        if excluded:
+            logger.info("infer: %d file(s) inside the output folder are not inputs", excluded)
+        return jobs
+
+    def _stream(self, jobs: list[_Job], previous: dict[str, StateEntry]) -> None:
+        window = _window(self.batch_size, self.workers)
+        pending: deque[Future[_Item] | _Ready] = deque()
+        batch: list[_Item] = []
+        executor = (
+            ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="infer") if self.workers else None
+        )
+        try:
+            for job in jobs:
+                while len(pending) >= window:
+                    self._consume(pending.popleft().result(), batch)
+                entry = previous.get(job.key)
+                if _reusable(entry, self.heatmaps):
+                    pending.append(_Ready(_Item(job, row=entry.row, reused=entry)))  # type: ignore[union-attr]
+                elif executor is None:
+                    pending.append(_Ready(self.context.prepare(job)))
+                else:
+                    pending.append(executor.submit(self.context.prepare, job))
+                self._note_in_flight(len(pending) + len(batch))
+            while pending:
+                self._consume(pending.popleft().result(), batch)
+            if batch:
+                self._infer(batch)
+        finally:
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
+
+    def _note_in_flight(self, count: int) -> None:
+        self.summary.peak_in_flight = max(self.summary.peak_in_flight, count)
+
+    def _consume(self, item: _Item, batch: list[_Item]) -> None:
+        """Take the next item in input order: finish it, or add it to the batch (inferred when full)."""
+        row = item.row
+        sop = (
+            item.sop_uid
+            if item.image is not None
+            else (row.sop_uid if row is not None and row.status == OK else "")
+        )
+        if sop:
+            first = self.first_by_sop.get(sop)
+            if first is not None:
+                # Same rule as pneumonia-monai select: the first file of a SOP Instance UID wins.
+                source = row if row is not None else item
+                dup = self.context.row(
+                    item.job,
+                    SKIPPED,
+                    f"duplicate SOP Instance UID of {first}",
+                    study_uid=source.study_uid,
+                    series_uid=source.series_uid,
+                    sop_uid=sop,
+                    view=source.view,
+                )
+                self._done(item.job, StateEntry(dup))
+                return
+            self.first_by_sop[sop] = item.job.rel
+        if item.reused is not None:
+            self.summary.n_reused += 1
+            self._done(item.job, item.reused, record=False)
+            return
+        if row is not None:
+            self._done(item.job, StateEntry(row))
+            return
+        batch.append(item)
+        if len(batch) >= self.batch_size:
+            self._infer(batch)
+            batch.clear()
+
+    def _infer(self, batch: list[_Item]) -> None:
+        bundle = self.bundle
+        images = torch.stack([item.image for item in batch])  # type: ignore[misc]
+        try:
+            probs = bundle.predict(images)
+        except (
+            RuntimeError,
+            ValueError,
+        ) as exc:  # e.g. out of device memory: these files are retried next run
+            reason = "inference failed (" + " ".join(f"{type(exc).__name__}: {exc}".split())[:300] + ")"
+            logger.error("a batch of %d image(s): %s", len(batch), reason)
+            for item in batch:
+                uids = {"study_uid": item.study_uid, "series_uid": item.series_uid, "sop_uid": item.sop_uid}
+                self._done(
+                    item.job, StateEntry(self.context.row(item.job, ERROR, reason, view=item.view, **uids))
+                )
+            return
+        self.summary.n_inferred += len(batch)
+        for item, p in zip(batch, probs, strict=True):
+            prob = bundle.pneumonia_probability(p)
+            subtypes = (
+                {"prob_normal": float(p[0]), "prob_bacterial": float(p[1]), "prob_viral": float(p[2])}
+                if bundle.three_class
+                else {}
+            )
+            row = ResultRow(
+                item.job.rel,
+                OK,
+                item.reason,
+                item.study_uid,
+                item.series_uid,
+                item.sop_uid,
+                item.view,
+                prob_pneumonia=prob,
+                prediction=PNEUMONIA if prob >= bundle.threshold else NORMAL,
+                **self.context.common,
+                **subtypes,
+            )
+            done_heatmaps = self.heatmaps and self._heatmap(item, p)
+            item.image = None  # no pixels are kept past this point
+            self._done(item.job, StateEntry(row, heatmaps=done_heatmaps))
+
+    def _done(self, job: _Job, entry: StateEntry, *, record: bool = True) -> None:
+        self.rows[job.index] = entry.row
+        self.entries[job.index] = (job.key, entry)
+        self.summary.counts[entry.row.status] += 1
+        self.progress.update()
+        if entry.row.status == ERROR:
+            logger.warning("%s: error: %s", job.rel, entry.row.reason)
+        if record:
+            self.journal.record(job.key, entry)
+            self.recorded += 1
+            if self.kill_after is not None and self.recorded >= self.kill_after:
+                logger.warning("test hook %s reached: killing this process", KILL_AFTER_ENV)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    # ---- heatmaps
+
+    def _png_path(self, job: _Job) -> Path:
+        name = job.rel.replace("/", "__") + ".png"
+        if name in self.heatmap_names:  # the same relative path under two inputs
+            digest = hashlib.sha256(str(job.path.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[
+                :8
+            ]
+            name = f"{job.rel.replace('/', '__')}.{digest}.png"
+            logger.warning(
+                "%s: another input has a file of the same relative path; heatmap named %s", job.rel, name
+            )
+        self.heatmap_names.add(name)
+        return self.out / HEATMAP_DIR / name
+
+    def _heatmap(self, item: _Item, probs: Any) -> bool:
+        """Write the PNG overlay (and the Secondary Capture for DICOM); return whether all was written."""
+        from pneumonia_monai.inference.heatmap import gradcam, overlay, save_png_atomic
+
+        folder = self.out / HEATMAP_DIR
+        folder.mkdir(exist_ok=True)
+        job = item.job
+        try:
+            image = item.image.cpu()  # type: ignore[union-attr]
+            cam = gradcam(self.bundle.network, image, class_index=self.bundle.explained_class(probs))
+            rgb = overlay(image[0].clamp(0.0, 1.0).numpy(), cam)
+            png = self._png_path(job)
+            save_png_atomic(rgb, png)
+            self.summary.png_paths.append(png)
+            if item.sop_uid:
+                sc_path = folder / f"{item.sop_uid}.dcm"
+                self._write_sc(job.path, rgb, sc_path)
+                self.summary.sc_paths.append(sc_path)
+        except (OSError, RuntimeError, ValueError, TypeError) as exc:
+            self.summary.output_failures += 1
+            logger.error("%s: heatmap not written: %s: %s", job.rel, type(exc).__name__, exc)
+            return False
+        return True
+
+    def _write_sc(self, source_path: Path, rgb: Any, path: Path) -> None:
+        from pydicom import dcmread
+
+        from pneumonia_monai.dicom.secondary_capture import build_heatmap_sc
+        from pneumonia_monai.dicom.sr import write_dataset_atomic
+
+        header = dcmread(source_path, stop_before_pixels=True, force=True)
+        sc = build_heatmap_sc(
+            header, rgb, algorithm_name=self.bundle.model_name, algorithm_version=self.bundle.model_version
+        )
+        write_dataset_atomic(sc, path)
+
+    # ---- end of run
+
+    def _finish(self, jobs: list[_Job]) -> None:
+        rows = [row for row in self.rows if row is not None]
+        if len(rows) != len(jobs):  # every file is accounted for, or the run is not finished
+            raise RuntimeError(f"{len(jobs) - len(rows)} file(s) have no result row")
+        if self.heatmaps:
+            self._reused_heatmaps(jobs)
+        studies = aggregate_studies(
+            rows, threshold=self.bundle.threshold, model_version=self.bundle.model_version
+        )
+        if self.write_sr:
+            studies = self._write_srs(jobs, studies)
+        write_results(self.out, rows, three_class=self.bundle.three_class)
+        write_studies(self.out, studies)
+        self.journal.compact(entry for entry in self.entries if entry is not None)
+
+    def _reused_heatmaps(self, jobs: list[_Job]) -> None:
+        """List the heatmap files of rows reused from an earlier run (they were written then)."""
+        fresh = set(self.summary.png_paths)
+        for job, row in zip(jobs, self.rows, strict=True):
+            if row is None or row.status != OK:
+                continue
+            png = self.out / HEATMAP_DIR / (job.rel.replace("/", "__") + ".png")
+            if png not in fresh and png.is_file():
+                self.summary.png_paths.append(png)
+                sc_path = self.out / HEATMAP_DIR / f"{row.sop_uid}.dcm"
+                if row.sop_uid and sc_path.is_file():
+                    self.summary.sc_paths.append(sc_path)
+
+    def _write_srs(self, jobs: list[_Job], studies: list[StudyRow]) -> list[StudyRow]:
+        from pydicom import dcmread
+
+        from pneumonia_monai.dicom.sr import ImageFinding, build_pneumonia_sr, write_dataset_atomic
+
+        sr_state_path = self.state_dir / SR_STATE_NAME
+        sr_state = {} if self.force else _read_json_object(sr_state_path)
+        members: dict[str, list[tuple[_Job, ResultRow]]] = {}
+        for job, row in zip(jobs, self.rows, strict=True):
+            if row is not None and row.status == OK and row.study_uid:
+                members.setdefault(row.study_uid, []).append((job, row))
+        folder = self.out / SR_DIR
+        updated = []
+        for study in studies:
+            images = members.get(study.study_uid)
+            if not images:
+                updated.append(study)
+                continue
+            path = folder / f"{study.study_uid}.dcm"
+            digest = _study_digest(self.journal.fingerprint, [row for _, row in images])
+            if sr_state.get(study.study_uid) == digest and path.is_file():
+                logger.debug("study %s unchanged: its SR is kept", study.study_uid)
+            else:
+                try:
+                    headers = [dcmread(job.path, stop_before_pixels=True, force=True) for job, _ in images]
+                    findings = [
+                        ImageFinding(
+                            sop_instance_uid=row.sop_uid,
+                            sop_class_uid=str(header.SOPClassUID),
+                            prob_pneumonia=row.prob_pneumonia,  # type: ignore[arg-type]
+                            present=row.prediction == PNEUMONIA,
+                            prob_normal=row.prob_normal,
+                            prob_bacterial=row.prob_bacterial,
+                            prob_viral=row.prob_viral,
+                        )
+                        for (_, row), header in zip(images, headers, strict=True)
+                    ]
+                    sr = build_pneumonia_sr(
+                        headers,
+                        findings,
+                        algorithm_name=self.bundle.model_name,
+                        algorithm_version=self.bundle.model_version,
+                        threshold=self.bundle.threshold,
+                    )
+                    folder.mkdir(exist_ok=True)
+                    write_dataset_atomic(sr, path)
+                except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+                    self.summary.output_failures += 1
+                    logger.error("study %s: SR not written: %s: %s", study.study_uid, type(exc).__name__, exc)
+                    sr_state.pop(study.study_uid, None)
+                    updated.append(study)
+                    continue
+                sr_state[study.study_uid] = digest
+            self.summary.sr_paths.append(path)
+            updated.append(replace(study, sr_path=path.relative_to(self.out).as_posix()))
+        write_json_atomic(sr_state_path, sr_state)
+        return updated
+
+
+def _reusable(entry: StateEntry | None, heatmaps: bool) -> bool:
+    """Whether a journal entry can stand for this run: not an error, and with heatmaps when asked for."""
+    if entry is None or entry.row.status == ERROR:
+        return False
+    return not (heatmaps and entry.row.status == OK and not entry.heatmaps)
+
+
+def _rules_identity(rules: SelectionRules) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    identity = asdict(rules)
+    identity.pop("source", None)
+    return identity
+
+
+def _study_digest(fingerprint: str, rows: list[ResultRow]) -> str:
+    data = [
+        (row.sop_uid, row.prob_pneumonia, row.prediction, row.prob_normal, row.prob_bacterial, row.prob_viral)
+        for row in rows
+    ]
+    return hashlib.sha256((fingerprint + json.dumps(data)).encode()).hexdigest()
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        with path.open(encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        logger.warning("%s unreadable (%s): SRs are rebuilt", path, type(exc).__name__)
+        return {}
+    return data if isinstance(data, dict) else {}

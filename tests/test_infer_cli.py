@@ -1,0 +1,659 @@
+"""``pneumonia-monai infer`` end to end on a generated folder of mixed studies.
+
+The bundle used is a copy of the shipped ``inference.json`` (same preprocessing, post-processing,
+threshold and class names) whose ``spatial_size`` is 64 and whose ``network_def`` is a small MONAI
+DenseNet, with a seeded random checkpoint, so that the suite runs in seconds on a CPU. One test runs the
+shipped DenseNet121 ``network_def`` itself.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import torch
+from dicom_factory import make_cr, make_sr
+from PIL import Image
+from pydicom.uid import JPEG2000Lossless, RLELossless, SecondaryCaptureImageStorage
+
+from pneumonia_monai.cli import infer as infer_cli
+from pneumonia_monai.inference import runner
+from pneumonia_monai.inference.bundle import BundleError, InferenceBundle, load_bundle
+from pneumonia_monai.inference.manifest import RESULT_COLUMNS, STUDY_COLUMNS, SUBTYPE_COLUMNS
+from pneumonia_monai.inference.runner import KILL_AFTER_ENV, in_flight_limit, run_inference
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_CONFIG = REPO / "bundle" / "configs" / "inference.json"
+SHIPPED_META = REPO / "bundle" / "configs" / "metadata.json"
+SAMPLES = sorted((REPO / "bundle" / "sample_data" / "chest_xray").rglob("*.jpeg"))
+
+#: Recognisable identifiers that must never leave the DICOM files they are in.
+PHI = {"PatientName": "Zyxwvut^Qwertyuiop", "PatientID": "PHIID8675309", "PatientBirthDate": "19010203"}
+PHI_STRINGS = ("Zyxwvut", "Qwertyuiop", "PHIID8675309", "19010203")
+
+STUDY_A = "1.2.826.0.1.3680043.8.498.1001"
+STUDY_B = "1.2.826.0.1.3680043.8.498.1002"
+STUDY_C = "1.2.826.0.1.3680043.8.498.1003"
+SMALL_NET = {
+    "_target_": "DenseNet",
+    "spatial_dims": 2,
+    "in_channels": 1,
+    "out_channels": "@num_classes",
+    "init_features": 8,
+    "growth_rate": 8,
+    "block_config": [2, 2],
+}
+
+#: Every file of the dataset: (status, a piece of the reason).
+EXPECTED = {
+    "__MACOSX/kaggle/._IM-0001.jpeg": ("skipped", "junk file"),
+    "empty.dcm": ("skipped", "zero-byte file"),
+    "kaggle/NORMAL/IM-0001.jpeg": ("ok", "JPEG image, taken as a frontal chest film"),
+    "kaggle/PNEUMONIA/person1_virus_1.png": ("ok", "PNG image, taken as a frontal chest film"),
+    "kaggle/PNEUMONIA/broken.png": ("error", "not a readable image"),
+    "notes.txt": ("skipped", "not a DICOM file"),
+    "studyA/ap_dx_j2k.dcm": ("ok", "DX chest frontal (BodyPartExamined=CHEST; ViewPosition=AP)"),
+    "studyA/pa_copy.dcm": ("skipped", "duplicate SOP Instance UID of studyA/pa.dcm"),
+    "studyA/lateral.dcm": ("skipped", "lateral view (ViewPosition=LL)"),
+    "studyA/pa.dcm": ("ok", "CR chest frontal (BodyPartExamined=CHEST; ViewPosition=PA)"),
+    "studyA/report_sr.dcm": ("skipped", "structured report"),
+    "studyB/abdomen.dcm": ("skipped", "not chest (BodyPartExamined=ABDOMEN)"),
+    "studyB/pa_rle_mono1.dcm": ("ok", "CR chest frontal (BodyPartExamined=CHEST; ViewPosition=PA)"),
+    "studyB/short_pixels.dcm": ("error", "truncated pixel data"),
+    "studyC/lateral.dcm": ("skipped", "lateral view (ViewPosition=RL)"),
+    "studyC/truncated.dcm": ("error", "truncated file"),
+}
+
+
+# ------------------------------------------------------------------------------------- fixtures
+
+
+def film(index: int, size: int = 96, bits: int = 12) -> np.ndarray:
+    """A real chest film from the embedded sample, resized, as unsigned ``bits``-bit values."""
+    with Image.open(SAMPLES[index % len(SAMPLES)]) as img:
+        grey = np.asarray(img.convert("L").resize((size, size), Image.Resampling.BILINEAR), dtype=np.float64)
+    return np.round(grey / 255.0 * ((1 << bits) - 1)).astype(np.uint16)
+
+
+def write_bundle(
+    dest: Path, *, network_def: dict | None = None, class_names: list[str] | None = None
+) -> Path:
+    """A bundle copy: the shipped configs with spatial_size 64 (and the given network), seeded weights."""
+    config = json.loads(SHIPPED_CONFIG.read_text(encoding="utf-8"))
+    config["spatial_size"] = [64, 64]
+    if network_def is not None:
+        config["network_def"] = network_def
+    if class_names is not None:
+        config["class_names"] = class_names
+        config["num_classes"] = len(class_names)
+    (dest / "configs").mkdir(parents=True)
+    (dest / "models").mkdir()
+    (dest / "configs" / "inference.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
+    shutil.copy(SHIPPED_META, dest / "configs" / "metadata.json")
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(config)
+    torch.manual_seed(1234)
+    network = parser.get_parsed_content("network_def")
+    torch.save(network.state_dict(), dest / "models" / "model.pt")
+    return dest
+
+
+def chest(path: Path, index: int, study: str, **kwargs) -> pydicom.Dataset:
+    kwargs.setdefault("modality", "CR")
+    photometric = kwargs.get("photometric", "MONOCHROME2")
+    pixels = film(index)
+    if photometric == "MONOCHROME1":
+        pixels = 4095 - pixels
+    return make_cr(path, pixels=pixels, StudyInstanceUID=study, **PHI, **kwargs)
+
+
+def build_dataset(root: Path) -> Path:
+    """The mixed folder of :data:`EXPECTED`."""
+    a_pa = chest(root / "studyA/pa.dcm", 0, STUDY_A)
+    shutil.copy(root / "studyA/pa.dcm", root / "studyA/pa_copy.dcm")
+    chest(
+        root / "studyA/ap_dx_j2k.dcm", 1, STUDY_A, modality="DX", view="AP", transfer_syntax=JPEG2000Lossless
+    )
+    chest(root / "studyA/lateral.dcm", 2, STUDY_A, view="LL")
+    make_sr(root / "studyA/report_sr.dcm", StudyInstanceUID=STUDY_A, **PHI)
+    chest(
+        root / "studyB/pa_rle_mono1.dcm", 3, STUDY_B, photometric="MONOCHROME1", transfer_syntax=RLELossless
+    )
+    chest(root / "studyB/abdomen.dcm", 4, STUDY_B, body_part="ABDOMEN")
+    chest(root / "studyB/short_pixels.dcm", 5, STUDY_B, PixelData=b"\0" * 256)
+    chest(root / "studyC/lateral.dcm", 8, STUDY_C, view="RL")
+    chest(root / "studyC/truncated.dcm", 6, STUDY_C)
+    data = (root / "studyC/truncated.dcm").read_bytes()
+    (root / "studyC/truncated.dcm").write_bytes(data[:-500])
+    assert a_pa.PatientName == PHI["PatientName"]
+    (root / "empty.dcm").write_bytes(b"")
+    (root / "notes.txt").write_text("not an image\n", encoding="utf-8")
+    (root / "kaggle/NORMAL").mkdir(parents=True)
+    (root / "kaggle/PNEUMONIA").mkdir(parents=True)
+    Image.fromarray((film(7, 128, 8)).astype(np.uint8)).save(root / "kaggle/NORMAL/IM-0001.jpeg", quality=95)
+    Image.fromarray((film(30, 128, 8)).astype(np.uint8)).save(root / "kaggle/PNEUMONIA/person1_virus_1.png")
+    (root / "kaggle/PNEUMONIA/broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    (root / "__MACOSX/kaggle").mkdir(parents=True)
+    (root / "__MACOSX/kaggle/._IM-0001.jpeg").write_bytes(b"\0\x05\x16\x07" + b"\0" * 60)
+    return root
+
+
+def all_files(root: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under ``root``."""
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory) -> Path:
+    return write_bundle(tmp_path_factory.mktemp("bundle") / "bundle", network_def=SMALL_NET)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return build_dataset(tmp_path_factory.mktemp("data") / "in")
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, bundle_dir, dataset):
+    """One uninterrupted CLI run with heatmaps, logging everything at DEBUG into a capture."""
+    out = tmp_path_factory.mktemp("full") / "out"
+    before = all_files(dataset)
+    capture = _Capture()
+    capture.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(capture)
+    root.setLevel(logging.DEBUG)
+    try:
+        status = infer_cli.main(
+            [str(dataset), "--output", str(out), "--bundle", str(bundle_dir), "--heatmaps", "-v"]
+        )
+    finally:
+        root.removeHandler(capture)
+        root.setLevel(old_level)
+    return {"status": status, "out": out, "before": before, "log": "\n".join(capture.lines)}
+
+
+def by_path(rows: list[dict[str, str]]) -> dict[str, dict[str, str]]:
+    return {row["path"]: row for row in rows}
+
+
+# ---------------------------------------------------------------------------------------- tests
+
+
+def test_every_file_gets_exactly_one_row_with_its_status_and_reason(full_run, dataset):
+    assert full_run["status"] == 1  # broken, truncated and short files are errors
+    out = full_run["out"]
+    assert (out / "results.csv").read_text(encoding="utf-8").splitlines()[0] == ",".join(RESULT_COLUMNS)
+    rows = read_csv(out / "results.csv")
+    assert [row["path"] for row in rows] == sorted(EXPECTED)  # one row per file, in a stable order
+    assert set(all_files(dataset)) == set(EXPECTED)
+    for row in rows:
+        status, reason = EXPECTED[row["path"]]
+        assert row["status"] == status, row
+        assert reason in row["reason"], row
+        assert row["threshold"] == "0.5" and row["model_version"] == "0.1.0"
+        if status == "ok":
+            prob = float(row["prob_pneumonia"])
+            assert 0.0 <= prob <= 1.0
+            assert row["prediction"] == ("pneumonia" if prob >= 0.5 else "normal")
+        else:
+            assert row["prob_pneumonia"] == "" and row["prediction"] == ""
+
+
+def test_rows_carry_the_uids_and_view_of_their_file(full_run, dataset):
+    rows = by_path(read_csv(full_run["out"] / "results.csv"))
+    for rel, row in rows.items():
+        if rel.endswith(".dcm") and rel not in ("empty.dcm", "studyC/truncated.dcm"):
+            ds = pydicom.dcmread(dataset / rel, stop_before_pixels=True)
+            assert (row["study_uid"], row["series_uid"], row["sop_uid"]) == (
+                ds.StudyInstanceUID,
+                ds.SeriesInstanceUID,
+                ds.SOPInstanceUID,
+            )
+            assert row["view"] == str(ds.get("ViewPosition", ""))
+        elif rel.startswith(("kaggle/", "notes", "__MACOSX", "empty")):
+            assert row["study_uid"] == row["series_uid"] == row["sop_uid"] == row["view"] == ""
+    # distinct films give distinct probabilities (the model really looked at each one)
+    probs = [row["prob_pneumonia"] for row in rows.values() if row["status"] == "ok"]
+    assert len(set(probs)) == len(probs) == 5
+
+
+def test_results_json_holds_the_same_rows(full_run):
+    csv_rows = read_csv(full_run["out"] / "results.csv")
+    json_rows = json.loads((full_run["out"] / "results.json").read_text(encoding="utf-8"))
+    assert len(json_rows) == len(csv_rows)
+    for csv_row, json_row in zip(csv_rows, json_rows, strict=True):
+        assert list(json_row) == list(RESULT_COLUMNS)
+        text = {
+            k: "" if v is None else (repr(v) if isinstance(v, float) else str(v)) for k, v in json_row.items()
+        }
+        assert text == csv_row
+
+
+def test_studies_csv_aggregates_by_maximum(full_run):
+    out = full_run["out"]
+    rows = read_csv(out / "results.csv")
+    studies = read_csv(out / "studies.csv")
+    assert (out / "studies.csv").read_text().splitlines()[0] == ",".join(STUDY_COLUMNS)
+    assert [s["study_uid"] for s in studies] == [STUDY_A, STUDY_B, STUDY_C]
+    for study in studies:
+        ok = [
+            float(r["prob_pneumonia"])
+            for r in rows
+            if r["study_uid"] == study["study_uid"] and r["status"] == "ok"
+        ]
+        assert int(study["n_images"]) == len(ok)
+        assert study["threshold"] == "0.5" and study["model_version"] == "0.1.0"
+        if ok:
+            assert float(study["prob_pneumonia"]) == max(ok)
+            assert study["prediction"] == ("pneumonia" if max(ok) >= 0.5 else "normal")
+            assert study["sr_path"] == f"sr/{study['study_uid']}.dcm"
+        else:
+            assert study["prob_pneumonia"] == study["prediction"] == study["sr_path"] == ""
+    assert [int(s["n_images"]) for s in studies] == [2, 1, 0]
+    assert sorted(p.name for p in (out / "sr").iterdir()) == sorted([f"{STUDY_A}.dcm", f"{STUDY_B}.dcm"])
+
+
+def _content_items(items):
+    for item in items:
+        yield item
+        yield from _content_items(item.get("ContentSequence", []))
+
+
+def test_sr_reports_exactly_the_ok_images_of_its_study(full_run, dataset):
+    out = full_run["out"]
+    rows = read_csv(out / "results.csv")
+    for study_uid in (STUDY_A, STUDY_B):
+        ok = [r for r in rows if r["study_uid"] == study_uid and r["status"] == "ok"]
+        sr = hd.sr.srread(out / "sr" / f"{study_uid}.dcm")
+        assert sr.StudyInstanceUID == study_uid
+        source_series = {r["series_uid"] for r in rows if r["study_uid"] == study_uid}
+        assert sr.SeriesInstanceUID not in source_series
+        assert sr.SOPInstanceUID not in {r["sop_uid"] for r in rows}
+        items = list(_content_items(sr.ContentSequence))
+        codes = {
+            (c.CodeValue, c.CodingSchemeDesignator)
+            for item in items
+            for c in [*item.get("ConceptCodeSequence", []), *item.get("ConceptNameCodeSequence", [])]
+        }
+        assert ("233604007", "SCT") in codes
+        referenced = {
+            ref.ReferencedSOPInstanceUID
+            for item in items
+            if item.ValueType == "IMAGE"
+            for ref in item.ReferencedSOPSequence
+        }
+        assert referenced == {r["sop_uid"] for r in ok}
+        evidence = {
+            ref.ReferencedSOPInstanceUID
+            for study in sr.CurrentRequestedProcedureEvidenceSequence
+            for series in study.ReferencedSeriesSequence
+            for ref in series.ReferencedSOPSequence
+        }
+        assert evidence == {r["sop_uid"] for r in ok}
+        # the study-level probability in the report is the one of studies.csv
+        study_row = next(s for s in read_csv(out / "studies.csv") if s["study_uid"] == study_uid)
+        nums = [
+            float(item.MeasuredValueSequence[0].NumericValue)
+            for item in items
+            if item.ValueType == "NUM" and item.ConceptNameCodeSequence[0].CodeValue == "PNEUMONIA-PROB"
+        ]
+        assert len(nums) == len(ok) + 1
+        assert max(nums) == pytest.approx(float(study_row["prob_pneumonia"]), abs=1e-6)
+
+
+def test_heatmaps_png_for_every_ok_image_and_sc_for_dicom(full_run, dataset):
+    out = full_run["out"]
+    rows = [r for r in read_csv(out / "results.csv") if r["status"] == "ok"]
+    expected_png = {r["path"].replace("/", "__") + ".png" for r in rows}
+    expected_sc = {f"{r['sop_uid']}.dcm" for r in rows if r["sop_uid"]}
+    assert {p.name for p in (out / "heatmaps").iterdir()} == expected_png | expected_sc
+    for name in expected_png:
+        with Image.open(out / "heatmaps" / name) as img:
+            assert (img.mode, img.size) == ("RGB", (64, 64))
+    for row in rows:
+        if not row["sop_uid"]:
+            continue
+        sc = pydicom.dcmread(out / "heatmaps" / f"{row['sop_uid']}.dcm")
+        assert sc.SOPClassUID == SecondaryCaptureImageStorage
+        assert sc.StudyInstanceUID == row["study_uid"]
+        assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == row["sop_uid"]
+        assert (sc.Rows, sc.Columns, sc.SamplesPerPixel) == (64, 64, 3)
+        assert "NOT FOR DIAGNOSTIC USE" in sc.SeriesDescription
+
+
+def test_inputs_are_never_modified(full_run, dataset):
+    assert all_files(dataset) == full_run["before"]
+
+
+def test_no_patient_identifiers_in_tables_images_state_or_logs(full_run):
+    out = full_run["out"]
+    log = full_run["log"]
+    assert "infer: 16 file(s): 5 ok, 8 skipped, 3 error" in log  # the summary line
+    for needle in PHI_STRINGS:
+        assert needle not in log
+    checked = 0
+    for path in out.rglob("*"):
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        if path.suffix == ".dcm":
+            # SR and Secondary Capture are filed in the patient's study: they must carry the same patient.
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            assert ds.PatientID == PHI["PatientID"]
+            continue
+        checked += 1
+        for needle in PHI_STRINGS:
+            assert needle.encode() not in data, f"{needle} in {path}"
+    assert checked >= 10  # csv, json, studies, journal, sr state, pngs, lock
+
+
+def test_a_killed_run_resumes_without_redoing_finished_files(
+    tmp_path, bundle_dir, dataset, full_run, monkeypatch
+):
+    out = tmp_path / "out"
+    env = {**os.environ, KILL_AFTER_ENV: "6"}
+    command = [
+        sys.executable,
+        "-m",
+        "pneumonia_monai",
+        "infer",
+        str(dataset),
+        "--output",
+        str(out),
+        "--bundle",
+        str(bundle_dir),
+        "--batch-size",
+        "1",
+        "--workers",
+        "1",
+        "-v",
+    ]
+    killed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    for needle in PHI_STRINGS:
+        assert needle not in killed.stderr
+    assert not (out / "results.csv").exists()
+    journal = [json.loads(line) for line in (out / ".state" / "journal.jsonl").read_text().splitlines()]
+    assert len(journal) == 6
+    done_ok = sum(1 for entry in journal if entry["row"]["status"] == "ok")
+    assert done_ok >= 1
+
+    inferred: list[int] = []
+    original = InferenceBundle.predict
+
+    def counting(self, images):
+        inferred.append(images.shape[0])
+        return original(self, images)
+
+    monkeypatch.setattr(InferenceBundle, "predict", counting)
+    summary = run_inference([dataset], out, bundle=bundle_dir, batch_size=2, workers=1, progress=False)
+    assert sum(inferred) == summary.n_inferred == 5 - done_ok
+    assert summary.n_reused == sum(1 for entry in journal if entry["row"]["status"] != "error")
+    assert summary.counts == {"ok": 5, "skipped": 8, "error": 3}
+    assert summary.exit_code == 1
+
+    # the manifest is the one of the uninterrupted run (batch composition may move the last float bits)
+    resumed = read_csv(out / "results.csv")
+    reference = read_csv(full_run["out"] / "results.csv")
+    assert len(resumed) == len(reference) == len(EXPECTED)
+    for got, want in zip(resumed, reference, strict=True):
+        assert {k: v for k, v in got.items() if k != "prob_pneumonia"} == {
+            k: v for k, v in want.items() if k != "prob_pneumonia"
+        }
+        if want["prob_pneumonia"]:
+            assert float(got["prob_pneumonia"]) == pytest.approx(float(want["prob_pneumonia"]), abs=1e-6)
+    studies = read_csv(out / "studies.csv")
+    assert [(s["study_uid"], s["n_images"], s["sr_path"]) for s in studies] == [
+        (s["study_uid"], s["n_images"], s["sr_path"]) for s in read_csv(full_run["out"] / "studies.csv")
+    ]
+    assert len((out / ".state" / "journal.jsonl").read_text().splitlines()) == len(EXPECTED)
+
+    # a third run recomputes nothing and keeps the SRs as they are; --force recomputes everything
+    sr_a = out / "sr" / f"{STUDY_A}.dcm"
+    sr_uid = pydicom.dcmread(sr_a).SOPInstanceUID
+    inferred.clear()
+    again = run_inference([dataset], out, bundle=bundle_dir, batch_size=2, workers=1, progress=False)
+    assert inferred == [] and again.n_inferred == 0 and again.n_reused == 13
+    assert pydicom.dcmread(sr_a).SOPInstanceUID == sr_uid
+    assert read_csv(out / "results.csv") == resumed
+    forced = run_inference(
+        [dataset], out, bundle=bundle_dir, batch_size=4, workers=0, force=True, progress=False
+    )
+    assert sum(inferred) == forced.n_inferred == 5 and forced.n_reused == 0
+    assert pydicom.dcmread(sr_a).SOPInstanceUID != sr_uid
+
+
+def test_a_changed_input_file_is_recomputed(tmp_path, bundle_dir):
+    data = tmp_path / "in"
+    chest(data / "a.dcm", 0, STUDY_A)
+    chest(data / "b.dcm", 1, STUDY_A)
+    out = tmp_path / "out"
+    first = run_inference([data], out, bundle=bundle_dir, workers=0, progress=False)
+    assert first.n_inferred == 2
+    stat = (data / "b.dcm").stat()
+    os.utime(data / "b.dcm", ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    second = run_inference([data], out, bundle=bundle_dir, workers=0, progress=False)
+    assert (second.n_inferred, second.n_reused) == (1, 1)
+    # asking for heatmaps later computes them for the files that have none
+    third = run_inference([data], out, bundle=bundle_dir, workers=0, heatmaps=True, progress=False)
+    assert third.n_inferred == 2 and len(third.png_paths) == 2 and len(third.sc_paths) == 2
+
+
+def test_in_flight_items_stay_bounded_on_a_large_folder(tmp_path, bundle_dir, monkeypatch):
+    data = tmp_path / "films"
+    data.mkdir()
+    for i in range(24):
+        Image.fromarray(film(i, 48, 8).astype(np.uint8)).save(data / f"f{i:03d}.png")
+    lock = threading.Lock()
+    alive = {"now": 0, "peak": 0}
+    original_prepare = runner._Context.prepare
+    original_predict = InferenceBundle.predict
+
+    def prepare(self, job):
+        item = original_prepare(self, job)
+        if item.image is not None:
+            with lock:
+                alive["now"] += 1
+                alive["peak"] = max(alive["peak"], alive["now"])
+        return item
+
+    def predict(self, images):
+        with lock:
+            alive["now"] -= images.shape[0]
+        return original_predict(self, images)
+
+    monkeypatch.setattr(runner._Context, "prepare", prepare)
+    monkeypatch.setattr(InferenceBundle, "predict", predict)
+    summary = run_inference(
+        [data], tmp_path / "out", bundle=bundle_dir, batch_size=2, workers=2, progress=False
+    )
+    bound = in_flight_limit(2, 2)
+    assert summary.counts["ok"] == 24 and summary.exit_code == 0
+    assert bound < 24
+    assert alive["now"] == 0
+    assert 2 <= alive["peak"] <= bound
+    assert summary.peak_in_flight <= summary.in_flight_limit == bound
+
+
+def test_three_class_bundle_without_sr_on_a_clean_folder_exits_0(tmp_path):
+    bundle = write_bundle(
+        tmp_path / "bundle", network_def=SMALL_NET, class_names=["normal", "bacterial", "viral"]
+    )
+    data = tmp_path / "in"
+    chest(data / "s/a.dcm", 0, STUDY_A)
+    chest(data / "s/b.dcm", 9, STUDY_A, view="AP")
+    Image.fromarray(film(3, 64, 8).astype(np.uint8)).save(data / "c.png")
+    out = tmp_path / "out"
+    status = infer_cli.main([str(data), "--output", str(out), "--bundle", str(bundle), "--no-sr", "-q"])
+    assert status == 0
+    header = (out / "results.csv").read_text().splitlines()[0].split(",")
+    assert header == [*RESULT_COLUMNS, *SUBTYPE_COLUMNS]
+    rows = read_csv(out / "results.csv")
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok"]
+    for row in rows:
+        normal, bacterial, viral = (float(row[c]) for c in SUBTYPE_COLUMNS)
+        assert normal + bacterial + viral == pytest.approx(1.0, abs=1e-5)
+        assert float(row["prob_pneumonia"]) == pytest.approx(1.0 - normal, abs=1e-12)
+    assert not (out / "sr").exists()
+    (study,) = read_csv(out / "studies.csv")
+    assert study["n_images"] == "2" and study["sr_path"] == ""
+    loaded = load_bundle(bundle, device="cpu")
+    assert loaded.three_class and loaded.class_names == ("normal", "bacterial", "viral")
+    assert not any(module.training for module in loaded.network.modules())
+
+
+def test_the_shipped_densenet121_network_def_runs(tmp_path):
+    bundle = write_bundle(tmp_path / "bundle")  # the shipped network_def, spatial size 64
+    data = tmp_path / "in"
+    chest(data / "a.dcm", 2, STUDY_A)
+    out = tmp_path / "out"
+    summary = run_inference([data / "a.dcm"], out, bundle=bundle, workers=0, progress=False)
+    assert summary.exit_code == 0 and summary.counts["ok"] == 1
+    (row,) = read_csv(out / "results.csv")
+    assert row["path"] == "a.dcm"  # a file input is named by its own name
+    assert summary.sr_paths == [out / "sr" / f"{STUDY_A}.dcm"]
+
+
+def _break(bundle: Path, case: str) -> str:
+    """Make the bundle unusable in one way; return a piece of the expected message."""
+    config_path = bundle / "configs" / "inference.json"
+    config = json.loads(config_path.read_text())
+    if case == "missing checkpoint":
+        (bundle / "models" / "model.pt").unlink()
+        return "model.pt not found"
+    if case == "wrong shapes":
+        torch.manual_seed(0)
+        from monai.networks.nets import DenseNet
+
+        other = DenseNet(
+            spatial_dims=2, in_channels=1, out_channels=3, init_features=8, growth_rate=8, block_config=(2, 2)
+        )
+        torch.save(other.state_dict(), bundle / "models" / "model.pt")
+        return "does not fit 'network_def'"
+    if case == "missing key":
+        del config["threshold"]
+        config_path.write_text(json.dumps(config))
+        return "lacks key(s) threshold"
+    if case == "bad threshold":
+        config["threshold"] = 1.5
+        config_path.write_text(json.dumps(config))
+        return "'threshold' must be a number in [0, 1]"
+    if case == "unknown classes":
+        config["class_names"] = ["healthy", "sick"]
+        config_path.write_text(json.dumps(config))
+        return "'class_names' must be"
+    if case == "not a checkpoint":
+        (bundle / "models" / "model.pt").write_bytes(b"not a torch file")
+        return "cannot be read"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing checkpoint",
+        "wrong shapes",
+        "missing key",
+        "bad threshold",
+        "unknown classes",
+        "not a checkpoint",
+    ],
+)
+def test_an_unusable_bundle_exits_2_with_a_one_line_message(tmp_path, caplog, case):
+    bundle = write_bundle(tmp_path / "bundle", network_def=SMALL_NET)
+    expected = _break(bundle, case)
+    data = tmp_path / "in"
+    data.mkdir()
+    Image.fromarray(film(0, 64, 8).astype(np.uint8)).save(data / "a.png")
+    with caplog.at_level(logging.ERROR, logger="pneumonia_monai"):
+        status = infer_cli.main([str(data), "--output", str(tmp_path / "out"), "--bundle", str(bundle), "-q"])
+    assert status == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0]
+    assert errors[0].startswith("unusable bundle: ") and expected in errors[0]
+    assert not (tmp_path / "out").exists()  # nothing written before the bundle is known to be usable
+    with pytest.raises(BundleError):
+        load_bundle(bundle, device="cpu")
+
+
+def test_usage_errors_exit_2(tmp_path, bundle_dir, caplog):
+    data = tmp_path / "in"
+    data.mkdir()
+    Image.fromarray(film(0, 64, 8).astype(np.uint8)).save(data / "a.png")
+    base = ["--output", str(tmp_path / "out"), "--bundle", str(bundle_dir), "-q"]
+    assert infer_cli.main([str(tmp_path / "missing"), *base]) == 2
+    assert infer_cli.main([str(data), *base, "--batch-size", "0"]) == 2
+    assert infer_cli.main([str(data), *base, "--device", "tpu"]) == 2
+    assert infer_cli.main([str(data)]) == 2  # no --output
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("unknwon_key: 1\n")
+    assert infer_cli.main([str(data), *base, "--rules", str(rules)]) == 2
+    if not torch.cuda.is_available():
+        assert infer_cli.main([str(data), *base, "--device", "cuda"]) == 2
+        assert "CUDA is not available" in caplog.text
+    with pytest.raises(TypeError, match="sequence of paths"):
+        run_inference(str(data), tmp_path / "o", bundle=bundle_dir)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="workers"):
+        run_inference([data], tmp_path / "o", bundle=bundle_dir, workers=-1)
+
+
+def test_a_second_run_into_a_locked_output_fails_at_once(tmp_path, bundle_dir, caplog):
+    data = tmp_path / "in"
+    data.mkdir()
+    Image.fromarray(film(0, 64, 8).astype(np.uint8)).save(data / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    with (out / ".lock").open("a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        with caplog.at_level(logging.ERROR, logger="pneumonia_monai"):
+            status = infer_cli.main([str(data), "--output", str(out), "--bundle", str(bundle_dir), "-q"])
+    assert status == 2
+    assert "another inference run is writing to" in caplog.text
+    assert not (out / "results.csv").exists()
+    assert infer_cli.main([str(data), "--output", str(out), "--bundle", str(bundle_dir), "-q"]) == 0
+
+
+def test_the_output_folder_inside_an_input_is_not_read_back(tmp_path, bundle_dir):
+    data = tmp_path / "in"
+    chest(data / "a.dcm", 0, STUDY_A)
+    out = data / "results"
+    first = run_inference([data], out, bundle=bundle_dir, heatmaps=True, workers=0, progress=False)
+    second = run_inference([data], out, bundle=bundle_dir, heatmaps=True, workers=0, progress=False)
+    assert first.counts == second.counts == {"ok": 1, "skipped": 0, "error": 0}
+    assert [r["path"] for r in read_csv(out / "results.csv")] == ["a.dcm"]
