@@ -1,0 +1,220 @@
+r"""``pneumonia-monai serve``: a DICOM node that receives studies, runs the model, sends the results back.
+
+Examples::
+
+    pneumonia-monai serve --work-dir /var/lib/pneumonia --ae-title PNEUMONIA --port 11112 \
+        --allow-ae PACS --dest-ae PACS@pacs.example.org:104
+    pneumonia-monai serve --config node.yaml --dest-stow https://pacs.example.org/dicom-web
+
+The node is a Storage SCP (C-ECHO, C-STORE of every storage SOP class, uncompressed and compressed).
+Each received instance is written durably to ``WORK/inbox/<StudyInstanceUID>/`` before its C-STORE is
+answered. Once no instance of a study arrived for ``--stable-seconds``, a worker runs the bundle on it
+and sends the study's SR (plus heatmap Secondary Captures with ``--heatmaps``) to the destination,
+retrying ``--send-attempts`` times with exponential backoff; the study then moves to ``WORK/done/``,
+or to ``WORK/failed/`` with a ``reason.txt``. One result per study: instances arriving after their study
+was processed are kept in ``WORK/late/`` and logged, not processed again. See
+:mod:`pneumonia_monai.node.inbox` for the layout and the recovery rules.
+
+Options given on the command line win over those of ``--config`` (YAML or JSON, keys as in
+:class:`pneumonia_monai.node.config.NodeConfig`, ``dest_ae``/``dest_stow`` for the destination).
+
+SIGTERM or SIGINT: stop accepting associations, let the open ones end (``--association-grace``),
+finish the study being processed (``--drain-timeout``), exit 0. Whatever is still in the inbox is
+resumed at the next start. Exit status 2: bad configuration, unusable bundle path or work folder, or
+the port cannot be bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from pneumonia_monai.cli.common import EXIT_OK, EXIT_USAGE, add_verbosity_args, configure_logging
+from pneumonia_monai.node.config import NodeConfig, config_from_mapping, read_config_file
+from pneumonia_monai.node.inbox import write_durable
+from pneumonia_monai.node.service import DicomNode
+
+logger = logging.getLogger(__name__)
+
+#: Command-line destinations of the configuration keys (argparse ``dest`` -> config key).
+_CONFIG_ARGS: dict[str, str] = {
+    "work_dir": "work_dir",
+    "ae_title": "ae_title",
+    "host": "host",
+    "port": "port",
+    "allow_ae": "allowed_calling_aes",
+    "require_called_ae": "require_called_ae",
+    "stable_seconds": "stable_seconds",
+    "queue_size": "queue_size",
+    "batch_studies": "max_batch_studies",
+    "max_associations": "max_associations",
+    "dest_ae": "dest_ae",
+    "dest_stow": "dest_stow",
+    "send_attempts": "send_attempts",
+    "retry_backoff": "retry_backoff_seconds",
+    "heatmaps": "heatmaps",
+    "bundle": "bundle",
+    "device": "device",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the ``serve`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="pneumonia-monai serve",
+        description="Run a DICOM Storage SCP that processes each received study once it is stable and sends "
+        "its pneumonia SR to a DICOM or DICOMweb destination.",
+    )
+    parser.add_argument("--config", type=Path, metavar="FILE", help="node configuration, YAML or JSON")
+    parser.add_argument(
+        "--work-dir", type=Path, metavar="DIR", help="inbox/outbox/done/failed/late live here"
+    )
+    node = parser.add_argument_group("DICOM node")
+    node.add_argument("--ae-title", metavar="AET", help="the node's AE title (default PNEUMONIA)")
+    node.add_argument("--host", metavar="ADDR", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
+    node.add_argument("--port", type=int, metavar="N", help="port to listen on (default 11112; 0: any free)")
+    node.add_argument(
+        "--allow-ae",
+        action="append",
+        metavar="AET",
+        help="accept associations from this calling AE title only (repeat for several; default: any)",
+    )
+    node.add_argument(
+        "--require-called-ae",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="reject associations not addressed to --ae-title",
+    )
+    node.add_argument(
+        "--max-associations", type=int, metavar="N", help="open associations at once (default 10)"
+    )
+    node.add_argument(
+        "--port-file", type=Path, metavar="FILE", help="write the port listened on to FILE once listening"
+    )
+    work = parser.add_argument_group("processing")
+    work.add_argument(
+        "--stable-seconds",
+        type=float,
+        metavar="S",
+        help="process a study once no instance arrived for S seconds (default 10)",
+    )
+    work.add_argument(
+        "--queue-size", type=int, metavar="N", help="stable studies waiting for the worker (default 16)"
+    )
+    work.add_argument(
+        "--batch-studies",
+        type=int,
+        metavar="N",
+        help="give the model up to N ready studies at once (default 8); still one result per study",
+    )
+    work.add_argument(
+        "--bundle", type=Path, metavar="DIR", help="MONAI bundle folder (default: the packaged one)"
+    )
+    work.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda, cuda:1 ...")
+    work.add_argument(
+        "--heatmaps",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also send Grad-CAM heatmaps as Secondary Capture images",
+    )
+    dest = parser.add_argument_group("destination (one of)")
+    exclusive = dest.add_mutually_exclusive_group()
+    exclusive.add_argument("--dest-ae", metavar="AET@HOST:PORT", help="send results with C-STORE to this SCP")
+    exclusive.add_argument(
+        "--dest-stow", metavar="URL", help="send results with STOW-RS to this DICOMweb URL"
+    )
+    dest.add_argument(
+        "--send-attempts", type=int, metavar="N", help="tries per study before failing it (default 5)"
+    )
+    dest.add_argument(
+        "--retry-backoff", type=float, metavar="S", help="wait before the 2nd try, doubled after (default 2)"
+    )
+    stop = parser.add_argument_group("stopping")
+    stop.add_argument(
+        "--association-grace",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="on SIGTERM, seconds open associations may take to end before being aborted (default 10)",
+    )
+    stop.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="on SIGTERM, seconds the study being processed may take to finish (default 300)",
+    )
+    add_verbosity_args(parser)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> NodeConfig:
+    """Merge ``--config`` (if any) and the command-line options into a :class:`NodeConfig`.
+
+    Raises:
+        OSError: if the configuration file cannot be read.
+        ValueError, TypeError: for an invalid or missing value.
+    """
+    values: dict[str, Any] = read_config_file(args.config) if args.config is not None else {}
+    flags = {
+        key: getattr(args, name) for name, key in _CONFIG_ARGS.items() if getattr(args, name) is not None
+    }
+    if "dest_ae" in flags or "dest_stow" in flags:
+        values.pop("dest_ae", None)
+        values.pop("dest_stow", None)
+    values.update(flags)
+    return config_from_mapping(values)
+
+
+def _check_bundle(bundle: Path | None) -> None:
+    if bundle is not None and not (bundle / "configs" / "inference.json").is_file():
+        raise ValueError(f"{bundle} is not a bundle folder: it has no configs/inference.json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``pneumonia-monai serve`` until SIGTERM or SIGINT; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args)
+    for name in ("association_grace", "drain_timeout"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)!r}")
+    try:
+        config = config_from_args(args)
+        _check_bundle(config.bundle)
+    except (OSError, ValueError, TypeError) as exc:
+        logger.error("cannot start the node: %s", exc)
+        return EXIT_USAGE
+
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        logger.info("received %s: stopping", signal.Signals(signum).name)
+        stop_requested.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        node = DicomNode(config)
+        try:
+            node.start()
+        except OSError as exc:
+            logger.error("cannot start the node: %s", exc)
+            return EXIT_USAGE
+        try:
+            if args.port_file is not None:
+                write_durable(args.port_file, f"{node.port}\n".encode())
+            while not stop_requested.wait(1.0):
+                pass
+        finally:
+            clean = node.stop(association_grace=args.association_grace, drain_timeout=args.drain_timeout)
+        if not clean:
+            logger.warning("the study being processed was left unfinished; it is resumed at the next start")
+        return EXIT_OK
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,160 @@
+"""What the node does with stable studies: the :class:`StudyProcessor` protocol and its default, the bundle.
+
+A processor turns the folder of one study's instances into result files (DICOM Part 10) to send. The
+node never calls it from a C-STORE handler: its worker thread does, for one study, or, when the
+processor also has :meth:`BatchStudyProcessor.process_many`, for every study ready at that moment (a
+burst after an archive's downtime, say), which pays the cost of loading the model once per batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+
+logger = logging.getLogger(__name__)
+
+#: Longest reason kept when a study fails (the reasons of its files, joined).
+MAX_REASON_CHARS = 2000
+
+
+class StudyProcessingError(RuntimeError):
+    """A study could not be processed; the message says why (it becomes the study's failure reason)."""
+
+
+@runtime_checkable
+class StudyProcessor(Protocol):
+    """Turn one study into result files."""
+
+    def process(self, study_dir: Path, out_dir: Path) -> list[Path]:
+        """Process the instances in ``study_dir`` (one study), writing results under ``out_dir``.
+
+        Args:
+            study_dir: the study's instances, ``<SOPInstanceUID>.dcm``; not to be modified. Its name is
+                the Study Instance UID.
+            out_dir: an empty folder for the results and any by-product.
+
+        Returns:
+            The DICOM files to send (an empty list when the study has nothing to report on).
+
+        Raises:
+            Exception: any error fails the study (it goes to ``failed/`` with the message as reason).
+        """
+        ...
+
+
+@runtime_checkable
+class BatchStudyProcessor(StudyProcessor, Protocol):
+    """A processor that can also take several studies at once."""
+
+    def process_many(self, study_dirs: Sequence[Path], out_dir: Path) -> dict[Path, list[Path] | Exception]:
+        """Process several studies, writing every result under ``out_dir``.
+
+        Returns:
+            For each of ``study_dirs``: its result files (under ``out_dir``), or the exception that
+            fails it alone.
+
+        Raises:
+            Exception: an error that fails every study of the batch.
+        """
+        ...
+
+
+class InferenceProcessor:
+    """The default processor: :func:`pneumonia_monai.inference.runner.run_inference` on the studies.
+
+    A study's results are its SR (``OUT/sr/<StudyInstanceUID>.dcm``) and, with ``heatmaps``, the
+    heatmap Secondary Captures of its images. A study without SR fails (:class:`StudyProcessingError`
+    quoting the files' reasons) if one of its files ended in ``error``; when all of them were
+    ``skipped`` (no frontal chest film) it has nothing to report and the reasons are logged.
+
+    Args:
+        bundle: the MONAI bundle folder; ``None`` lets the runner find its default.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        heatmaps: also return the Grad-CAM Secondary Captures.
+        batch_size: images per forward pass.
+    """
+
+    def __init__(
+        self,
+        *,
+        bundle: str | Path | None = None,
+        device: str = "auto",
+        heatmaps: bool = False,
+        batch_size: int = 8,
+    ) -> None:
+        if bundle is not None and not isinstance(bundle, str | Path):
+            raise TypeError(f"bundle must be a path or None, got {type(bundle).__name__}")
+        if not isinstance(device, str) or not device:
+            raise ValueError(f"device must be a non-empty string, got {device!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.bundle = None if bundle is None else Path(bundle)
+        self.device = device
+        self.heatmaps = bool(heatmaps)
+        self.batch_size = batch_size
+
+    def process(self, study_dir: Path, out_dir: Path) -> list[Path]:
+        """Run the bundle on one study; see :class:`StudyProcessor`."""
+        outcome = self.process_many([study_dir], out_dir)[study_dir]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def process_many(self, study_dirs: Sequence[Path], out_dir: Path) -> dict[Path, list[Path] | Exception]:
+        """Run the bundle once on several studies; see :class:`BatchStudyProcessor`."""
+        # Imported on first use: torch and MONAI take seconds to import, and the node must answer
+        # C-ECHO and C-STORE (and report a bad configuration) without waiting for them.
+        from pneumonia_monai.inference.runner import run_inference
+
+        dirs = [Path(study_dir) for study_dir in study_dirs]
+        summary = run_inference(
+            dirs,
+            out_dir,
+            bundle=self.bundle,
+            device=self.device,
+            batch_size=self.batch_size,
+            workers=0,
+            heatmaps=self.heatmaps,
+            write_sr=True,
+            force=True,
+            progress=False,
+        )
+        rows = json.loads(Path(summary.results_json).read_text(encoding="utf-8"))
+        srs = {Path(path).stem: Path(path) for path in summary.sr_paths}
+        scs: dict[str, list[Path]] = {}
+        if self.heatmaps:
+            for path in summary.sc_paths:
+                scs.setdefault(_study_of(Path(path)), []).append(Path(path))
+        outcomes: dict[Path, list[Path] | Exception] = {}
+        for study_dir in dirs:
+            uid = study_dir.name
+            names = {path.name for path in study_dir.iterdir()}
+            mine = [row for row in rows if row.get("path") in names]
+            if uid in srs:
+                outcomes[study_dir] = [srs[uid], *sorted(scs.get(uid, []))]
+                continue
+            reasons = "; ".join(f"{row['path']}: {row['status']}: {row['reason']}" for row in mine)
+            if any(row.get("status") == "error" for row in mine) or not mine:
+                outcomes[study_dir] = StudyProcessingError(
+                    f"no SR: {reasons or 'no file of the study was read'}"[:MAX_REASON_CHARS]
+                )
+            else:
+                logger.warning("study %s: nothing to report: %s", uid, reasons[:MAX_REASON_CHARS])
+                outcomes[study_dir] = []
+        logger.info("%d study(ies) processed: %d SR(s), files %s", len(dirs), len(srs), dict(summary.counts))
+        return outcomes
+
+
+def _study_of(path: Path) -> str:
+    try:
+        return str(
+            dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).StudyInstanceUID
+        )
+    except (InvalidDicomError, OSError, AttributeError):
+        return ""

@@ -1,0 +1,652 @@
+"""The DICOM node in-process: Storage SCP, durable inbox, stable studies, worker, retries, late arrivals.
+
+The studies go through the real network path (dcmtk's ``storescu``/``echoscu``, pynetdicom as SCU) into a
+:class:`DicomNode` whose processor and destination are test doubles: the processor builds a real SR with
+:func:`build_pneumonia_sr`, the destination records what it is given. The real inference and a real
+archive are exercised in ``test_node_orthanc.py``.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from dicom_factory import make_cr
+from pydicom import Dataset, dcmread
+from pydicom.uid import JPEG2000Lossless, generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import ComputedRadiographyImageStorage
+
+from pneumonia_monai.cli import serve
+from pneumonia_monai.dicom.sr import ImageFinding, build_pneumonia_sr, write_dataset_atomic
+from pneumonia_monai.node import inbox as inbox_module
+from pneumonia_monai.node.config import (
+    DicomDestination,
+    NodeConfig,
+    StowDestination,
+    config_from_mapping,
+    read_config_file,
+)
+from pneumonia_monai.node.destinations import SendError, send_with_retries
+from pneumonia_monai.node.inbox import Inbox, StoreOutcome
+from pneumonia_monai.node.scp import NATIVE_TRANSFER_SYNTAXES
+from pneumonia_monai.node.service import DicomNode
+
+DCMTK_HINT = "dcmtk's storescu/echoscu/dcmcjpeg are needed: apt-get install dcmtk"
+NODE_AET = "PNEUMONIA"
+
+
+def dcmtk(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.fail(f"{tool} not found; {DCMTK_HINT}")
+    return path
+
+
+def storescu(
+    port: int, files: Sequence[Path], *extra: str, aet: str = "STORESCU"
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [dcmtk("storescu"), *extra, "-aet", aet, "-aec", NODE_AET, "127.0.0.1", str(port), *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# test doubles
+
+
+def referenced_sop_uids(ds: Dataset) -> set[str]:
+    """SOP Instance UIDs referenced anywhere in an SR's content tree."""
+    found: set[str] = set()
+
+    def walk(items: Sequence[Dataset]) -> None:
+        for item in items:
+            for ref in item.get("ReferencedSOPSequence", []):
+                found.add(str(ref.ReferencedSOPInstanceUID))
+            walk(item.get("ContentSequence", []))
+
+    walk(ds.ContentSequence)
+    return found
+
+
+class SrProcessor:
+    """Builds a real pneumonia SR for the study; records the calls and the thread they ran in."""
+
+    def __init__(self, gate: threading.Event | None = None, fail: bool = False) -> None:
+        self.calls: list[tuple[str, list[str], str]] = []
+        self.gate = gate
+        self.fail = fail
+        self.started = threading.Event()
+
+    def _sr(self, study_dir: Path, out_dir: Path) -> Path:
+        headers = [dcmread(p, stop_before_pixels=True) for p in sorted(study_dir.glob("*.dcm"))]
+        findings = [
+            ImageFinding(str(h.SOPInstanceUID), str(h.SOPClassUID), prob_pneumonia=0.75, present=True)
+            for h in headers
+        ]
+        sr = build_pneumonia_sr(
+            headers, findings, algorithm_name="test", algorithm_version="1", threshold=0.5
+        )
+        path = out_dir / "sr" / f"{study_dir.name}.dcm"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_dataset_atomic(sr, path)
+        return path
+
+    def process(self, study_dir: Path, out_dir: Path) -> list[Path]:
+        self.calls.append(
+            (study_dir.name, sorted(p.name for p in study_dir.glob("*.dcm")), threading.current_thread().name)
+        )
+        self.started.set()
+        if self.gate is not None:
+            assert self.gate.wait(30), "the test never opened the gate"
+        if self.fail:
+            raise RuntimeError("model exploded")
+        return [self._sr(study_dir, out_dir)]
+
+
+class BatchSrProcessor(SrProcessor):
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        super().__init__(gate=gate)
+        self.batches: list[list[str]] = []
+
+    def process_many(self, study_dirs: Sequence[Path], out_dir: Path) -> dict[Path, list[Path] | Exception]:
+        self.batches.append([d.name for d in study_dirs])
+        return {d: [self._sr(d, out_dir)] for d in study_dirs}
+
+
+class RecordingDestination:
+    """Records (study UID, referenced SOP UIDs, SOP class) of each file sent; fails the first ``failures``."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.attempts = 0
+        self.sent: list[tuple[str, set[str], str]] = []
+        self.lock = threading.Lock()
+
+    def send(self, paths: Sequence[Path]) -> None:
+        with self.lock:
+            self.attempts += 1
+            if self.attempts <= self.failures:
+                raise SendError(f"destination down (attempt {self.attempts})")
+            for path in paths:
+                ds = dcmread(path)
+                self.sent.append((str(ds.StudyInstanceUID), referenced_sop_uids(ds), str(ds.SOPClassUID)))
+
+    def __str__(self) -> str:
+        return "recording destination"
+
+
+# --------------------------------------------------------------------------------------------------
+# fixtures
+
+
+@pytest.fixture
+def start_node(tmp_path: Path) -> Iterator[Callable[..., DicomNode]]:
+    nodes: list[DicomNode] = []
+
+    def start(processor=None, destination=None, transfer_syntaxes=None, **overrides) -> DicomNode:
+        values = {
+            "work_dir": tmp_path / f"work{len(nodes)}",
+            "destination": StowDestination("http://127.0.0.1:9/dicom-web"),
+            "ae_title": NODE_AET,
+            "port": 0,
+            "stable_seconds": 0.5,
+            "retry_backoff_seconds": 0.01,
+        }
+        values.update(overrides)
+        node = DicomNode(
+            NodeConfig(**values),
+            processor=processor or SrProcessor(),
+            destination=destination or RecordingDestination(),
+            poll_interval=0.05,
+            transfer_syntaxes=transfer_syntaxes,
+        )
+        node.start()
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        node.stop(association_grace=2, drain_timeout=30)
+
+
+def study_files(folder: Path, n_images: int) -> list[Path]:
+    """Write ``n_images`` small CR images of one new study into ``folder``."""
+    study_uid = generate_uid()
+    paths = []
+    for i in range(n_images):
+        paths.append(folder / f"im{i}.dcm")
+        make_cr(paths[-1], StudyInstanceUID=study_uid, InstanceNumber=i + 1)
+    return paths
+
+
+def uid_of(path: Path, keyword: str = "StudyInstanceUID") -> str:
+    return str(dcmread(path, stop_before_pixels=True)[keyword].value)
+
+
+# --------------------------------------------------------------------------------------------------
+# transfer syntaxes
+
+
+STORESCU_PROFILE = r"""
+[[TransferSyntaxes]]
+[JL57]
+TransferSyntax1 = 1.2.840.10008.1.2.4.57
+[JL70]
+TransferSyntax1 = 1.2.840.10008.1.2.4.70
+[JLS]
+TransferSyntax1 = 1.2.840.10008.1.2.4.80
+[J2K]
+TransferSyntax1 = 1.2.840.10008.1.2.4.90
+[RLE]
+TransferSyntax1 = 1.2.840.10008.1.2.5
+[DEFL]
+TransferSyntax1 = 1.2.840.10008.1.2.1.99
+[[PresentationContexts]]
+[CR]
+PresentationContext1 = 1.2.840.10008.5.1.4.1.1.1\JL57
+PresentationContext2 = 1.2.840.10008.5.1.4.1.1.1\JL70
+PresentationContext3 = 1.2.840.10008.5.1.4.1.1.1\JLS
+PresentationContext4 = 1.2.840.10008.5.1.4.1.1.1\J2K
+PresentationContext5 = 1.2.840.10008.5.1.4.1.1.1\RLE
+PresentationContext6 = 1.2.840.10008.5.1.4.1.1.1\DEFL
+[[Profiles]]
+[Chest]
+PresentationContexts = CR
+"""
+
+
+@pytest.fixture
+def compressed_study(tmp_path: Path) -> dict[str, Path]:
+    """One CR study in six transfer syntaxes: JPEG lossless .57/.70, JPEG-LS, RLE (dcmtk), J2K, deflated."""
+    src = tmp_path / "src"
+    raw = study_files(src / "raw", 6)
+    out = tmp_path / "compressed"
+    out.mkdir()
+    tools = {
+        "1.2.840.10008.1.2.4.57": [dcmtk("dcmcjpeg"), "+el"],
+        "1.2.840.10008.1.2.4.70": [dcmtk("dcmcjpeg"), "+e1"],
+        "1.2.840.10008.1.2.4.80": [dcmtk("dcmcjpls")],
+        "1.2.840.10008.1.2.5": [dcmtk("dcmcrle")],
+    }
+    files = {}
+    for (syntax, command), path in zip(tools.items(), raw[:4], strict=True):
+        target = out / f"{syntax}.dcm"
+        subprocess.run([*command, str(path), str(target)], check=True, capture_output=True, timeout=60)
+        files[syntax] = target
+    ds = dcmread(raw[4])
+    ds.compress(JPEG2000Lossless, generate_instance_uid=False)
+    files[JPEG2000Lossless] = out / "j2k.dcm"
+    ds.save_as(files[JPEG2000Lossless], enforce_file_format=True)
+    ds = dcmread(raw[5])
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
+    files["1.2.840.10008.1.2.1.99"] = out / "deflated.dcm"
+    ds.save_as(files["1.2.840.10008.1.2.1.99"], enforce_file_format=True)
+    for syntax, path in files.items():
+        assert str(dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID) == syntax
+    (tmp_path / "storescu.cfg").write_text(STORESCU_PROFILE)
+    return files
+
+
+def test_compressed_instances_are_accepted_and_stored_as_received(
+    start_node: Callable[..., DicomNode], compressed_study: dict[str, Path], tmp_path: Path
+) -> None:
+    node = start_node(stable_seconds=60)  # keep them in the inbox
+    result = storescu(
+        node.port, list(compressed_study.values()), "-xf", str(tmp_path / "storescu.cfg"), "Chest"
+    )
+    assert result.returncode == 0, result.stderr
+
+    study_uid = uid_of(next(iter(compressed_study.values())))
+    inbox = tmp_path / "work0" / "inbox" / study_uid
+    for syntax, sent_path in compressed_study.items():
+        sent = dcmread(sent_path)
+        stored = dcmread(inbox / f"{sent.SOPInstanceUID}.dcm")
+        # no transcoding on the way: same transfer syntax, same encoded pixel data
+        assert str(stored.file_meta.TransferSyntaxUID) == syntax
+        assert stored.file_meta.MediaStorageSOPInstanceUID == sent.SOPInstanceUID
+        assert stored.PixelData == sent.PixelData
+        assert (stored.pixel_array == sent.pixel_array).all()
+    assert node.scp.counts["stored"] == len(compressed_study)
+    assert not list(inbox.glob("*.tmp")) and not list(inbox.glob(".*"))
+
+
+def test_without_the_compressed_contexts_a_jpeg_lossless_film_is_refused(
+    start_node: Callable[..., DicomNode], compressed_study: dict[str, Path], tmp_path: Path
+) -> None:
+    """The control: an SCP offering the uncompressed syntaxes only cannot take the dcmcjpeg file."""
+    node = start_node(transfer_syntaxes=NATIVE_TRANSFER_SYNTAXES, stable_seconds=60)
+    result = storescu(
+        node.port,
+        [compressed_study["1.2.840.10008.1.2.4.57"]],
+        "-xf",
+        str(tmp_path / "storescu.cfg"),
+        "Chest",
+    )
+    assert result.returncode != 0
+    assert node.scp.counts["stored"] == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# association and C-STORE handling
+
+
+def test_echo_and_calling_ae_restriction(
+    start_node: Callable[..., DicomNode], caplog: pytest.LogCaptureFixture
+) -> None:
+    node = start_node(allowed_calling_aes=("MODALITY1", "PACS"))
+    echo = [dcmtk("echoscu"), "-aec", NODE_AET, "127.0.0.1", str(node.port)]
+    ok = subprocess.run([*echo, "-aet", "PACS"], capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0, ok.stderr
+    with caplog.at_level("WARNING", logger="pneumonia_monai.node.scp"):
+        refused = subprocess.run([*echo, "-aet", "INTRUDER"], capture_output=True, text=True, timeout=30)
+    assert refused.returncode != 0
+    assert "Calling AE Title Not Recognized" in refused.stderr or "rejected" in refused.stderr.lower()
+    messages = [r.getMessage() for r in caplog.records if r.name == "pneumonia_monai.node.scp"]
+    assert any(
+        "rejected: calling AE title 'INTRUDER' is not one of ['MODALITY1', 'PACS']" in m for m in messages
+    ), messages
+
+
+def _scu_store(port: int, ds: Dataset) -> int:
+    ae = AE(ae_title="SCU")
+    ae.add_requested_context(ComputedRadiographyImageStorage)
+    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AET)
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(ds).Status)
+    finally:
+        assoc.release()
+
+
+def test_success_is_answered_only_once_the_instance_is_durably_on_disk(
+    start_node: Callable[..., DicomNode], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = start_node(stable_seconds=60)
+    synced: list[int] = []
+    real_fsync = inbox_module.os.fsync
+    monkeypatch.setattr(inbox_module.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    ds = make_cr(tmp_path / "one.dcm")
+    assert _scu_store(node.port, ds) == 0x0000
+    # when the Success response reached us, the file was in place, complete, and fsynced with its folder
+    stored = tmp_path / "work0" / "inbox" / ds.StudyInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+    assert dcmread(stored).PixelData == ds.PixelData
+    assert len(synced) >= 2  # the file, then the folder holding its new name
+
+
+def test_write_failure_answers_out_of_resources(
+    start_node: Callable[..., DicomNode], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = start_node(stable_seconds=60)
+
+    def disk_full(path: Path, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(inbox_module, "write_durable", disk_full)
+    ds = make_cr(tmp_path / "one.dcm")
+    assert _scu_store(node.port, ds) == 0xA700
+    assert node.scp.counts["error"] == 1
+    assert not list((tmp_path / "work0" / "inbox").rglob("*.dcm"))
+
+
+def test_instance_without_study_uid_is_refused(start_node: Callable[..., DicomNode], tmp_path: Path) -> None:
+    node = start_node(stable_seconds=60)
+    ds = make_cr(tmp_path / "one.dcm", StudyInstanceUID=None)
+    assert _scu_store(node.port, ds) == 0xC000
+    assert node.scp.counts["refused"] == 1
+    assert not list((tmp_path / "work0" / "inbox").rglob("*.dcm"))
+
+
+# --------------------------------------------------------------------------------------------------
+# stable studies, one result each
+
+
+def test_each_stable_study_is_processed_once_in_the_worker_and_its_sr_sent(
+    start_node: Callable[..., DicomNode], tmp_path: Path
+) -> None:
+    processor, destination = SrProcessor(), RecordingDestination()
+    node = start_node(processor=processor, destination=destination)
+    a = study_files(tmp_path / "a", 3)
+    b = study_files(tmp_path / "b", 1)
+    assert storescu(node.port, a + b).returncode == 0
+    assert node.wait_idle(30)
+
+    sent = {study: refs for study, refs, _ in destination.sent}
+    assert len(destination.sent) == 2
+    assert sent == {
+        uid_of(a[0]): {uid_of(p, "SOPInstanceUID") for p in a},
+        uid_of(b[0]): {uid_of(b[0], "SOPInstanceUID")},
+    }
+    assert {thread for _, _, thread in processor.calls} == {"node-worker"}  # never in a C-STORE handler
+    work = tmp_path / "work0"
+    for files in (a, b):
+        done = work / "done" / uid_of(files[0])
+        status = json.loads((done / "status.json").read_text())
+        assert status["status"] == "done" and status["send_attempts"] == 1
+        assert sorted(status["instances"]) == sorted(f"{uid_of(p, 'SOPInstanceUID')}.dcm" for p in files)
+        assert len(list((done / "instances").glob("*.dcm"))) == len(files)
+        assert len(list((done / "results").rglob("*.dcm"))) == 1
+    assert not list((work / "inbox").iterdir()) and not list((work / "outbox").iterdir())
+
+
+def test_late_arrivals_are_kept_aside_and_copies_discarded(
+    start_node: Callable[..., DicomNode], tmp_path: Path
+) -> None:
+    destination = RecordingDestination()
+    node = start_node(destination=destination)
+    a = study_files(tmp_path / "a", 2)
+    assert storescu(node.port, a).returncode == 0
+    assert node.wait_idle(30)
+    study = uid_of(a[0])
+
+    late = make_cr(tmp_path / "late.dcm", StudyInstanceUID=study)
+    assert storescu(node.port, [tmp_path / "late.dcm", a[0]]).returncode == 0  # a new image, and a re-send
+    time.sleep(1.0)  # > stable_seconds: a second result would have been made by now
+    assert node.wait_idle(10)
+    assert len(destination.sent) == 1
+    assert node.scp.counts == {"stored": 2, "late": 1, "duplicate": 1, "refused": 0, "error": 0}
+    assert (tmp_path / "work0" / "late" / study / f"{late.SOPInstanceUID}.dcm").is_file()
+    assert not (tmp_path / "work0" / "inbox" / study).exists()
+
+
+def test_stores_succeed_while_the_worker_is_busy_and_the_queue_full(
+    start_node: Callable[..., DicomNode], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    gate = threading.Event()
+    processor, destination = SrProcessor(gate=gate), RecordingDestination()
+    node = start_node(processor=processor, destination=destination, queue_size=1, stable_seconds=0.2)
+    first = study_files(tmp_path / "s0", 1)
+    assert storescu(node.port, first).returncode == 0
+    assert processor.started.wait(20)  # the worker is now blocked inside the processor
+
+    others = [study_files(tmp_path / f"s{i}", 1)[0] for i in range(1, 4)]
+    with caplog.at_level("INFO", logger="pneumonia_monai.node.inbox"):
+        started = time.monotonic()
+        result = storescu(node.port, others)
+        assert result.returncode == 0, result.stderr  # acknowledged although nothing can be processed
+        assert time.monotonic() - started < 20
+        time.sleep(1.0)  # let them become stable: one fits the queue, two wait in the inbox
+    assert any("work queue full (1)" in r.getMessage() for r in caplog.records)
+    assert len(list((tmp_path / "work0" / "inbox").iterdir())) == 4
+    gate.set()
+    assert node.wait_idle(30)
+    assert sorted(s for s, _, _ in destination.sent) == sorted(uid_of(p) for p in [*first, *others])
+
+
+def test_ready_studies_are_batched_but_get_one_result_each(
+    start_node: Callable[..., DicomNode], tmp_path: Path
+) -> None:
+    gate = threading.Event()
+    processor, destination = BatchSrProcessor(gate), RecordingDestination()
+    node = start_node(processor=processor, destination=destination, stable_seconds=0.2)
+    blocker = study_files(tmp_path / "blocker", 1)
+    assert storescu(node.port, blocker).returncode == 0
+    assert processor.started.wait(20)  # the worker is busy with the blocker (alone: process())
+    files = [study_files(tmp_path / f"s{i}", 2) for i in range(3)]
+    assert storescu(node.port, [p for study in files for p in study]).returncode == 0
+    time.sleep(1.0)  # all three become stable and wait in the queue
+    gate.set()
+    assert node.wait_idle(30)
+    assert len(processor.batches) == 1  # the three studies, in one run of the model
+    assert sorted(processor.batches[0]) == sorted(uid_of(study[0]) for study in files)
+    assert sorted(s for s, _, _ in destination.sent) == sorted(uid_of(p[0]) for p in [blocker, *files])
+    for study in files:
+        results = tmp_path / "work0" / "done" / uid_of(study[0]) / "results"
+        (sr,) = results.rglob("*.dcm")
+        assert uid_of(sr) == uid_of(study[0])
+        assert referenced_sop_uids(dcmread(sr)) == {uid_of(p, "SOPInstanceUID") for p in study}
+
+
+# --------------------------------------------------------------------------------------------------
+# failures
+
+
+def test_failed_sends_are_retried_with_backoff_then_the_study_fails(
+    start_node: Callable[..., DicomNode], tmp_path: Path
+) -> None:
+    destination = RecordingDestination(failures=100)
+    node = start_node(destination=destination, send_attempts=3, retry_backoff_seconds=0.05)
+    a = study_files(tmp_path / "a", 1)
+    assert storescu(node.port, a).returncode == 0
+    assert node.wait_idle(30)
+    assert destination.attempts == 3
+    failed = tmp_path / "work0" / "failed" / uid_of(a[0])
+    reason = (failed / "reason.txt").read_text()
+    assert "destination down (attempt 3)" in reason and "gave up after 3 attempt(s)" in reason
+    assert json.loads((failed / "status.json").read_text())["status"] == "failed"
+    assert len(list((failed / "results").rglob("*.dcm"))) == 1  # kept, to be sent by hand
+    assert len(list((failed / "instances").glob("*.dcm"))) == 1
+
+
+def test_a_send_that_succeeds_on_the_third_attempt_is_done(
+    start_node: Callable[..., DicomNode], tmp_path: Path
+) -> None:
+    destination = RecordingDestination(failures=2)
+    node = start_node(destination=destination, send_attempts=5)
+    a = study_files(tmp_path / "a", 1)
+    assert storescu(node.port, a).returncode == 0
+    assert node.wait_idle(30)
+    status = json.loads((tmp_path / "work0" / "done" / uid_of(a[0]) / "status.json").read_text())
+    assert status["send_attempts"] == 3 and len(destination.sent) == 1
+
+
+def test_send_with_retries_waits_with_exponential_backoff() -> None:
+    destination = RecordingDestination(failures=3)
+    started = time.monotonic()
+    assert send_with_retries(destination, [], attempts=4, backoff_seconds=0.1) == 4
+    assert time.monotonic() - started >= 0.1 + 0.2 + 0.4 - 0.01
+    stop = threading.Event()
+    stop.set()
+    from pneumonia_monai.node.destinations import SendInterruptedError
+
+    with pytest.raises(SendInterruptedError):
+        send_with_retries(RecordingDestination(failures=1), [], attempts=3, backoff_seconds=10, stop=stop)
+
+
+def test_processing_error_fails_the_study_with_its_reason(
+    start_node: Callable[..., DicomNode], tmp_path: Path
+) -> None:
+    destination = RecordingDestination()
+    node = start_node(processor=SrProcessor(fail=True), destination=destination)
+    a = study_files(tmp_path / "a", 1)
+    assert storescu(node.port, a).returncode == 0
+    assert node.wait_idle(30)
+    assert not destination.sent
+    reason = (tmp_path / "work0" / "failed" / uid_of(a[0]) / "reason.txt").read_text()
+    assert reason.strip() == "processing failed: model exploded"
+
+
+# --------------------------------------------------------------------------------------------------
+# inbox: stability, bounded queue, restart recovery (fake clock)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_inbox_stability_and_bounded_queue(tmp_path: Path) -> None:
+    clock = FakeClock()
+    inbox = Inbox(tmp_path, stable_seconds=10, queue_size=1, clock=clock)
+    assert inbox.open() == []
+    assert inbox.store("1.2.3", "1.2.3.1", b"first") is StoreOutcome.STORED
+    clock.now += 5
+    assert inbox.store("1.2.4", "1.2.4.1", b"second") is StoreOutcome.STORED
+    clock.now += 6  # 1.2.3 quiet for 11 s, 1.2.4 for 6 s
+    assert inbox.poll() == ["1.2.3"]
+    clock.now += 1
+    assert inbox.store("1.2.3", "1.2.3.2", b"more") is StoreOutcome.STORED  # queued, not started: still taken
+    clock.now += 10
+    assert inbox.poll() == []  # 1.2.4 is stable but the queue (size 1) is full
+    assert inbox.next_studies(4, timeout=0) == ["1.2.3"]
+    assert inbox.store("1.2.3", "1.2.3.3", b"late") is StoreOutcome.LATE
+    assert inbox.store("1.2.3", "1.2.3.2", b"copy") is StoreOutcome.DUPLICATE
+    assert inbox.poll() == ["1.2.4"]
+    assert sorted(p.name for p in (tmp_path / "inbox" / "1.2.3").iterdir()) == ["1.2.3.1.dcm", "1.2.3.2.dcm"]
+    with pytest.raises(ValueError, match="StudyInstanceUID"):
+        inbox.store("../../etc", "1.2", b"x")
+
+
+def test_inbox_restart_recovery(tmp_path: Path) -> None:
+    clock = FakeClock()
+    work = tmp_path / "work"
+    first = Inbox(work, stable_seconds=10, queue_size=4, clock=clock)
+    first.open()
+    for study in ("1.1", "1.2", "1.3"):
+        first.store(study, f"{study}.1", b"data")
+    clock.now += 11
+    assert first.poll() == ["1.1", "1.2", "1.3"]
+    assert first.next_studies(2, timeout=0) == ["1.1", "1.2"]
+    # 1.1: results sent, crash before the move to done/ (status.json written)
+    (work / "outbox" / "1.1" / "results" / "sr.dcm").write_bytes(b"sr")
+    (work / "outbox" / "1.1" / "status.json").write_text(json.dumps({"status": "done"}))
+    # 1.2: crash while processing (results not sent); 1.3: a partial file of a C-STORE cut short
+    (work / "outbox" / "1.2" / "results" / "partial.dcm").write_bytes(b"half")
+    (work / "inbox" / "1.3" / ".1.3.2.dcm.abcd.tmp").write_bytes(b"half")
+
+    second = Inbox(work, stable_seconds=10, queue_size=4, clock=clock)
+    assert second.open() == ["1.2", "1.3"]
+    assert (work / "done" / "1.1" / "instances" / "1.1.1.dcm").is_file()
+    assert (work / "done" / "1.1" / "results" / "sr.dcm").is_file()
+    assert not (work / "outbox" / "1.2").exists()
+    assert not list((work / "inbox" / "1.3").glob("*.tmp"))
+    assert second.poll() == []  # recovered studies wait a full stable period after the restart
+    clock.now += 10
+    assert second.poll() == ["1.2", "1.3"]
+    assert second.store("1.1", "1.1.9", b"late") is StoreOutcome.LATE
+
+
+# --------------------------------------------------------------------------------------------------
+# configuration and command line
+
+
+def test_config_file_and_flags(tmp_path: Path) -> None:
+    path = tmp_path / "node.yaml"
+    path.write_text(
+        "ae_title: NODE1\nport: 4242\nwork_dir: spool\nallowed_calling_aes: [PACS]\n"
+        "stable_seconds: 3\ndest_ae: PACS@[::1]:104\n"
+    )
+    values = read_config_file(path)
+    assert values["work_dir"] == str(tmp_path / "spool")
+    config = config_from_mapping(values)
+    assert config.destination == DicomDestination("PACS", "::1", 104)
+    assert str(config.destination) == "PACS@[::1]:104"
+    assert config.allowed_calling_aes == ("PACS",) and config.stable_seconds == 3.0
+
+    args = serve.build_parser().parse_args(
+        [
+            "--config",
+            str(path),
+            "--port",
+            "0",
+            "--allow-ae",
+            "A",
+            "--allow-ae",
+            "B",
+            "--dest-stow",
+            "http://u:p@h/dw",
+        ]
+    )
+    merged = serve.config_from_args(args)
+    assert merged.port == 0 and merged.allowed_calling_aes == ("A", "B") and merged.ae_title == "NODE1"
+    assert (
+        merged.destination == StowDestination("http://u:p@h/dw") and str(merged.destination) == "http://h/dw"
+    )
+
+    path.write_text("work_dir: x\ndest_ae: A@h:1\nstable_secs: 3\n")
+    with pytest.raises(ValueError, match="stable_secs"):
+        read_config_file(path)
+    for bad in ("PACS", "PACS@host", "PACS@host:0", "A\\B@h:1", "WAYTOOLONGAETITLE1@h:1"):
+        with pytest.raises(ValueError):
+            DicomDestination.parse(bad)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--work-dir", "W"],  # no destination
+        ["--work-dir", "W", "--dest-ae", "nonsense"],
+        ["--work-dir", "W", "--dest-stow", "ftp://host/"],
+        ["--work-dir", "W", "--dest-ae", "A@h:1", "--stable-seconds", "-1"],
+        ["--work-dir", "W", "--dest-ae", "A@h:1", "--bundle", "no/such/bundle"],
+    ],
+)
+def test_serve_refuses_a_bad_configuration(
+    argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert serve.main(argv) == 2
+    assert not (tmp_path / "W").exists()
