@@ -1,0 +1,1 @@
+"""Inference tasks of the pneumonia MONAI Label app."""

@@ -1,0 +1,261 @@
+"""The MONAI Label app of ``monailabel_app/``.
+
+Two parts:
+
+- what needs no MONAI Label (``monailabel_app/lib/decision.py``: a DICOM series folder resolved to its
+  chest frontal film, the thresholded decision) runs here, in the main environment;
+- the task and the app run in the optional environment ``.venv-label`` (``make label-env``), as a
+  subprocess with the app folder on ``PYTHONPATH`` (as ``monailabel start_server`` puts it). Both are
+  strict xfails today, each for a precise upstream blocker (see ``monailabel_app/README.md``): MONAI
+  Label 0.8.5 cannot be imported beside the CPU build of torch 2.13.0 (its module-level
+  ``torchvision`` import: PyPI's torchvision 0.28.0 is a CUDA build whose operators do not load on
+  the CPU torch), and its app/datastore import pydicom-seg 0.4.1, which needs pydicom 2
+  (``pydicom._storage_sopclass_uids``) while this project needs pydicom 3. Strict: the day they pass,
+  the marker must go.
+
+Where ``.venv-label`` is missing those two are skipped with the command that builds it, unless
+``PNEUMONIA_MONAI_REQUIRE_OPTIONAL_ENVS=1``. ``PNEUMONIA_MONAI_LABEL_PYTHON`` names another interpreter.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import torch
+from dicom_factory import make_dx, make_sr
+from monai.bundle import ConfigParser
+from monai.networks.nets import DenseNet121
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundle"
+SAMPLE_TREE = BUNDLE / "sample_data" / "chest_xray"
+APP_DIR = REPO / "monailabel_app"
+LABEL_PYTHON_ENV = "PNEUMONIA_MONAI_LABEL_PYTHON"
+REQUIRE_ENV = "PNEUMONIA_MONAI_REQUIRE_OPTIONAL_ENVS"
+
+TORCHVISION_BLOCKER = (
+    "MONAI Label 0.8.5 imports torchvision at module level (monailabel/transform/post.py); PyPI's "
+    "torchvision 0.28.0 (the release for torch 2.13.0) is a CUDA build: with torch 2.13.0+cpu its "
+    "_C.so needs libc10_cuda.so and `import torchvision` raises 'operator torchvision::nms does not exist'"
+)
+PYDICOM_SEG_BLOCKER = (
+    "monailabel.interfaces.app imports monailabel.datastore.utils.convert, which imports pydicom-seg "
+    "0.4.1: it needs pydicom 2's pydicom._storage_sopclass_uids, removed in pydicom 3 "
+    "(Project-MONAI/MONAILabel#1841, razorx89/pydicom-seg#60, fix in open PR #63)"
+)
+
+
+def _load_decision() -> ModuleType:
+    """Load ``monailabel_app/lib/decision.py`` (the app folder is not a package of this repository)."""
+    spec = importlib.util.spec_from_file_location("monailabel_app_decision", APP_DIR / "lib" / "decision.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+decision = _load_decision()
+
+
+def _film(kind: str, index: int = 0) -> np.ndarray:
+    path = sorted((SAMPLE_TREE / "train" / kind).glob("*.jpeg"))[index]
+    return np.asarray(Image.open(path).convert("L"), dtype=np.uint8)
+
+
+# ------------------------------------------------------------------------------ main environment
+
+
+def test_series_folder_resolves_to_its_chest_frontal_film(tmp_path: Path) -> None:
+    series = tmp_path / "series"
+    lateral = make_dx(series / "a_lateral.dcm", view="LL")
+    pa = make_dx(
+        series / "b_pa.dcm",
+        view="PA",
+        StudyInstanceUID=lateral.StudyInstanceUID,
+        SeriesInstanceUID=lateral.SeriesInstanceUID,
+    )
+    make_sr(series / "c_report.dcm", StudyInstanceUID=lateral.StudyInstanceUID)
+    resolve = decision.ResolveChestFilmd(keys="image")
+    out = resolve({"image": str(series), "other": 1})
+    assert out["image"] == str(series / "b_pa.dcm")
+    assert out[decision.SOP_INSTANCE_UID_KEY] == str(pa.SOPInstanceUID)
+    assert out["other"] == 1
+    # A file is left as it is, with no SOP Instance UID added.
+    single = resolve({"image": str(series / "a_lateral.dcm")})
+    assert single == {"image": str(series / "a_lateral.dcm")}
+
+
+def test_series_folder_without_frontal_film_names_the_reasons(tmp_path: Path) -> None:
+    make_dx(tmp_path / "series" / "lat.dcm", view="LL")
+    with pytest.raises(ValueError, match=r"no chest frontal CR/DX film .*lateral view \(ViewPosition=LL\)"):
+        decision.ResolveChestFilmd(keys="image")({"image": str(tmp_path / "series")})
+    with pytest.raises(TypeError, match="rules must be SelectionRules"):
+        decision.ResolveChestFilmd(keys="image", rules={"modalities": ["CR"]})
+
+
+def test_classification_result_applies_the_threshold_inclusively() -> None:
+    names = ["normal", "pneumonia"]
+    at = decision.classification_result([0.3, 0.7], names, 0.7)
+    assert at["label"] == "pneumonia"
+    assert at["prob_pneumonia"] == pytest.approx(0.7)
+    assert at["probabilities"] == {"normal": pytest.approx(0.3), "pneumonia": pytest.approx(0.7)}
+    assert decision.classification_result([0.31, 0.69], names, 0.7)["label"] == "normal"
+    # Three classes: pneumonia is bacterial + viral = 1 - p(normal).
+    three = decision.classification_result([0.5, 0.3, 0.2], ["normal", "bacterial", "viral"], 0.45)
+    assert three["label"] == "pneumonia"
+    assert three["prob_pneumonia"] == pytest.approx(0.5)
+    assert three["threshold"] == 0.45
+
+
+@pytest.mark.parametrize(
+    ("probs", "names", "threshold", "message"),
+    [
+        ([0.5, 0.5], ["normal"], 0.5, "2 outputs for the classes"),
+        ([0.5, 0.5], ["healthy", "pneumonia"], 0.5, "must include 'normal'"),
+        ([0.9, 0.9], ["normal", "pneumonia"], 0.5, "not probabilities"),
+        ([0.5, 0.5], ["normal", "pneumonia"], 1.5, r"threshold must be a number in \[0, 1\], got 1.5"),
+        ([0.5, 0.5], ["normal", "pneumonia"], True, "threshold must be a number"),
+    ],
+)
+def test_classification_result_rejects_bad_values(probs, names, threshold, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        decision.classification_result(probs, names, threshold)
+
+
+# -------------------------------------------------------------------------- optional environment
+
+
+@pytest.fixture(scope="module")
+def label_python() -> Path:
+    python = Path(os.environ.get(LABEL_PYTHON_ENV) or REPO / ".venv-label" / "bin" / "python")
+    if python.is_file() and os.access(python, os.X_OK):
+        return python
+    message = f"{python} not found: build the optional environment with `make label-env`"
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def random_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundle's configs with a seeded random DenseNet121 checkpoint."""
+    dest = tmp_path_factory.mktemp("label") / "bundle"
+    shutil.copytree(BUNDLE / "configs", dest / "configs")
+    (dest / "models").mkdir()
+    torch.manual_seed(7)
+    torch.save(
+        DenseNet121(spatial_dims=2, in_channels=1, out_channels=2).state_dict(), dest / "models" / "model.pt"
+    )
+    return dest
+
+
+def _reference(bundle: Path, film: Path) -> float:
+    """p(pneumonia) of the bundle's own keys, run in the main environment."""
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser["bundle_root"] = str(bundle)
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
+    net.eval()
+    image = parser.get_parsed_content("preprocessing")({"image": str(film)})["image"]
+    with torch.no_grad():
+        probs = torch.softmax(net(image[None]), dim=1)[0]
+    return float(probs[1])
+
+
+def _run_in_label_env(python: Path, script: str, args: list[str], cwd: Path) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(APP_DIR))
+    result = subprocess.run(
+        [str(python), "-c", script, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+TASK_SCRIPT = """
+import json, sys
+from lib.infers.pneumonia import PneumoniaInferTask
+task = PneumoniaInferTask(sys.argv[1], {})
+out = {}
+for image in sys.argv[2:]:
+    _, result = task({"image": image, "device": "cpu"})
+    keys = ("label", "prob_pneumonia", "threshold", "sop_instance_uid", "prediction")
+    out[image] = {k: result.get(k) for k in keys}
+print(json.dumps(out))
+"""
+
+APP_SCRIPT = """
+import json, sys
+from main import PneumoniaApp
+app = PneumoniaApp(sys.argv[1], sys.argv[2], {"bundle": sys.argv[3]})
+out = {}
+for image in app.datastore().list_images():
+    params = app.infer({"model": "pneumonia", "image": image, "device": "cpu"})["params"]
+    out[image] = {k: params.get(k) for k in ("label", "prob_pneumonia", "threshold")}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=TORCHVISION_BLOCKER)
+def test_task_classifies_dicom_film_series_and_jpeg(
+    label_python: Path, random_bundle: Path, tmp_path: Path
+) -> None:
+    series = tmp_path / "series"
+    lateral = make_dx(series / "lat.dcm", pixels=_film("PNEUMONIA"), bits_stored=8, view="LL")
+    pa = make_dx(
+        series / "pa.dcm",
+        pixels=_film("PNEUMONIA"),
+        bits_stored=8,
+        StudyInstanceUID=lateral.StudyInstanceUID,
+        SeriesInstanceUID=lateral.SeriesInstanceUID,
+    )
+    jpeg = sorted((SAMPLE_TREE / "train" / "NORMAL").glob("*.jpeg"))[0]
+    out = _run_in_label_env(label_python, TASK_SCRIPT, [str(random_bundle), str(series), str(jpeg)], tmp_path)
+    threshold = float(
+        ConfigParser.load_config_file(str(random_bundle / "configs" / "inference.json"))["threshold"]
+    )
+    for image, film, sop_uid in (
+        (str(series), series / "pa.dcm", str(pa.SOPInstanceUID)),
+        (str(jpeg), jpeg, None),
+    ):
+        result = out[image]
+        expected = _reference(random_bundle, film)
+        assert result["prob_pneumonia"] == pytest.approx(expected, abs=1e-5)
+        assert result["threshold"] == threshold
+        assert result["label"] == ("pneumonia" if expected >= threshold else "normal")
+        assert result["sop_instance_uid"] == sop_uid
+        assert {p["label"] for p in result["prediction"]} == {"normal", "pneumonia"}
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=f"{TORCHVISION_BLOCKER}; {PYDICOM_SEG_BLOCKER}")
+def test_app_infer_request_on_local_datastore(
+    label_python: Path, random_bundle: Path, tmp_path: Path
+) -> None:
+    studies = tmp_path / "studies"
+    make_dx(studies / "pa.dcm", pixels=_film("PNEUMONIA"), bits_stored=8)
+    shutil.copy(sorted((SAMPLE_TREE / "train" / "NORMAL").glob("*.jpeg"))[0], studies / "normal.jpeg")
+    out = _run_in_label_env(
+        label_python, APP_SCRIPT, [str(APP_DIR), str(studies), str(random_bundle)], tmp_path
+    )
+    assert set(out) == {"pa", "normal"}
+    for image, film in (("pa", studies / "pa.dcm"), ("normal", studies / "normal.jpeg")):
+        expected = _reference(random_bundle, film)
+        assert out[image]["prob_pneumonia"] == pytest.approx(expected, abs=1e-5)
+        assert out[image]["label"] == ("pneumonia" if expected >= out[image]["threshold"] else "normal")
