@@ -17,7 +17,6 @@ on 127.0.0.1.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
@@ -281,9 +280,3 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.25) -> bool:
             return bool(result)
         time.sleep(interval)
 
-
-def environment_without_proxy() -> dict[str, str]:
-    """``os.environ`` minus HTTP proxy variables, so that requests to 127.0.0.1 go straight there."""
-    return {
-        k: v for k, v in os.environ.items() if k.lower() not in {"http_proxy", "https_proxy", "all_proxy"}
-    }

@@ -10,8 +10,9 @@ Thin, checked wrappers around dicomweb-client's :class:`~dicomweb_client.api.DIC
 
 ``url`` is the service's base URL (Orthanc: ``http://host:8042/dicom-web``). Every function takes
 ``headers`` for what the service needs (``{"Authorization": "Bearer ..."}``) and raises
-:class:`DicomWebError` when the service fails or refuses. Nothing here logs patient data: query
-filters and results are not logged (dicomweb-client itself logs request URLs at debug level).
+:class:`DicomWebError` when the service fails or refuses, at once: requests are not retried here.
+Nothing here logs patient data: query filters and results are not logged (dicomweb-client itself logs
+request URLs at debug level).
 """
 
 from __future__ import annotations
@@ -57,7 +58,11 @@ def _client(url: str, headers: dict[str, str] | None) -> DICOMwebClient:
         or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
     ):
         raise TypeError(f"headers must be a dict of str to str, got {headers!r}")
-    return DICOMwebClient(url=url, headers=headers)
+    client = DICOMwebClient(url=url, headers=headers)
+    # No hidden retries: a failure is raised at once, and the caller decides (the node retries with
+    # its own bounded backoff; dicomweb-client's default would wait some 30 s on a refused connection).
+    client.set_http_retry_params(retry=False)
+    return client
 
 
 def _where(url: str) -> str:
