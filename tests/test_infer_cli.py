@@ -475,7 +475,7 @@ def test_a_changed_input_file_is_recomputed(tmp_path, bundle_dir):
     assert third.n_inferred == 2 and len(third.png_paths) == 2 and len(third.sc_paths) == 2
 
 
-def test_in_flight_items_stay_bounded_on_a_large_folder(tmp_path, bundle_dir, monkeypatch):
+def test_in_flight_items_stay_bounded_on_a_large_folder(tmp_path, bundle_dir, monkeypatch, caplog):
     data = tmp_path / "films"
     data.mkdir()
     for i in range(24):
@@ -500,9 +500,14 @@ def test_in_flight_items_stay_bounded_on_a_large_folder(tmp_path, bundle_dir, mo
 
     monkeypatch.setattr(runner._Context, "prepare", prepare)
     monkeypatch.setattr(InferenceBundle, "predict", predict)
-    summary = run_inference(
-        [data], tmp_path / "out", bundle=bundle_dir, batch_size=2, workers=2, progress=False
-    )
+    monkeypatch.setattr(runner, "PROGRESS_EVERY", 10)
+    with caplog.at_level(logging.INFO, logger="pneumonia_monai"):
+        summary = run_inference(
+            [data], tmp_path / "out", bundle=bundle_dir, batch_size=2, workers=2, progress=False
+        )
+    # without a terminal, progress is plain log lines
+    progress_lines = [r.getMessage() for r in caplog.records if r.getMessage().endswith("file(s) done")]
+    assert {"infer: 10/24 file(s) done", "infer: 20/24 file(s) done"} <= set(progress_lines)
     bound = in_flight_limit(2, 2)
     assert summary.counts["ok"] == 24 and summary.exit_code == 0
     assert bound < 24
@@ -511,7 +516,7 @@ def test_in_flight_items_stay_bounded_on_a_large_folder(tmp_path, bundle_dir, mo
     assert summary.peak_in_flight <= summary.in_flight_limit == bound
 
 
-def test_three_class_bundle_without_sr_on_a_clean_folder_exits_0(tmp_path):
+def test_three_class_bundle_without_sr_on_a_clean_folder_exits_0(tmp_path, monkeypatch):
     bundle = write_bundle(
         tmp_path / "bundle", network_def=SMALL_NET, class_names=["normal", "bacterial", "viral"]
     )
@@ -520,7 +525,9 @@ def test_three_class_bundle_without_sr_on_a_clean_folder_exits_0(tmp_path):
     chest(data / "s/b.dcm", 9, STUDY_A, view="AP")
     Image.fromarray(film(3, 64, 8).astype(np.uint8)).save(data / "c.png")
     out = tmp_path / "out"
-    status = infer_cli.main([str(data), "--output", str(out), "--bundle", str(bundle), "--no-sr", "-q"])
+    # no --bundle: the default bundle, here the one PNEUMONIA_MONAI_BUNDLE names (see locate_bundle_root)
+    monkeypatch.setenv("PNEUMONIA_MONAI_BUNDLE", str(bundle))
+    status = infer_cli.main([str(data), "--output", str(out), "--no-sr", "-q"])
     assert status == 0
     header = (out / "results.csv").read_text().splitlines()[0].split(",")
     assert header == [*RESULT_COLUMNS, *SUBTYPE_COLUMNS]
@@ -657,3 +664,8 @@ def test_the_output_folder_inside_an_input_is_not_read_back(tmp_path, bundle_dir
     second = run_inference([data], out, bundle=bundle_dir, heatmaps=True, workers=0, progress=False)
     assert first.counts == second.counts == {"ok": 1, "skipped": 0, "error": 0}
     assert [r["path"] for r in read_csv(out / "results.csv")] == ["a.dcm"]
+    # inputs that live in the output folder (a DICOM node's incoming/ folder, say) are read
+    chest(out / "incoming" / "b.dcm", 1, STUDY_B)
+    third = run_inference([out / "incoming"], out, bundle=bundle_dir, workers=0, progress=False)
+    assert third.counts == {"ok": 1, "skipped": 0, "error": 0}
+    assert [r["path"] for r in read_csv(out / "results.csv")] == ["b.dcm"]

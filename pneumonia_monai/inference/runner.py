@@ -62,9 +62,12 @@ from pneumonia_monai.inference.manifest import (
     NORMAL,
     OK,
     PNEUMONIA,
+    RESULTS_CSV,
+    RESULTS_JSON,
     SKIPPED,
     STATE_DIR,
     STATUSES,
+    STUDIES_CSV,
     ResultRow,
     StateEntry,
     StateJournal,
@@ -89,6 +92,8 @@ SR_STATE_NAME = "sr.json"
 PROGRESS_EVERY = 100
 #: ... or after this many seconds, whichever comes first.
 PROGRESS_SECONDS = 10.0
+#: What a run writes at the top of its output folder (besides ``.<name>.*.tmp`` temporary files).
+_OUTPUT_NAMES = frozenset({LOCK_NAME, STATE_DIR, SR_DIR, HEATMAP_DIR, RESULTS_CSV, RESULTS_JSON, STUDIES_CSV})
 #: Test hook: the process kills itself (SIGKILL, no clean-up) after recording this many files.
 KILL_AFTER_ENV = "PNEUMONIA_MONAI_TEST_KILL_AFTER"
 
@@ -337,12 +342,14 @@ def _check_arguments(inputs: Sequence[str | Path], batch_size: int, workers: int
     return paths
 
 
-def _inside(path: Path, folder: Path) -> bool:
+def _is_own_output(path: Path, out: Path) -> bool:
+    """Whether ``path`` is one of the files a run writes into ``out`` (never read back as an input)."""
     try:
-        path.resolve().relative_to(folder)
+        parts = path.resolve().relative_to(out).parts
     except ValueError:
         return False
-    return True
+    top = parts[0] if parts else ""
+    return top in _OUTPUT_NAMES or (top.startswith(".") and top.endswith(".tmp"))
 
 
 def run_inference(
@@ -440,9 +447,9 @@ class _Run:
         self.summary = RunSummary(
             counts=dict.fromkeys(STATUSES, 0),
             images_per_second=0.0,
-            results_csv=out / "results.csv",
-            results_json=out / "results.json",
-            studies_csv=out / "studies.csv",
+            results_csv=out / RESULTS_CSV,
+            results_json=out / RESULTS_JSON,
+            studies_csv=out / STUDIES_CSV,
             in_flight_limit=in_flight_limit(batch_size, workers),
         )
         self.recorded = 0
@@ -499,7 +506,7 @@ class _Run:
         jobs = []
         excluded = 0
         for path, root in iter_input_files(inputs):
-            if _inside(path, self.out):
+            if _is_own_output(path, self.out):
                 excluded += 1
                 continue
             try:
@@ -512,7 +519,7 @@ class _Run:
                 key = hashlib.sha256(str(path.resolve()).encode("utf-8", "surrogateescape")).hexdigest()
             jobs.append(_Job(len(jobs), path, root, rel, key))
         if excluded:
-            logger.info("infer: %d file(s) inside the output folder are not inputs", excluded)
+            logger.info("infer: %d output file(s) of this folder's runs are not inputs", excluded)
         return jobs
 
     def _stream(self, jobs: list[_Job], previous: dict[str, StateEntry]) -> None:
