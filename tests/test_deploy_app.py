@@ -7,8 +7,9 @@ random weights), run ``deploy/app.py`` with the optional environment's python as
 read its output back with pydicom / highdicom here.
 
 Where the optional environment is missing the tests are skipped with the command that builds it,
-unless ``PNEUMONIA_MONAI_REQUIRE_OPTIONAL_ENVS=1`` (CI sets it after building the environment), which
-turns the skip into a failure. ``PNEUMONIA_MONAI_DEPLOY_PYTHON`` names another interpreter.
+unless ``PNEUMONIA_MONAI_REQUIRE_OPTIONAL_ENVS`` is ``1`` or names ``deploy`` (CI sets it after
+building the environment), which turns the skip into a failure.
+``PNEUMONIA_MONAI_DEPLOY_PYTHON`` names another interpreter.
 """
 
 from __future__ import annotations
@@ -45,12 +46,18 @@ APP = REPO / "deploy" / "app.py"
 PNEUMONIA_SCT = ("233604007", "SCT")
 
 
+def _required(env: str) -> bool:
+    """Whether REQUIRE_ENV (``1``: every env, or names such as ``deploy,label``) requires ``env``."""
+    value = os.environ.get(REQUIRE_ENV, "").strip()
+    return value == "1" or env in {v.strip() for v in value.split(",")}
+
+
 def _optional_python(default: Path, variable: str, make_target: str) -> Path:
     python = Path(os.environ.get(variable) or default)
     if python.is_file() and os.access(python, os.X_OK):
         return python
     message = f"{python} not found: build the optional environment with `make {make_target}`"
-    if os.environ.get(REQUIRE_ENV) == "1":
+    if _required(make_target.removesuffix("-env")):
         pytest.fail(message)
     pytest.skip(message)
 

@@ -14,7 +14,8 @@ Two parts:
   the marker must go.
 
 Where ``.venv-label`` is missing those two are skipped with the command that builds it, unless
-``PNEUMONIA_MONAI_REQUIRE_OPTIONAL_ENVS=1``. ``PNEUMONIA_MONAI_LABEL_PYTHON`` names another interpreter.
+``PNEUMONIA_MONAI_REQUIRE_OPTIONAL_ENVS`` is ``1`` or names ``label``.
+``PNEUMONIA_MONAI_LABEL_PYTHON`` names another interpreter.
 """
 
 from __future__ import annotations
@@ -41,6 +42,13 @@ SAMPLE_TREE = BUNDLE / "sample_data" / "chest_xray"
 APP_DIR = REPO / "monailabel_app"
 LABEL_PYTHON_ENV = "PNEUMONIA_MONAI_LABEL_PYTHON"
 REQUIRE_ENV = "PNEUMONIA_MONAI_REQUIRE_OPTIONAL_ENVS"
+
+
+def _required(env: str) -> bool:
+    """Whether REQUIRE_ENV (``1``: every env, or names such as ``deploy,label``) requires ``env``."""
+    value = os.environ.get(REQUIRE_ENV, "").strip()
+    return value == "1" or env in {v.strip() for v in value.split(",")}
+
 
 TORCHVISION_BLOCKER = (
     "MONAI Label 0.8.5 imports torchvision at module level (monailabel/transform/post.py); PyPI's "
@@ -140,7 +148,7 @@ def label_python() -> Path:
     if python.is_file() and os.access(python, os.X_OK):
         return python
     message = f"{python} not found: build the optional environment with `make label-env`"
-    if os.environ.get(REQUIRE_ENV) == "1":
+    if _required("label"):
         pytest.fail(message)
     pytest.skip(message)
 
