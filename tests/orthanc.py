@@ -279,4 +279,3 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.25) -> bool:
         if result or time.monotonic() >= deadline:
             return bool(result)
         time.sleep(interval)
-

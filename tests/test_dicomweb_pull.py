@@ -1,7 +1,8 @@
 """Pull mode against a real DICOMweb service: a private Orthanc with its DICOMweb plugin.
 
 QIDO-RS search with filters, WADO-RS retrieval of a study into a folder (as stored, or transcoded on
-request), STOW-RS of a pneumonia SR back into the study, and the errors a caller must see.
+request), STOW-RS of a pneumonia SR back into the study, and the errors a caller must see; and the node
+configured with a STOW-RS destination (``--dest-stow``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, g
 from pneumonia_monai.dicom.sr import ImageFinding, build_pneumonia_sr, write_dataset_atomic
 from pneumonia_monai.dicomweb import pull
 from pneumonia_monai.dicomweb.pull import DicomWebError, query_studies, retrieve_study, store_instances
+from pneumonia_monai.node.config import DicomDestination, NodeConfig, StowDestination
+from pneumonia_monai.node.destinations import CStoreDestination, SendError, StowRsDestination
+from pneumonia_monai.node.service import DicomNode
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +148,43 @@ def test_store_instances_errors(
     monkeypatch.setattr(pull.DICOMwebClient, "store_instances", forgetful)
     with pytest.raises(DicomWebError, match="does not list"):
         store_instances(orthanc.dicomweb_url, [tmp_path / "cr.dcm"])
+
+
+class _SrOfStudy:
+    """A processor that writes a pneumonia SR for the study (no model)."""
+
+    def process(self, study_dir: Path, out_dir: Path) -> list[Path]:
+        headers = [dcmread(p, stop_before_pixels=True) for p in sorted(study_dir.glob("*.dcm"))]
+        findings = [ImageFinding(str(h.SOPInstanceUID), str(h.SOPClassUID), 0.3, False) for h in headers]
+        sr = build_pneumonia_sr(
+            headers, findings, algorithm_name="test", algorithm_version="1", threshold=0.5
+        )
+        write_dataset_atomic(sr, out_dir / "sr.dcm")
+        return [out_dir / "sr.dcm"]
+
+
+def test_node_sends_its_results_with_stow_rs(orthanc: OrthancServer, tmp_path: Path) -> None:
+    config = NodeConfig(
+        work_dir=tmp_path / "work",
+        destination=StowDestination(orthanc.dicomweb_url),
+        port=0,
+        stable_seconds=0.3,
+    )
+    node = DicomNode(config, processor=_SrOfStudy(), poll_interval=0.05)
+    assert isinstance(node.destination, StowRsDestination)
+    node.start()
+    try:
+        ds = make_cr(tmp_path / "cr.dcm")
+        CStoreDestination(
+            DicomDestination("PNEUMONIA", "127.0.0.1", node.port), calling_ae_title="MODALITY"
+        ).send([tmp_path / "cr.dcm"])
+        assert node.wait_idle(30)
+    finally:
+        node.stop(association_grace=2, drain_timeout=30)
+    (stored,) = [s for s in orthanc.sr_instances() if s["StudyInstanceUID"] == ds.StudyInstanceUID]
+    sr = dcmread(tmp_path / "work" / "done" / ds.StudyInstanceUID / "results" / "sr.dcm")
+    assert stored["SOPInstanceUID"] == sr.SOPInstanceUID
+
+    down = StowRsDestination(StowDestination(f"http://127.0.0.1:{free_port()}/dicom-web"))
+    with pytest.raises(SendError, match=r"STOW-RS to http://127\.0\.0\.1"):
+        down.send([tmp_path / "cr.dcm"])

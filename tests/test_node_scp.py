@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 from dicom_factory import make_cr
+from orthanc import free_port
 from pydicom import Dataset, dcmread
-from pydicom.uid import JPEG2000Lossless, generate_uid
+from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import ComputedRadiographyImageStorage
 
@@ -34,7 +35,12 @@ from pneumonia_monai.node.config import (
     config_from_mapping,
     read_config_file,
 )
-from pneumonia_monai.node.destinations import SendError, send_with_retries
+from pneumonia_monai.node.destinations import (
+    CStoreDestination,
+    SendError,
+    SendInterruptedError,
+    send_with_retries,
+)
 from pneumonia_monai.node.inbox import Inbox, StoreOutcome
 from pneumonia_monai.node.scp import NATIVE_TRANSFER_SYNTAXES
 from pneumonia_monai.node.service import DicomNode
@@ -507,8 +513,6 @@ def test_send_with_retries_waits_with_exponential_backoff() -> None:
     assert time.monotonic() - started >= 0.1 + 0.2 + 0.4 - 0.01
     stop = threading.Event()
     stop.set()
-    from pneumonia_monai.node.destinations import SendInterruptedError
-
     with pytest.raises(SendInterruptedError):
         send_with_retries(RecordingDestination(failures=1), [], attempts=3, backoff_seconds=10, stop=stop)
 
@@ -650,3 +654,37 @@ def test_serve_refuses_a_bad_configuration(
     monkeypatch.chdir(tmp_path)
     assert serve.main(argv) == 2
     assert not (tmp_path / "W").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# the C-STORE sender, against the node's own SCP
+
+
+def test_cstore_destination_sends_in_the_files_own_syntax_and_reports_refusals(
+    start_node: Callable[..., DicomNode], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receiver = start_node(stable_seconds=60)
+    files = study_files(tmp_path / "a", 2)
+    rle = make_cr(tmp_path / "rle.dcm", StudyInstanceUID=uid_of(files[0]), transfer_syntax=RLELossless)
+    sender = CStoreDestination(
+        DicomDestination(NODE_AET, "127.0.0.1", receiver.port), calling_ae_title="SENDER"
+    )
+    sender.send([*files, tmp_path / "rle.dcm"])
+    stored = tmp_path / "work0" / "inbox" / uid_of(files[0])
+    assert len(list(stored.glob("*.dcm"))) == 3
+    assert dcmread(stored / f"{rle.SOPInstanceUID}.dcm").file_meta.TransferSyntaxUID == RLELossless
+
+    def disk_full(path: Path, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(inbox_module, "write_durable", disk_full)
+    with pytest.raises(SendError, match=r"status 0xA700 \(Failure\)"):
+        sender.send(files[:1])
+    nobody = CStoreDestination(
+        DicomDestination(NODE_AET, "127.0.0.1", free_port()), calling_ae_title="SENDER"
+    )
+    with pytest.raises(SendError, match="no association"):
+        nobody.send(files[:1])
+    (tmp_path / "note.txt").write_text("not DICOM")
+    with pytest.raises(SendError, match="not a readable DICOM file"):
+        sender.send([tmp_path / "note.txt"])

@@ -35,6 +35,9 @@ sender's retry) is acknowledged and discarded. To have a study processed again, 
 ``instances/`` folder (plus the ``late/`` files) back to ``inbox/<StudyInstanceUID>/``, remove the
 ``done/`` (or ``failed/``) folder and restart the node.
 
+Retention: nothing is deleted from ``done/``, ``failed/`` and ``late/``; they hold patient images, so a
+site purges them according to its retention policy (a daily job removing folders older than N days).
+
 Exactly once: results are sent before ``status.json`` is written. A crash after the destination
 acknowledged the results and before that file reached the disk (a window of milliseconds) makes the
 study be processed and sent again after the restart; every other crash loses nothing and duplicates
@@ -356,7 +359,8 @@ class Inbox:
             The Study Instance UIDs queued by this call.
         """
         now = self._clock()
-        queued = []
+        queued: list[str] = []
+        waiting = 0
         with self._cond:
             ready = sorted(
                 (study.last_arrival, uid)
@@ -369,19 +373,18 @@ class Inbox:
                 try:
                     self._queue.put_nowait(uid)
                 except queue.Full:
-                    if not self._queue_full_logged:
-                        logger.info(
-                            "work queue full (%d): %d stable study(ies) wait in the inbox",
-                            self._queue.maxsize,
-                            len(ready) - len(queued),
-                        )
-                        self._queue_full_logged = True
+                    waiting = len(ready) - len(queued)
                     break
                 self._studies[uid].state = _State.QUEUED
-                self._queue_full_logged = False
                 queued.append(uid)
+            log_full = waiting > 0 and not self._queue_full_logged
+            self._queue_full_logged = waiting > 0
         for uid in queued:
             logger.info("study %s is stable: queued", uid)
+        if log_full:
+            logger.info(
+                "work queue full (%d): %d stable study(ies) wait in the inbox", self._queue.maxsize, waiting
+            )
         return queued
 
     def next_studies(self, max_count: int = 1, timeout: float | None = None) -> list[str]:

@@ -2,15 +2,17 @@
 
 Threads: pynetdicom's association threads store instances (:class:`~pneumonia_monai.node.scp.StorageSCP`);
 a scheduler thread moves studies that became stable into the bounded queue
-(:meth:`~pneumonia_monai.node.inbox.Inbox.poll`); one worker thread takes them one at a time, runs the
-:class:`~pneumonia_monai.node.processor.StudyProcessor`, sends the results with retries and moves the
-study to ``done/`` only once they were sent, or to ``failed/`` with the reason.
+(:meth:`~pneumonia_monai.node.inbox.Inbox.poll`); one worker thread takes them and runs the
+:class:`~pneumonia_monai.node.processor.StudyProcessor` (on every study ready at that moment, up to
+``max_batch_studies``, when it is a :class:`~pneumonia_monai.node.processor.BatchStudyProcessor`); then,
+study by study, it sends the results with retries and moves the study to ``done/`` only once they were
+sent, or to ``failed/`` with the reason.
 
 Stopping (:meth:`DicomNode.stop`, what ``serve`` does on SIGTERM): the listening socket is closed
 first, open associations get a grace period to finish (then are aborted: an instance whose C-STORE
-was not answered stays the sender's), the worker finishes the study it is processing and takes no
-other; what is still in the inbox is resumed by the next start. A study whose sending was waiting for
-a retry is left in the inbox, not failed.
+was not answered stays the sender's), the worker finishes (and sends) the studies it is processing
+and takes no other; what is still in the inbox is resumed by the next start. A study whose sending
+was waiting for a retry is left in the inbox, not failed.
 """
 
 from __future__ import annotations

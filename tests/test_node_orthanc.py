@@ -1,0 +1,398 @@
+"""The node against a real PACS: ``pneumonia-monai serve`` in a subprocess, a private Orthanc, dcmtk senders.
+
+- round trip: ``echoscu`` and ``storescu`` (a JPEG lossless film from ``dcmcjpeg``) to the node, the real
+  :func:`run_inference` on a tiny bundle, the SR C-STOREd into Orthanc, in the right study, referencing
+  the sent images;
+- load: 50 one-image studies from 5 concurrent ``storescu`` processes, exactly one SR each in Orthanc;
+- SIGTERM: the study being processed is finished and sent, an acknowledged one not yet stable stays in
+  the inbox, exit status 0;
+- SIGKILL mid-study, restart on the same work folder, the rest of the study sent: one SR, complete;
+- pull mode: a study uploaded to Orthanc, fetched with WADO-RS, processed, its SR stored with STOW-RS.
+
+The tiny bundle is the repository's bundle configuration with ``spatial_size`` 64 and a seeded random
+DenseNet121; the node runs with one torch thread (``OMP_NUM_THREADS=1``) on this shared machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dicom_factory import make_cr
+from orthanc import OrthancServer, free_port, wait_for
+from pydicom import Dataset, dcmread
+from pydicom.uid import generate_uid
+
+from pneumonia_monai.dicomweb.pull import retrieve_study, store_instances
+from pneumonia_monai.node.processor import InferenceProcessor
+
+REPO = Path(__file__).resolve().parents[1]
+NODE_AET = "PNEUMONIA"
+DCMTK_HINT = "dcmtk's storescu/echoscu/dcmcjpeg are needed: apt-get install dcmtk"
+#: Seconds without a new instance before the node processes a study.
+STABLE_SECONDS = 1.0
+
+
+def dcmtk(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.fail(f"{tool} not found; {DCMTK_HINT}")
+    return path
+
+
+def referenced_sop_uids(ds: Dataset) -> set[str]:
+    """SOP Instance UIDs referenced anywhere in an SR's content tree."""
+    found: set[str] = set()
+
+    def walk(items: Sequence[Dataset]) -> None:
+        for item in items:
+            for ref in item.get("ReferencedSOPSequence", []):
+                found.add(str(ref.ReferencedSOPInstanceUID))
+            walk(item.get("ContentSequence", []))
+
+    walk(ds.ContentSequence)
+    return found
+
+
+# --------------------------------------------------------------------------------------------------
+# the node as a subprocess
+
+
+class ServeProcess:
+    """``python -m pneumonia_monai serve`` with its log in a file."""
+
+    def __init__(self, work_dir: Path, port: int, dest_ae: str, bundle: Path, *extra: str) -> None:
+        self.work_dir = work_dir
+        self.port = port
+        self.log_path = work_dir.parent / f"{work_dir.name}-{time.monotonic_ns()}.log"
+        command = [
+            sys.executable,
+            "-m",
+            "pneumonia_monai",
+            "serve",
+            "--work-dir",
+            str(work_dir),
+            "--ae-title",
+            NODE_AET,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dest-ae",
+            dest_ae,
+            "--bundle",
+            str(bundle),
+            "--device",
+            "cpu",
+            "--stable-seconds",
+            str(STABLE_SECONDS),
+            "--retry-backoff",
+            "0.5",
+            "-v",
+            *extra,
+        ]
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        self._wait_ready()
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def _wait_ready(self, timeout: float = 60) -> None:
+        echo = [dcmtk("echoscu"), "-aet", "TESTSCU", "-aec", NODE_AET, "127.0.0.1", str(self.port)]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"serve exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+            if subprocess.run(echo, capture_output=True, timeout=30).returncode == 0:
+                return
+            time.sleep(0.2)
+        self.kill()
+        pytest.fail(f"serve did not answer C-ECHO within {timeout} s:\n{self.log()[-3000:]}")
+
+    def terminate(self, timeout: float = 120) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"serve did not stop within {timeout} s of SIGTERM:\n{self.log()[-3000:]}")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
+
+
+def storescu(port: int, files: Sequence[Path], *extra: str, aet: str = "STORESCU") -> None:
+    result = subprocess.run(
+        [dcmtk("storescu"), *extra, "-aet", aet, "-aec", NODE_AET, "127.0.0.1", str(port), *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# fixtures
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundle's configs with a 64x64 input and a seeded random DenseNet121 checkpoint."""
+    import torch
+    from monai.networks.nets import DenseNet121
+
+    root = tmp_path_factory.mktemp("bundle") / "bundle"
+    shutil.copytree(REPO / "bundle" / "configs", root / "configs")
+    config_path = root / "configs" / "inference.json"
+    config = json.loads(config_path.read_text())
+    config["spatial_size"] = [64, 64]
+    config_path.write_text(json.dumps(config, indent=2))
+    (root / "models").mkdir()
+    torch.manual_seed(0)
+    torch.save(
+        DenseNet121(spatial_dims=2, in_channels=1, out_channels=2).state_dict(), root / "models" / "model.pt"
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
+    # Only the node (AE title PNEUMONIA, from 127.0.0.1) may store into this Orthanc.
+    modalities = {"node": (NODE_AET, "127.0.0.1", 104)}
+    with OrthancServer(tmp_path_factory.mktemp("orthanc"), modalities=modalities) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def node(
+    orthanc: OrthancServer, tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServeProcess]:
+    """A node sending to Orthanc, shared by the round trip and the load test."""
+    work = tmp_path_factory.mktemp("node") / "work"
+    serve = ServeProcess(
+        work, free_port(), f"ORTHANC@127.0.0.1:{orthanc.dicom_port}", tiny_bundle, "--batch-studies", "16"
+    )
+    yield serve
+    serve.kill()
+
+
+def srs_by_study(orthanc: OrthancServer, studies: set[str]) -> dict[str, list[dict]]:
+    found: dict[str, list[dict]] = {}
+    for sr in orthanc.sr_instances():
+        if sr["StudyInstanceUID"] in studies:
+            found.setdefault(sr["StudyInstanceUID"], []).append(sr)
+    return found
+
+
+def ramp_image(seed: int, size: int = 256) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 4096, (size, size)).astype(np.uint16)
+
+
+# --------------------------------------------------------------------------------------------------
+# tests
+
+
+def test_round_trip_through_orthanc(node: ServeProcess, orthanc: OrthancServer, tmp_path: Path) -> None:
+    study = generate_uid()
+    raw = make_cr(tmp_path / "pa.dcm", StudyInstanceUID=study, pixels=ramp_image(1))
+    jpeg = tmp_path / "pa-jpeg-lossless.dcm"
+    subprocess.run([dcmtk("dcmcjpeg"), str(tmp_path / "pa.dcm"), str(jpeg)], check=True, timeout=60)
+    assert str(dcmread(jpeg).file_meta.TransferSyntaxUID) == "1.2.840.10008.1.2.4.70"
+    second = make_cr(
+        tmp_path / "ap.dcm", StudyInstanceUID=study, view="AP", InstanceNumber=2, pixels=ramp_image(2)
+    )
+
+    storescu(node.port, [jpeg], "-xs")  # proposes JPEG lossless: the node must accept it as such
+    storescu(node.port, [tmp_path / "ap.dcm"])
+    assert wait_for(lambda: srs_by_study(orthanc, {study}), timeout=90), node.log()[-3000:]
+
+    (sr_info,) = srs_by_study(orthanc, {study})[study]
+    sr = dcmread(BytesIO(orthanc.instance_file(sr_info["ID"])))
+    assert sr.Modality == "SR" and sr.StudyInstanceUID == study
+    assert "NOT FOR DIAGNOSTIC USE" in sr.SeriesDescription
+    assert referenced_sop_uids(sr) == {raw.SOPInstanceUID, second.SOPInstanceUID}
+    assert len(orthanc.get_json(f"/dicom-web/studies/{study}/series?Modality=SR")) == 1
+    status = json.loads((node.work_dir / "done" / study / "status.json").read_text())
+    assert status["status"] == "done" and status["send_attempts"] == 1
+    stored = dcmread(node.work_dir / "done" / study / "instances" / f"{raw.SOPInstanceUID}.dcm")
+    assert str(stored.file_meta.TransferSyntaxUID) == "1.2.840.10008.1.2.4.70"
+
+
+def test_load_50_studies_from_5_concurrent_senders(
+    node: ServeProcess, orthanc: OrthancServer, tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
+    n_senders, per_sender = 5, 10
+    sent: dict[str, str] = {}  # study -> SOP instance
+    folders = []
+    for sender in range(n_senders):
+        folder = tmp_path / f"sender{sender}"
+        for i in range(per_sender):
+            ds = make_cr(folder / f"{i}.dcm", pixels=ramp_image(100 * sender + i))
+            sent[str(ds.StudyInstanceUID)] = str(ds.SOPInstanceUID)
+        folders.append(folder)
+
+    started = time.monotonic()
+    senders = [
+        subprocess.Popen(
+            [
+                dcmtk("storescu"),
+                "-aet",
+                f"LOAD{k}",
+                "-aec",
+                NODE_AET,
+                "127.0.0.1",
+                str(node.port),
+                "+sd",
+                str(folder),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for k, folder in enumerate(folders)
+    ]
+    for sender in senders:
+        _, err = sender.communicate(timeout=120)
+        assert sender.returncode == 0, err.decode()
+    sent_seconds = time.monotonic() - started
+    studies = set(sent)
+    complete = wait_for(lambda: len(srs_by_study(orthanc, studies)) == len(studies), timeout=150, interval=1)
+    elapsed = time.monotonic() - started
+    found = srs_by_study(orthanc, studies)
+    assert complete, f"{len(found)}/{len(studies)} SRs after {elapsed:.0f} s:\n{node.log()[-3000:]}"
+
+    throughput = len(studies) / elapsed
+    record_property("node_load_studies", len(studies))
+    record_property("node_load_seconds", round(elapsed, 2))
+    record_property("node_load_studies_per_second", round(throughput, 3))
+    sys.stderr.write(
+        f"\nnode load test: {len(studies)} studies from {n_senders} concurrent storescu, all sent in "
+        f"{sent_seconds:.1f} s, all SRs in Orthanc after {elapsed:.1f} s: {throughput:.2f} studies/s\n"
+    )
+
+    assert Counter(len(srs) for srs in found.values()) == {1: len(studies)}  # exactly one SR per study
+    for study, (sr_info,) in found.items():
+        sr = dcmread(BytesIO(orthanc.instance_file(sr_info["ID"])))
+        assert sr.StudyInstanceUID == study and referenced_sop_uids(sr) == {sent[study]}
+    done = {p.name for p in (node.work_dir / "done").iterdir()}
+    assert studies <= done
+    assert not list((node.work_dir / "failed").iterdir())
+    assert not any(study in {p.name for p in (node.work_dir / "inbox").iterdir()} for study in studies)
+
+
+def test_sigterm_finishes_the_study_in_progress_and_keeps_the_rest(
+    orthanc: OrthancServer, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    serve = ServeProcess(work, free_port(), f"ORTHANC@127.0.0.1:{orthanc.dicom_port}", tiny_bundle)
+    try:
+        busy = make_cr(tmp_path / "busy.dcm", pixels=ramp_image(7))
+        storescu(serve.port, [tmp_path / "busy.dcm"])
+        # the worker took the study (its results folder exists): it is being processed
+        assert wait_for(lambda: (work / "outbox" / busy.StudyInstanceUID).exists(), timeout=30, interval=0.05)
+        waiting = make_cr(tmp_path / "waiting.dcm", pixels=ramp_image(8))
+        storescu(serve.port, [tmp_path / "waiting.dcm"])  # acknowledged, not yet stable
+        status = serve.terminate()
+    finally:
+        serve.kill()
+    log = serve.log()
+    assert status == 0, log[-3000:]
+    assert "received SIGTERM: stopping" in log
+    assert json.loads((work / "done" / busy.StudyInstanceUID / "status.json").read_text())["status"] == "done"
+    assert srs_by_study(orthanc, {busy.StudyInstanceUID})
+    kept = work / "inbox" / waiting.StudyInstanceUID / f"{waiting.SOPInstanceUID}.dcm"
+    assert dcmread(kept).PixelData == waiting.PixelData  # not lost: resumed at the next start
+    assert not srs_by_study(orthanc, {waiting.StudyInstanceUID})
+
+
+def test_sigkill_mid_study_then_restart_gives_one_complete_result(
+    orthanc: OrthancServer, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    dest = f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"
+    study = generate_uid()
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"im{i}.dcm")
+        make_cr(files[-1], StudyInstanceUID=study, InstanceNumber=i + 1, pixels=ramp_image(20 + i))
+    sops = {str(dcmread(p).SOPInstanceUID) for p in files}
+
+    # stable period long enough that the study cannot be processed before the kill
+    first = ServeProcess(work, free_port(), dest, tiny_bundle, "--stable-seconds", "30")
+    try:
+        storescu(first.port, files[:2])  # two instances acknowledged ...
+    finally:
+        first.kill()  # ... then SIGKILL, mid-study
+    assert first.process.returncode == -signal.SIGKILL
+    assert len(list((work / "inbox" / study).glob("*.dcm"))) == 2
+    assert not srs_by_study(orthanc, {study})
+
+    second = ServeProcess(work, free_port(), dest, tiny_bundle, "--stable-seconds", "3")
+    try:
+        storescu(second.port, files[2:])  # the rest of the study, to the restarted node
+        assert wait_for(lambda: srs_by_study(orthanc, {study}), timeout=90), second.log()[-3000:]
+        time.sleep(2 * 3)  # a second result, if any, would have come by now
+        (sr_info,) = srs_by_study(orthanc, {study})[study]
+    finally:
+        second.terminate()
+    assert "resuming 1 study(ies) left in the inbox" in second.log()
+    sr = dcmread(BytesIO(orthanc.instance_file(sr_info["ID"])))
+    assert referenced_sop_uids(sr) == sops
+    assert sorted(json.loads((work / "done" / study / "status.json").read_text())["instances"]) == sorted(
+        f"{uid}.dcm" for uid in sops
+    )
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_pull_mode_through_orthanc_dicomweb(
+    orthanc: OrthancServer, tiny_bundle: Path, tmp_path: Path, one_torch_thread: None
+) -> None:
+    study = generate_uid()
+    uploaded = [
+        make_cr(
+            tmp_path / "up" / f"{i}.dcm",
+            StudyInstanceUID=study,
+            InstanceNumber=i + 1,
+            pixels=ramp_image(40 + i),
+        )
+        for i in range(2)
+    ]
+    for i in range(2):
+        orthanc.upload(tmp_path / "up" / f"{i}.dcm")
+
+    paths = retrieve_study(orthanc.dicomweb_url, study, tmp_path / "in" / study)
+    assert len(paths) == 2
+    results = InferenceProcessor(bundle=tiny_bundle, device="cpu").process(
+        tmp_path / "in" / study, tmp_path / "out"
+    )
+    (sr_path,) = results
+    assert store_instances(orthanc.dicomweb_url, results) == [str(dcmread(sr_path).SOPInstanceUID)]
+
+    series = orthanc.get_json(f"/dicom-web/studies/{study}/series?Modality=SR")
+    assert len(series) == 1
+    (sr_info,) = srs_by_study(orthanc, {study})[study]
+    sr = dcmread(BytesIO(orthanc.instance_file(sr_info["ID"])))
+    assert referenced_sop_uids(sr) == {str(ds.SOPInstanceUID) for ds in uploaded}
