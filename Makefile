@@ -48,3 +48,22 @@ benchmark: install
 
 clean:
 	rm -rf $(DEMO_OUT) bundle/runs bundle/eval .pytest_cache .ruff_cache
+
+# Optional environments: MONAI Deploy App SDK (with Holoscan) and MONAI Label each break or pin
+# packages of the main environment, so each lives in its own virtualenv.
+.PHONY: deploy-env label-env test-deploy test-label
+deploy-env: .venv-deploy/.installed
+.venv-deploy/.installed: pyproject.toml deploy/requirements.txt scripts/make_optional_env.sh
+	PYTHON=$(PYTHON) bash scripts/make_optional_env.sh deploy
+	touch $@
+
+label-env: .venv-label/.installed
+.venv-label/.installed: pyproject.toml monailabel_app/requirements.txt monailabel_app/requirements-nodeps.txt scripts/make_optional_env.sh
+	PYTHON=$(PYTHON) bash scripts/make_optional_env.sh label
+	touch $@
+
+test-deploy: install deploy-env
+	PNEUMONIA_MONAI_REQUIRE_OPTIONAL_ENVS=deploy $(PY) -m pytest tests/test_deploy_app.py
+
+test-label: install label-env
+	PNEUMONIA_MONAI_REQUIRE_OPTIONAL_ENVS=label $(PY) -m pytest tests/test_monailabel.py

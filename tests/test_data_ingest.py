@@ -224,3 +224,11 @@ def test_datalist_file_round_trip(tmp_path: Path, sample_tree: Path) -> None:
         (out.parent / i["image"]).resolve() for i in raw["validation"]
     ]
     assert datalist_main([str(tmp_path / "nope"), "--output", str(out), "-q"]) == 2
+
+
+def test_tiny_set_is_split_by_patient_without_stratification(caplog: pytest.LogCaptureFixture) -> None:
+    strata = ["normal"] * 6 + ["viral"] * 2 + ["bacterial"] * 4
+    groups = [f"p{i}" for i in range(12)]
+    train, val = grouped_split(strata, groups, val_fraction=0.2, seed=0)
+    assert len(train) + len(val) == 12 and not set(train) & set(val)
+    assert "not stratified" in caplog.text

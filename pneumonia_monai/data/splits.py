@@ -11,7 +11,7 @@ import logging
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +27,8 @@ def grouped_split(
 
     The split is the first fold of a shuffled ``StratifiedGroupKFold`` with ``round(1 / val_fraction)``
     folds, which keeps the class mix of both sides close to the whole while never splitting a group.
+    Where a class has fewer items than folds (a tiny data set), the split is grouped but not
+    stratified, and a warning says so.
 
     Args:
         strata: per item, the class to stratify on (e.g. ``"normal"``, ``"bacterial"``, ``"viral"``).
@@ -53,8 +55,18 @@ def grouped_split(
         )
     y = np.asarray(strata)
     g = np.asarray(groups)
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    train_idx, val_idx = next(splitter.split(np.zeros(len(y)), y, g))
+    smallest = min(np.unique(y, return_counts=True)[1])
+    if smallest >= n_splits:
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        train_idx, val_idx = next(splitter.split(np.zeros(len(y)), y, g))
+    else:
+        logger.warning(
+            "a class has only %d item(s), fewer than the %d folds: the split is grouped by patient but not stratified",
+            smallest,
+            n_splits,
+        )
+        splitter = GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        train_idx, val_idx = next(splitter.split(np.zeros(len(y)), y, g))
     overlap = set(g[train_idx]) & set(g[val_idx])
     if overlap:  # guaranteed by StratifiedGroupKFold; checked because a leak would invalidate every number
         raise RuntimeError(f"{len(overlap)} patient(s) on both sides of the split")

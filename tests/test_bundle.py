@@ -1,0 +1,252 @@
+"""The MONAI bundle: metadata, network in/out, export, properties, overrides and the card commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+from monai.networks.nets import DenseNet121
+
+SCHEMA = Path(__file__).parent / "data" / "meta_schema_20240725.json"
+
+
+def _configs(bundle: Path, *names: str) -> list[str]:
+    return [str(bundle / "configs" / name) for name in names]
+
+
+def _workflow(bundle: Path, *names: str, workflow_type: str = "train", **override: object) -> ConfigWorkflow:
+    workflow = ConfigWorkflow(
+        config_file=_configs(bundle, *names),
+        workflow_type=workflow_type,
+        logging_file=False,
+        **override,
+    )
+    workflow.initialize()
+    return workflow
+
+
+def _small_tree(src: Path, dest: Path, per_class: int = 6) -> Path:
+    for cls in ("NORMAL", "PNEUMONIA"):
+        (dest / "train" / cls).mkdir(parents=True)
+        for path in sorted((src / "train" / cls).glob("*.jpeg"))[:per_class]:
+            shutil.copy(path, dest / "train" / cls / path.name)
+    return dest
+
+
+def _save_random_checkpoint(bundle: Path, num_classes: int = 2) -> Path:
+    torch.manual_seed(0)
+    net = DenseNet121(spatial_dims=2, in_channels=1, out_channels=num_classes)
+    path = bundle / "models" / "model.pt"
+    path.parent.mkdir(exist_ok=True)
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def test_verify_metadata_offline(tmp_path: Path, repo_root: Path) -> None:
+    schema = tmp_path / "schema.json"
+    shutil.copy(SCHEMA, schema)  # present, so verify_metadata does not download it
+    verify_metadata(meta_file=str(repo_root / "bundle/configs/metadata.json"), filepath=str(schema))
+    meta = json.loads((repo_root / "bundle/configs/metadata.json").read_text())
+    assert meta["network_data_format"]["inputs"]["image"]["channel_def"] == {"0": "image"}
+    assert set(meta["network_data_format"]["outputs"]) == {"pred"}
+    assert meta["version"] in meta["changelog"]
+    broken = tmp_path / "broken.json"
+    del meta["network_data_format"]
+    broken.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="network_data_format"):  # verify_metadata wraps the ValidationError
+        verify_metadata(meta_file=str(broken), filepath=str(schema))
+
+
+def test_metadata_matches_inference_config(repo_root: Path) -> None:
+    meta = json.loads((repo_root / "bundle/configs/metadata.json").read_text())
+    inference = json.loads((repo_root / "bundle/configs/inference.json").read_text())
+    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == inference["spatial_size"]
+    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == inference["num_classes"]
+    assert (
+        list(meta["network_data_format"]["outputs"]["pred"]["channel_def"].values())
+        == inference["class_names"]
+    )
+
+
+def test_verify_net_in_out(repo_root: Path) -> None:
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(repo_root / "bundle/configs/metadata.json"),
+        config_file=str(repo_root / "bundle/configs/inference.json"),
+        bundle_root=str(repo_root / "bundle"),
+    )
+
+
+def test_ckpt_export_torchscript(bundle_copy: Path) -> None:
+    ckpt = _save_random_checkpoint(bundle_copy)
+    ts_path = bundle_copy / "models" / "model.ts"
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(ts_path),
+        ckpt_file=str(ckpt),
+        meta_file=str(bundle_copy / "configs/metadata.json"),
+        config_file=str(bundle_copy / "configs/inference.json"),
+        bundle_root=str(bundle_copy),
+    )
+    scripted = torch.jit.load(str(ts_path))
+    net = DenseNet121(spatial_dims=2, in_channels=1, out_channels=2)
+    net.load_state_dict(torch.load(ckpt, weights_only=True))
+    net.eval()
+    x = torch.rand(2, 1, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x))
+
+
+def test_bundle_properties(repo_root: Path) -> None:
+    bundle = repo_root / "bundle"
+    train = _workflow(bundle, "train.json", dataset_dir=str(bundle / "sample_data/chest_xray"))
+    assert train.check_properties() == []
+    assert Path(train.parser.get_parsed_content("bundle_root")) == bundle.resolve()
+    for key in ("network_def", "preprocessing", "postprocessing", "inferer", "device"):
+        assert key in train.parser
+    infer = ConfigParser()
+    infer.read_config(_configs(bundle, "inference.json"))
+    for key in (
+        "network_def",
+        "preprocessing",
+        "postprocessing",
+        "inferer",
+        "device",
+        "threshold",
+        "class_names",
+    ):
+        assert key in infer, key  # the keys MONAI Deploy's and MONAI Label's loaders read
+
+
+def test_multi_gpu_config_overlays_train(repo_root: Path) -> None:
+    parser = ConfigParser()
+    parser.read_config(_configs(repo_root / "bundle", "train.json", "multi_gpu_train.json"))
+    assert parser["network"]["_target_"] == "torch.nn.parallel.DistributedDataParallel"
+    assert parser["train"]["dataloader"]["sampler"] == "@train#sampler"
+    assert parser["train"]["dataloader"]["shuffle"] is False
+    assert parser["validate"]["dataloader"]["sampler"] == "@validate#sampler"
+    # everything else comes from train.json
+    assert parser["network_def"]["_target_"] == "DenseNet121"
+    assert "early_stop" in parser["validate"]
+
+
+def test_override_dataset_dir_and_num_classes(tmp_path: Path, repo_root: Path, sample_tree: Path) -> None:
+    tree = _small_tree(sample_tree, tmp_path / "tree", per_class=6)
+    workflow = _workflow(
+        repo_root / "bundle",
+        "train.json",
+        dataset_dir=str(tree),
+        output_dir=str(tmp_path / "runs"),
+        num_classes=3,
+    )
+    train = workflow.parser.get_parsed_content("train#dataset")
+    val = workflow.parser.get_parsed_content("validate#dataset")
+    assert len(train) + len(val) == 12
+    assert all(str(tree) in item["image"] for item in train.data)
+    labels = {item["label"] for item in train.data + val.data}
+    assert labels <= {0, 1, 2} and 2 in labels or 1 in labels
+    net = workflow.parser.get_parsed_content("network")
+    with torch.no_grad():
+        assert net(torch.rand(1, 1, 64, 64)).shape == (1, 3)
+    assert json.loads((tmp_path / "runs" / "datalist.json").read_text())["training"]
+
+
+def test_override_spatial_size_and_device(tmp_path: Path, repo_root: Path, sample_tree: Path) -> None:
+    tree = _small_tree(sample_tree, tmp_path / "tree", per_class=4)
+    common = {"dataset_dir": str(tree), "output_dir": str(tmp_path / "runs")}
+    workflow = _workflow(repo_root / "bundle", "train.json", spatial_size=[48, 40], **common)
+    batch = next(iter(workflow.parser.get_parsed_content("train#dataloader")))
+    assert tuple(batch["image"].shape[1:]) == (1, 48, 40)
+    workflow = _workflow(repo_root / "bundle", "train.json", device="cpu", **common)
+    assert str(workflow.parser.get_parsed_content("train#trainer").state.device) == "cpu"
+    if not torch.cuda.is_available():
+        workflow = _workflow(repo_root / "bundle", "train.json", device="cuda:0", **common)
+        with pytest.raises(RuntimeError) as info:
+            workflow.parser.get_parsed_content("network")
+        causes, exc = [], info.value
+        while exc is not None:
+            causes.append(str(exc))
+            exc = exc.__cause__
+        assert any("cuda" in c.lower() for c in causes), causes  # the network really went to the device
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_override_max_epochs(tmp_path: Path, repo_root: Path, sample_tree: Path, epochs: int) -> None:
+    tree = _small_tree(sample_tree, tmp_path / "tree", per_class=5)
+    workflow = _workflow(
+        repo_root / "bundle",
+        "train.json",
+        dataset_dir=str(tree),
+        output_dir=str(tmp_path / "runs"),
+        ckpt_dir=str(tmp_path / "ckpt"),
+        spatial_size=[32, 32],
+        max_epochs=epochs,
+    )
+    workflow.run()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    assert trainer.state.epoch == epochs
+    assert (tmp_path / "ckpt" / "model.pt").is_file()
+    workflow.finalize()
+
+
+def _run(cmd: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.mark.slow
+def test_card_commands_verbatim(tmp_path: Path, bundle_copy: Path) -> None:
+    """The model card's training and evaluation commands, verbatim, on the embedded sample.
+
+    Run on a copy of the bundle and from another working directory: ``bundle_root`` follows the
+    config file, not the current folder.
+    """
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    train_cfg = str(bundle_copy / "configs" / "train.json")
+    result = _run(
+        [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", train_cfg], elsewhere
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (bundle_copy / "models" / "model.pt").is_file()
+    assert list((bundle_copy / "runs").glob("events.out.tfevents.*")), "no TensorBoard events"
+    datalist = json.loads((bundle_copy / "runs" / "datalist.json").read_text())
+    assert len(datalist["training"]) + len(datalist["validation"]) == 40
+    assert "val_auc" in result.stdout + result.stderr
+    assert not list(elsewhere.iterdir()), "the run wrote into the working directory"
+
+    eval_cfg = str([train_cfg, str(bundle_copy / "configs" / "evaluate.json")])
+    result = _run(
+        [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file", eval_cfg], elsewhere
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((bundle_copy / "eval" / "metrics.json").read_text())
+    assert metrics["n"] == len(datalist["validation"])
+    assert (
+        metrics["threshold"]["value"]
+        == json.loads((bundle_copy / "configs/inference.json").read_text())["threshold"]
+    )
+    for figure in ("roc.png", "pr.png", "calibration.png", "confusion_matrix.png"):
+        assert (bundle_copy / "eval" / figure).stat().st_size > 1000, figure
+
+
+def test_card_command_from_repository_root(tmp_path: Path, repo_root: Path) -> None:
+    """``bundle/configs/train.json`` relative to the repository root, as the README types it."""
+    result = _run(
+        [
+            sys.executable, "-m", "monai.bundle", "run", "training",
+            "--config_file", "bundle/configs/train.json",
+            "--max_epochs", "1", "--spatial_size", "[32,32]",
+            "--ckpt_dir", str(tmp_path / "ckpt"), "--output_dir", str(tmp_path / "runs"),
+        ],
+        repo_root,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "ckpt" / "model.pt").is_file()
