@@ -688,3 +688,33 @@ def test_cstore_destination_sends_in_the_files_own_syntax_and_reports_refusals(
     (tmp_path / "note.txt").write_text("not DICOM")
     with pytest.raises(SendError, match="not a readable DICOM file"):
         sender.send([tmp_path / "note.txt"])
+
+
+def test_stop_refuses_new_associations_and_lets_open_ones_finish(
+    start_node: Callable[..., DicomNode], tmp_path: Path
+) -> None:
+    node = start_node(stable_seconds=60)
+    ae = AE(ae_title="SCU")
+    ae.add_requested_context(ComputedRadiographyImageStorage)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AET)
+    assert assoc.is_established
+    stopper = threading.Thread(target=node.stop, kwargs={"association_grace": 20, "drain_timeout": 5})
+    stopper.start()
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # the listening socket closes first
+            other = AE(ae_title="LATECOMER")
+            other.add_requested_context(ComputedRadiographyImageStorage)
+            attempt = other.associate("127.0.0.1", node.port, ae_title=NODE_AET)
+            if not attempt.is_established:
+                break
+            attempt.release()
+            assert time.monotonic() < deadline, "still accepting associations after stop()"
+            time.sleep(0.05)
+        ds = make_cr(tmp_path / "in-flight.dcm")
+        assert assoc.send_c_store(ds).Status == 0x0000  # the open association is served to the end
+    finally:
+        assoc.release()
+        stopper.join(30)
+    assert not stopper.is_alive()
+    assert (tmp_path / "work0" / "inbox" / ds.StudyInstanceUID / f"{ds.SOPInstanceUID}.dcm").is_file()

@@ -12,8 +12,8 @@ system)::
     WORK/late/<StudyInstanceUID>/<SOPInstanceUID>.dcm     instances received after processing began
 
 Durability: :meth:`Inbox.store` writes an instance to a temporary file in the study's folder, fsyncs
-it, renames it into place and fsyncs the folder before it returns, so an instance whose C-STORE was
-acknowledged survives a crash or power loss.
+it, renames it into place and fsyncs the folder (and ``inbox/`` when the study's folder is new) before
+it returns, so an instance whose C-STORE was acknowledged survives a crash or power loss.
 
 Stability: a study is *stable* once no instance arrived for ``stable_seconds`` and none is being
 written. :meth:`Inbox.poll` moves stable studies, oldest first, into a bounded queue that the worker
@@ -104,6 +104,15 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _make_dir_durable(folder: Path) -> None:
+    """Create ``folder`` (one level) if missing, and fsync its parent so that the new entry persists."""
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        return
+    _fsync_dir(folder.parent)
 
 
 def write_durable(path: str | Path, data: bytes) -> None:
@@ -328,7 +337,7 @@ class Inbox:
                 logger.info("study %s: discarded a copy of instance %s, already processed", study_uid, name)
                 return StoreOutcome.DUPLICATE
             folder = self.folder(LATE) / study_uid
-            folder.mkdir(parents=True, exist_ok=True)
+            _make_dir_durable(folder)
             write_durable(folder / name, data)
             logger.warning(
                 "study %s: instance %s arrived after the study was processed; kept in %s, no new result",
@@ -339,7 +348,7 @@ class Inbox:
             return StoreOutcome.LATE
         try:
             folder = self.study_dir(study_uid)
-            folder.mkdir(parents=True, exist_ok=True)
+            _make_dir_durable(folder)
             write_durable(folder / name, data)
         finally:
             with self._cond:

@@ -6,8 +6,10 @@ endian, explicit VR big endian, deflated) and the compressed ones the project's 
 read in this install (JPEG baseline, extended, lossless .57 and .70, JPEG-LS, JPEG 2000, RLE; see
 :mod:`pneumonia_monai.dicom.codecs`). A syntax nobody here could decode is not accepted, so the sender
 learns at association time and can send another one (an archive transcodes) instead of the study
-failing later. pynetdicom limits the contexts an association *requests* to 128; the contexts an
-acceptor *supports* are not limited.
+failing later. (JPEG Extended is accepted when a decoder is installed, but the licence-safe ones
+decode 8-bit samples only: a 12-bit JPEG Extended study fails, with that reason.) pynetdicom
+limits the contexts an association *requests* to 128; the contexts an acceptor *supports* are not
+limited.
 
 The C-STORE handler does no processing: it writes the instance, as received (the file meta
 information names the accepted transfer syntax), through :meth:`Inbox.store` (temporary file, fsync,
@@ -114,6 +116,7 @@ class StorageSCP:
         self.transfer_syntaxes = syntaxes
         self.ae = self._build_ae()
         self._server: ThreadedAssociationServer | None = None
+        self._closed = False
         self._counts_lock = threading.Lock()
         #: Instances stored, by :class:`StoreOutcome` value, plus ``"refused"`` and ``"error"``.
         self.counts: dict[str, int] = {outcome.value: 0 for outcome in StoreOutcome} | {
@@ -165,8 +168,9 @@ class StorageSCP:
         )
 
     def stop_accepting(self) -> None:
-        """Close the listening socket: no new association; those open go on."""
-        if self._server is not None:
+        """Close the listening socket: no new association; those open go on. Idempotent."""
+        if self._server is not None and not self._closed:
+            self._closed = True
             self._server.shutdown()
             logger.info("Storage SCP no longer accepts associations")
 
