@@ -192,9 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
     stop_requested = threading.Event()
+    received: list[int] = []
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
-        logger.info("received %s: stopping", signal.Signals(signum).name)
+        # No logging here: a handler runs between two bytecodes of the main thread, maybe inside logging.
+        received.append(signum)
         stop_requested.set()
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -210,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                 write_durable(args.port_file, f"{node.port}\n".encode())
             while not stop_requested.wait(1.0):
                 pass
+            logger.info("received %s: stopping", signal.Signals(received[0]).name)
         finally:
             clean = node.stop(association_grace=args.association_grace, drain_timeout=args.drain_timeout)
         if not clean:
