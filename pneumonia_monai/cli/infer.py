@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Classify every chest film under the inputs (DICOM selected by the selection rules, "
         "JPEG/PNG taken as frontal films) with the bundle's preprocessing, weights and threshold.",
     )
-    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="files and folders")
+    parser.add_argument("inputs", nargs="*", type=Path, metavar="INPUT", help="files and folders")
     parser.add_argument("--output", "-o", type=Path, required=True, metavar="OUT", help="output folder")
     parser.add_argument(
         "--bundle",
@@ -93,8 +93,60 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--rules", type=Path, default=None, metavar="FILE", help="site selection rules YAML (see 'select')"
     )
+    pull = parser.add_argument_group(
+        "pull mode (DICOMweb)",
+        "retrieve studies with WADO-RS into OUT/dicomweb/<StudyInstanceUID>/ and classify them too",
+    )
+    pull.add_argument("--dicomweb", metavar="URL", help="base URL of a DICOMweb service (QIDO/WADO/STOW-RS)")
+    pull.add_argument(
+        "--study", action="append", default=[], metavar="UID", help="Study Instance UID (repeat)"
+    )
+    pull.add_argument(
+        "--query",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="QIDO-RS filter by DICOM keyword, e.g. ModalitiesInStudy=CR or StudyDate=20240101-20240131",
+    )
+    pull.add_argument(
+        "--limit", type=_positive_int, default=None, metavar="N", help="at most N studies from --query"
+    )
+    pull.add_argument("--stow", action="store_true", help="send the SRs (and heatmaps) back with STOW-RS")
     add_verbosity_args(parser)
     return parser
+
+
+def _parse_query(items: list[str]) -> dict[str, str]:
+    filters = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--query must be KEY=VALUE, got {item!r}")
+        filters[key] = value
+    return filters
+
+
+def _pull(args: argparse.Namespace) -> tuple[list[Path], int]:
+    """Retrieve the asked studies; return their folders and the number that failed."""
+    from pneumonia_monai.dicomweb.pull import DicomWebError, query_studies, retrieve_study
+
+    study_uids = list(args.study)
+    if args.query:
+        found = query_studies(args.dicomweb, limit=args.limit, **_parse_query(args.query))
+        study_uids += [str(ds.StudyInstanceUID) for ds in found if "StudyInstanceUID" in ds]
+        logger.info("QIDO-RS query matched %d stud(ies)", len(found))
+    folders, failed = [], 0
+    for study_uid in dict.fromkeys(study_uids):
+        dest = args.output / "dicomweb" / study_uid
+        try:
+            files = retrieve_study(args.dicomweb, study_uid, dest)
+        except DicomWebError as exc:
+            logger.error("cannot retrieve study %s: %s", study_uid, exc)
+            failed += 1
+            continue
+        logger.info("retrieved %d instance(s) of study %s", len(files), study_uid)
+        folders.append(dest)
+    return folders, failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,14 +162,37 @@ def main(argv: list[str] | None = None) -> int:
     from pneumonia_monai.inference.bundle import BundleError
     from pneumonia_monai.inference.runner import OutputBusyError, run_inference
 
+    if not args.inputs and not args.dicomweb:
+        parser.print_usage(sys.stderr)
+        logger.error("give INPUT files or folders, or --dicomweb URL with --study or --query")
+        return EXIT_USAGE
+    if args.dicomweb and not (args.study or args.query):
+        logger.error("--dicomweb needs --study UID or --query KEY=VALUE")
+        return EXIT_USAGE
+    if (args.study or args.query or args.stow) and not args.dicomweb:
+        logger.error("--study, --query and --stow need --dicomweb URL")
+        return EXIT_USAGE
     try:
         rules = SelectionRules.from_file(args.rules) if args.rules is not None else None
     except (OSError, ValueError, TypeError) as exc:
         logger.error("unusable rules file: %s", exc)
         return EXIT_USAGE
+    inputs, pull_failures = list(args.inputs), 0
+    if args.dicomweb:
+        from pneumonia_monai.dicomweb.pull import DicomWebError
+
+        try:
+            pulled, pull_failures = _pull(args)
+        except (ValueError, DicomWebError) as exc:
+            logger.error("DICOMweb: %s", exc)
+            return EXIT_USAGE
+        inputs += pulled
+        if not inputs:
+            logger.error("no study could be retrieved from %s", args.dicomweb)
+            return EXIT_FAILURES
     try:
         summary = run_inference(
-            args.inputs,
+            inputs,
             args.output,
             bundle=args.bundle,
             device=args.device,
@@ -141,7 +216,20 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         logger.error("cannot write the outputs: %s", exc)
         return EXIT_FAILURES
-    return EXIT_OK if summary.exit_code == 0 else EXIT_FAILURES
+    stow_failed = False
+    if args.stow:
+        from pneumonia_monai.dicomweb.pull import DicomWebError, store_instances
+
+        results = [*summary.sr_paths, *summary.sc_paths]
+        try:
+            if results:
+                store_instances(args.dicomweb, results)
+            logger.info("sent %d result object(s) to %s with STOW-RS", len(results), args.dicomweb)
+        except DicomWebError as exc:
+            logger.error("STOW-RS failed: %s", exc)
+            stow_failed = True
+    ok = summary.exit_code == 0 and not pull_failures and not stow_failed
+    return EXIT_OK if ok else EXIT_FAILURES
 
 
 if __name__ == "__main__":  # pragma: no cover

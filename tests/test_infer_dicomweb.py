@@ -1,0 +1,83 @@
+"""``infer --dicomweb``: pull studies from a real PACS (a private Orthanc), classify, STOW the SRs back."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from monai.networks.nets import DenseNet121
+from orthanc import OrthancServer
+
+from pneumonia_monai.cli.infer import main as infer_main
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_DICOM = REPO / "bundle" / "sample_data" / "dicom"
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("bundle") / "bundle"
+    shutil.copytree(REPO / "bundle" / "configs", root / "configs")
+    config = json.loads((root / "configs" / "inference.json").read_text())
+    config["spatial_size"] = [64, 64]
+    (root / "configs" / "inference.json").write_text(json.dumps(config))
+    (root / "models").mkdir()
+    torch.manual_seed(0)
+    torch.save(
+        DenseNet121(spatial_dims=2, in_channels=1, out_channels=2).state_dict(), root / "models/model.pt"
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
+    with OrthancServer(tmp_path_factory.mktemp("orthanc")) as server:
+        for path in sorted(SAMPLE_DICOM.rglob("*.dcm")):
+            server.upload(path)
+        yield server
+
+
+def _sr_series(orthanc: OrthancServer, study_uid: str) -> list[dict]:
+    found = orthanc.post_json("/tools/find", {"Level": "Series", "Query": {"StudyInstanceUID": study_uid}})
+    series = [orthanc.get_json(f"/series/{oid}") for oid in found]
+    return [s for s in series if s["MainDicomTags"].get("Modality") == "SR"]
+
+
+def test_pull_classify_and_stow(tmp_path: Path, tiny_bundle: Path, orthanc: OrthancServer) -> None:
+    studies = orthanc.post_json("/tools/find", {"Level": "Study", "Query": {}, "Expand": True})
+    uids = sorted(s["MainDicomTags"]["StudyInstanceUID"] for s in studies)
+    assert len(uids) == 4
+    out = tmp_path / "out"
+    rc = infer_main(
+        [
+            "--output", str(out), "--bundle", str(tiny_bundle), "--workers", "0",
+            "--dicomweb", orthanc.dicomweb_url, "--study", uids[0], "--query", "ModalitiesInStudy=DX",
+            "--limit", "2", "--stow", "-q",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    pulled = {p.name for p in (out / "dicomweb").iterdir()}
+    assert uids[0] in pulled and 2 <= len(pulled) <= 3  # --study plus up to 2 from the query, deduplicated
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) - 1 == sum(1 for _ in (out / "dicomweb").rglob("*.dcm"))
+    for study_uid in pulled:
+        assert (out / "sr" / f"{study_uid}.dcm").is_file()
+        assert len(_sr_series(orthanc, study_uid)) == 1, "the SR did not come back to the PACS"
+
+
+def test_pull_usage_and_failures(tmp_path: Path, tiny_bundle: Path, orthanc: OrthancServer) -> None:
+    out = tmp_path / "out"
+    assert infer_main(["--output", str(out), "-q"]) == 2
+    assert infer_main(["--output", str(out), "--dicomweb", orthanc.dicomweb_url, "-q"]) == 2
+    assert infer_main(["--output", str(out), "--study", "1.2.3", "-q"]) == 2
+    assert infer_main(["--output", str(out), "--dicomweb", orthanc.dicomweb_url, "--query", "bad", "-q"]) == 2
+    # an unknown study is a failure of that study, not a crash
+    rc = infer_main(
+        ["--output", str(out), "--bundle", str(tiny_bundle), "--dicomweb", orthanc.dicomweb_url,
+         "--study", "1.2.826.0.1.3680043.8.498.1", "-q"]
+    )  # fmt: skip
+    assert rc == 1
