@@ -108,7 +108,7 @@ def test_preprocessing_chain(sample_images: list[Path]) -> None:
     image = out["image"]
     assert out["label"] == 1
     assert image.dtype == torch.float32 and tuple(image.shape) == (1, 96, 80)
-    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+    assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0
     with pytest.raises(ValueError, match="spatial_size"):
         ChestXRayPreprocessd("image", spatial_size=(8, 8))
 

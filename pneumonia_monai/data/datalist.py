@@ -119,14 +119,14 @@ def _label_counts(items: Sequence[dict[str, Any]]) -> dict[int, int]:
     return dict(sorted(counts.items()))
 
 
-def write_json_atomic(obj: Any, path: str | Path) -> Path:
+def write_json_atomic(obj: Any, path: str | Path, *, indent: int = 2) -> Path:
     """Write ``obj`` as indented JSON to ``path`` through a temporary file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2)
+            json.dump(obj, fh, indent=indent)
             fh.write("\n")
         Path(tmp).replace(path)
     except BaseException:

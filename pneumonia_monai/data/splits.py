@@ -61,7 +61,7 @@ def grouped_split(
         train_idx, val_idx = next(splitter.split(np.zeros(len(y)), y, g))
     else:
         logger.warning(
-            "a class has only %d item(s), fewer than the %d folds: the split is grouped by patient but not stratified",
+            "a class has only %d item(s), fewer than the %d folds: the split is grouped but not stratified",
             smallest,
             n_splits,
         )

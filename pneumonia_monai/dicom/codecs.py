@@ -38,7 +38,7 @@ TRANSFER_SYNTAXES: dict[str, str] = {
 #: Licence-safe packages that decode each encapsulated syntax (any one of them is enough).
 INSTALL_HINTS: dict[str, str] = {
     uid.JPEGBaseline8Bit: "python-gdcm or pillow",
-    uid.JPEGExtended12Bit: "python-gdcm (Pillow decodes 8-bit samples only)",
+    uid.JPEGExtended12Bit: "imagecodecs (12-bit), python-gdcm or pillow (8-bit)",
     uid.JPEGLossless: "python-gdcm",
     uid.JPEGLosslessSV1: "python-gdcm",
     uid.JPEGLSLossless: "pyjpegls or python-gdcm",
@@ -48,11 +48,12 @@ INSTALL_HINTS: dict[str, str] = {
     uid.RLELossless: "pylibjpeg + pylibjpeg-rle (pydicom's own RLE decoder needs only numpy)",
 }
 
-#: Why 12-bit JPEG Extended fails without the GPL plugin (pydicom 3.0's gdcm plugin refuses 12-bit
-#: process 4 data, python-gdcm wheels lack the 12-bit IJG codec, Pillow reads 8-bit JPEG only).
+#: Why 12-bit JPEG Extended can fail (pydicom 3.0's gdcm plugin refuses 12-bit process 4 data,
+#: python-gdcm wheels lack the 12-bit IJG codec, Pillow reads 8-bit JPEG only): this package's
+#: imagecodecs plugin is the licence-safe decoder for it.
 JPEG_EXTENDED_12BIT_NOTE = (
-    "the licence-safe decoders (python-gdcm, Pillow) decode 8-bit JPEG Extended only; 12-bit samples "
-    "need pylibjpeg-libjpeg (GPL-3.0), which this project does not install"
+    "12-bit JPEG Extended is decoded by the imagecodecs plugin (python-gdcm and Pillow decode 8-bit "
+    "samples only); install imagecodecs"
 )
 
 #: Name given to pydicom's built-in decoding of native (uncompressed, or deflated) pixel data.
@@ -70,6 +71,30 @@ GPL_PLUGINS: frozenset[tuple[str, str]] = frozenset(
         uid.JPEGLSNearLossless,
     )
 )
+
+
+_EXTRA_DECODERS_REGISTERED = False
+
+
+def register_extra_decoders() -> None:
+    """Add this package's decoder plugins to pydicom's registry (once; idempotent).
+
+    Today one: :mod:`pneumonia_monai.dicom.imagecodecs_plugin`, for 12-bit JPEG Extended, which no
+    other licence-safe pydicom plugin decodes. It is registered last, so pydicom's own plugins are
+    tried first.
+    """
+    global _EXTRA_DECODERS_REGISTERED
+    if _EXTRA_DECODERS_REGISTERED:
+        return
+    from pneumonia_monai.dicom import imagecodecs_plugin
+
+    for syntax in imagecodecs_plugin.DECODER_DEPENDENCIES:
+        decoder = get_decoder(syntax)
+        if imagecodecs_plugin.PLUGIN_LABEL not in decoder.available_plugins:
+            decoder.add_plugin(
+                imagecodecs_plugin.PLUGIN_LABEL, (imagecodecs_plugin.__name__, "_decode_frame")
+            )
+    _EXTRA_DECODERS_REGISTERED = True
 
 
 def syntax_label(syntax: str) -> str:
@@ -94,6 +119,7 @@ def available_plugins(syntax: str, include_gpl: bool = False) -> list[str]:
     Raises:
         NotImplementedError: if pydicom has no decoder for ``syntax`` at all.
     """
+    register_extra_decoders()
     decoder = get_decoder(syntax)
     if not decoder.is_encapsulated:
         return [NATIVE_PLUGIN]

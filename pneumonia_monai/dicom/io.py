@@ -166,6 +166,7 @@ def _check_native_length(ds: Dataset) -> None:
 def _decode_first_frame(ds: Dataset, tsyntax: uid.UID) -> tuple[np.ndarray, str]:
     """Decode frame 0; return it with the photometric interpretation the decoder left it in."""
     label = codecs.syntax_label(tsyntax)
+    codecs.register_extra_decoders()
     try:
         decoder = get_decoder(tsyntax)
     except NotImplementedError:

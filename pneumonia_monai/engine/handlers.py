@@ -29,6 +29,10 @@ class MetricsReportHandler:
         split_name: name of the evaluated split, recorded in the report.
         n_resamples: bootstrap resamples for the intervals.
         seed: bootstrap seed.
+        min_sensitivity: the operating-point rule reported beside the metrics: the threshold with the
+            highest specificity among those keeping at least this sensitivity on the evaluated split.
+            Run on the validation split, it is the threshold to store in ``inference.json``
+            (``scripts/set_operating_point.py`` does it).
     """
 
     def __init__(
@@ -39,6 +43,7 @@ class MetricsReportHandler:
         split_name: str = "validation",
         n_resamples: int = 2000,
         seed: int = 0,
+        min_sensitivity: float = 0.95,
     ) -> None:
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
@@ -48,6 +53,7 @@ class MetricsReportHandler:
         self.split_name = split_name
         self.n_resamples = int(n_resamples)
         self.seed = int(seed)
+        self.min_sensitivity = float(min_sensitivity)
         self.metrics: dict[str, Any] = {}
         self._reset()
 
@@ -76,6 +82,7 @@ class MetricsReportHandler:
 
     def _report(self, engine: Engine) -> None:
         from pneumonia_monai.evaluation.report import write_report
+        from pneumonia_monai.evaluation.threshold import choose_threshold
         from pneumonia_monai.inference.heatmap import gradcam
 
         y_true = np.asarray(self.labels, dtype=int)
@@ -90,6 +97,18 @@ class MetricsReportHandler:
             target = 1 if len(self.class_names) == 2 else int(np.argmax(probs[i]))
             return gradcam(network, torch.from_numpy(images[i])[None, None].to(device), class_index=target)
 
+        prob_pneumonia = 1.0 - probs[:, 0]  # two classes: p(pneumonia); three: p(bacterial) + p(viral)
+        y_pneumonia = (y_true > 0).astype(int)
+        extra: dict[str, Any] = {}
+        if 0 < y_pneumonia.sum() < y_pneumonia.size:
+            choice = choose_threshold(y_pneumonia, prob_pneumonia, min_sensitivity=self.min_sensitivity)
+            extra["operating_point_on_this_split"] = {
+                "rule": choice.rule,
+                "min_sensitivity": self.min_sensitivity,
+                "threshold": choice.threshold,
+                "sensitivity": choice.sensitivity,
+                "specificity": choice.specificity,
+            }
         self.metrics = write_report(
             self.output_dir,
             y_true,
@@ -100,6 +119,7 @@ class MetricsReportHandler:
             images=images,
             cams=cam_of,
             split_name=self.split_name,
+            extra=extra,
             n_resamples=self.n_resamples,
             seed=self.seed,
         )
