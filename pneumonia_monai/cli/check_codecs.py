@@ -11,7 +11,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pneumonia_monai.cli.common import EXIT_FAILURES, EXIT_OK, add_verbosity_args, configure_logging
+from pneumonia_monai.cli.common import (
+    EXIT_FAILURES,
+    EXIT_OK,
+    add_verbosity_args,
+    configure_logging,
+    returns_exit_status,
+)
 from pneumonia_monai.dicom import codecs
 
 
@@ -36,6 +42,7 @@ def format_table(decoders: dict[str, list[str]]) -> str:
     return "\n".join(f"{name:<{widths[0]}}  {syntax:<{widths[1]}}  {found}" for name, syntax, found in rows)
 
 
+@returns_exit_status
 def main(argv: list[str] | None = None) -> int:
     """Print the table; return 0 when every syntax can be decoded, 1 otherwise."""
     args = build_parser().parse_args(argv)

@@ -7,8 +7,10 @@ command line, and nowhere else.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
+from collections.abc import Callable
 
 #: Exit status: every file was ``ok`` or ``skipped``.
 EXIT_OK = 0
@@ -41,3 +43,63 @@ def configure_logging(args: argparse.Namespace) -> None:
         root.addHandler(handler)
     for handler in root.handlers:
         handler.setLevel(level)
+
+
+def _number(text: str, kind: type[int] | type[float]) -> int | float:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+        ) from None
+
+
+def positive_int(text: str) -> int:
+    """Argparse type: an integer of 1 or more."""
+    value = int(_number(text, int))
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """Argparse type: an integer of 0 or more."""
+    value = int(_number(text, int))
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """Argparse type: a number above 0."""
+    value = float(_number(text, float))
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    """Argparse type: a number in [0, 1] (a probability or a threshold)."""
+    value = float(_number(text, float))
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
+    return value
+
+
+def returns_exit_status(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+    """Make a command's ``main(argv)`` return argparse's exit status (2, or 0 for ``--help``).
+
+    argparse raises :class:`SystemExit` on bad usage; a ``main`` that tests and other programs call
+    directly should return the status instead, as the commands' contract says.
+    """
+
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except SystemExit as exc:
+            if isinstance(exc.code, int):
+                return exc.code
+            return EXIT_OK if exc.code is None else EXIT_USAGE
+
+    return wrapper

@@ -28,6 +28,8 @@ from pneumonia_monai.cli.common import (
     EXIT_USAGE,
     add_verbosity_args,
     configure_logging,
+    positive_int,
+    returns_exit_status,
 )
 from pneumonia_monai.cli.select import progress_wrapper
 from pneumonia_monai.dicom.convert import (
@@ -41,16 +43,6 @@ from pneumonia_monai.dicom.convert import (
 from pneumonia_monai.dicom.selection import SelectionRules
 
 logger = logging.getLogger(__name__)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
 
 
 def _fraction(text: str) -> float:
@@ -88,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="transfer syntax: none (Explicit VR Little Endian), jpeg2000 (lossless) or rle (default: none)",
     )
     k2d.add_argument(
-        "--limit", type=_positive_int, default=None, metavar="N", help="convert the first N films only"
+        "--limit", type=positive_int, default=None, metavar="N", help="convert the first N films only"
     )
     k2d.add_argument(
         "--label-mode", choices=LABEL_MODES, default="binary", help="datalist labels (default: binary)"
@@ -191,6 +183,7 @@ def _dicom_to_datalist(args: argparse.Namespace) -> int:
     return EXIT_FAILURES if failed else EXIT_OK
 
 
+@returns_exit_status
 def main(argv: list[str] | None = None) -> int:
     """Run ``pneumonia-monai convert``; return the exit status."""
     args = build_parser().parse_args(argv)

@@ -6,7 +6,13 @@ import argparse
 import logging
 from pathlib import Path
 
-from pneumonia_monai.cli.common import EXIT_OK, EXIT_USAGE, add_verbosity_args, configure_logging
+from pneumonia_monai.cli.common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    add_verbosity_args,
+    configure_logging,
+    returns_exit_status,
+)
 from pneumonia_monai.data.datalist import build_datalist, write_json_atomic
 from pneumonia_monai.data.kaggle import scan_kaggle_tree
 
@@ -39,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@returns_exit_status
 def main(argv: list[str] | None = None) -> int:
     """Run ``pneumonia-monai datalist``; image paths are written relative to the output's folder."""
     args = build_parser().parse_args(argv)

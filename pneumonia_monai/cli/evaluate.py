@@ -74,6 +74,9 @@ from pneumonia_monai.cli.common import (
     EXIT_USAGE,
     add_verbosity_args,
     configure_logging,
+    non_negative_int,
+    returns_exit_status,
+    unit_interval,
 )
 from pneumonia_monai.constants import class_names as model_class_names
 
@@ -384,20 +387,6 @@ def _write_csv_atomic(path: Path, columns: Sequence[str], rows: Iterable[Mapping
         raise
 
 
-def _threshold_arg(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Return the ``evaluate`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -420,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--threshold",
-        type=_threshold_arg,
+        type=unit_interval,
         default=None,
         metavar="T",
         help="call a film pneumonia when prob_pneumonia >= T (default: --bundle's, else the results' one)",
@@ -445,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, required=True, metavar="DIR", help="report folder")
     parser.add_argument(
         "--bootstrap",
-        type=_non_negative,
+        type=non_negative_int,
         default=2000,
         metavar="N",
         help="bootstrap resamples (0: no intervals)",
@@ -507,6 +496,7 @@ def _account(
     return evaluated, accounting, unmatched
 
 
+@returns_exit_status
 def main(argv: list[str] | None = None) -> int:
     """Run ``pneumonia-monai evaluate``; return the exit status."""
     args = build_parser().parse_args(argv)

@@ -29,29 +29,12 @@ from pneumonia_monai.cli.common import (
     EXIT_USAGE,
     add_verbosity_args,
     configure_logging,
+    non_negative_int,
+    positive_int,
+    returns_exit_status,
 )
 
 logger = logging.getLogger(__name__)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,17 +53,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="bundle folder (default: the bundle shipped with the package)",
     )
     parser.add_argument(
+        "--variant",
+        default=None,
+        metavar="NAME",
+        help="model variant: configs/inference_NAME.json over inference.json (subtype: three classes)",
+    )
+    parser.add_argument(
         "--device",
         default="auto",
         choices=("auto", "cpu", "cuda"),
         help="where the network runs (default: auto)",
     )
     parser.add_argument(
-        "--batch-size", type=_positive_int, default=8, metavar="N", help="images per forward pass"
+        "--batch-size", type=positive_int, default=8, metavar="N", help="images per forward pass"
     )
     parser.add_argument(
         "--workers",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=2,
         metavar="N",
         help="decoding threads (0: none; default 2)",
@@ -109,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="QIDO-RS filter by DICOM keyword, e.g. ModalitiesInStudy=CR or StudyDate=20240101-20240131",
     )
     pull.add_argument(
-        "--limit", type=_positive_int, default=None, metavar="N", help="at most N studies from --query"
+        "--limit", type=positive_int, default=None, metavar="N", help="at most N studies from --query"
     )
     pull.add_argument("--stow", action="store_true", help="send the SRs (and heatmaps) back with STOW-RS")
     add_verbosity_args(parser)
@@ -149,13 +138,11 @@ def _pull(args: argparse.Namespace) -> tuple[list[Path], int]:
     return folders, failed
 
 
+@returns_exit_status
 def main(argv: list[str] | None = None) -> int:
     """Run ``pneumonia-monai infer``; return the exit status."""
     parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
-        return int(exc.code or 0)
+    args = parser.parse_args(argv)
     configure_logging(args)
 
     from pneumonia_monai.dicom.selection import SelectionRules
@@ -203,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             force=args.force,
             rules=rules,
             progress=None if not args.quiet else False,
+            variant=args.variant,
         )
     except BundleError as exc:
         logger.error("unusable bundle: %s", exc)

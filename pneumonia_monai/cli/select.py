@@ -31,6 +31,7 @@ from pneumonia_monai.cli.common import (
     EXIT_USAGE,
     add_verbosity_args,
     configure_logging,
+    returns_exit_status,
 )
 from pneumonia_monai.dicom.selection import DECISION_COLUMNS, ERROR, SelectionRules, select_files
 
@@ -114,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@returns_exit_status
 def main(argv: list[str] | None = None) -> int:
     """Run ``pneumonia-monai select``; return the exit status."""
     parser = build_parser()

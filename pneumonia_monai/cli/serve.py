@@ -34,7 +34,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pneumonia_monai.cli.common import EXIT_OK, EXIT_USAGE, add_verbosity_args, configure_logging
+from pneumonia_monai.cli.common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    add_verbosity_args,
+    configure_logging,
+    positive_float,
+    positive_int,
+    returns_exit_status,
+)
 from pneumonia_monai.node.config import NodeConfig, config_from_mapping, read_config_file
 from pneumonia_monai.node.inbox import write_durable
 from pneumonia_monai.node.service import DicomNode
@@ -91,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="reject associations not addressed to --ae-title",
     )
     node.add_argument(
-        "--max-associations", type=int, metavar="N", help="open associations at once (default 10)"
+        "--max-associations", type=positive_int, metavar="N", help="open associations at once (default 10)"
     )
     node.add_argument(
         "--port-file", type=Path, metavar="FILE", help="write the port listened on to FILE once listening"
@@ -99,16 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     work = parser.add_argument_group("processing")
     work.add_argument(
         "--stable-seconds",
-        type=float,
+        type=positive_float,
         metavar="S",
         help="process a study once no instance arrived for S seconds (default 10)",
     )
     work.add_argument(
-        "--queue-size", type=int, metavar="N", help="stable studies waiting for the worker (default 16)"
+        "--queue-size",
+        type=positive_int,
+        metavar="N",
+        help="stable studies waiting for the worker (default 16)",
     )
     work.add_argument(
         "--batch-studies",
-        type=int,
+        type=positive_int,
         metavar="N",
         help="give the model up to N ready studies at once (default 8); still one result per study",
     )
@@ -129,22 +140,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--dest-stow", metavar="URL", help="send results with STOW-RS to this DICOMweb URL"
     )
     dest.add_argument(
-        "--send-attempts", type=int, metavar="N", help="tries per study before failing it (default 5)"
+        "--send-attempts",
+        type=positive_int,
+        metavar="N",
+        help="tries per study before failing it (default 5)",
     )
     dest.add_argument(
-        "--retry-backoff", type=float, metavar="S", help="wait before the 2nd try, doubled after (default 2)"
+        "--retry-backoff",
+        type=positive_float,
+        metavar="S",
+        help="wait before the 2nd try, doubled after (default 2)",
     )
     stop = parser.add_argument_group("stopping")
     stop.add_argument(
         "--association-grace",
-        type=float,
+        type=positive_float,
         default=10.0,
         metavar="S",
         help="on SIGTERM, seconds open associations may take to end before being aborted (default 10)",
     )
     stop.add_argument(
         "--drain-timeout",
-        type=float,
+        type=positive_float,
         default=300.0,
         metavar="S",
         help="on SIGTERM, seconds the study being processed may take to finish (default 300)",
@@ -176,6 +193,7 @@ def _check_bundle(bundle: Path | None) -> None:
         raise ValueError(f"{bundle} is not a bundle folder: it has no configs/inference.json")
 
 
+@returns_exit_status
 def main(argv: list[str] | None = None) -> int:
     """Run ``pneumonia-monai serve`` until SIGTERM or SIGINT; return the exit status."""
     parser = build_parser()

@@ -248,12 +248,16 @@ def locate_default_bundle() -> Path:
         raise BundleError(str(exc)) from exc
 
 
-def load_bundle(bundle: str | Path | None = None, *, device: str = "auto") -> InferenceBundle:
+def load_bundle(
+    bundle: str | Path | None = None, *, device: str = "auto", variant: str | None = None
+) -> InferenceBundle:
     """Load and check a bundle for inference.
 
     Args:
         bundle: the bundle folder (holding ``configs/inference.json``); default: the package's bundle.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        variant: a model variant: ``configs/inference_<variant>.json`` is read over ``inference.json``
+            (``"subtype"``: the three-class normal / bacterial / viral model).
 
     Returns:
         The bundle, its network in eval mode on the device and checked with one forward pass of a blank
@@ -273,6 +277,13 @@ def load_bundle(bundle: str | Path | None = None, *, device: str = "auto") -> In
     config_path = root / "configs" / "inference.json"
     meta_path = root / "configs" / "metadata.json"
     config = _read_json(config_path)
+    config_files = [str(config_path)]
+    if variant is not None:
+        overlay_path = root / "configs" / f"inference_{variant}.json"
+        if not overlay_path.is_file():
+            raise BundleError(f"bundle variant {variant!r}: {overlay_path} not found")
+        config.update(_read_json(overlay_path))
+        config_files.append(str(overlay_path))
     meta = _read_json(meta_path)
     missing = [key for key in REQUIRED_KEYS if key not in config]
     if missing:
@@ -284,7 +295,7 @@ def load_bundle(bundle: str | Path | None = None, *, device: str = "auto") -> In
     model_name = name.strip() if isinstance(name, str) and 0 < len(name.strip()) <= 64 else DEFAULT_MODEL_NAME
 
     parser = ConfigParser()
-    parser.read_config(str(config_path))
+    parser.read_config(config_files)
     parser.read_meta(str(meta_path))
     parser["bundle_root"] = str(root)
 

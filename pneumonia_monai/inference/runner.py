@@ -365,6 +365,7 @@ def run_inference(
     force: bool = False,
     rules: SelectionRules | None = None,
     progress: bool | None = None,
+    variant: str | None = None,
 ) -> RunSummary:
     """Run the bundle on every file under ``inputs`` and write the results into ``output``.
 
@@ -381,6 +382,7 @@ def run_inference(
         force: recompute every file, ignoring the results of earlier runs.
         rules: the DICOM selection rules (default: the package's).
         progress: ``True`` a tqdm bar, ``False`` periodic log lines, ``None`` a bar on a terminal only.
+        variant: a model variant of the bundle (``configs/inference_<variant>.json``), e.g. ``"subtype"``.
 
     Returns:
         The run's :class:`RunSummary`.
@@ -399,7 +401,7 @@ def run_inference(
     if out.exists() and not out.is_dir():
         raise ValueError(f"output {out} exists and is not a folder")
     kill_after = _kill_after()
-    loaded = load_bundle(bundle, device=device)
+    loaded = load_bundle(bundle, device=device, variant=variant)
 
     out.mkdir(parents=True, exist_ok=True)
     out = out.resolve()
