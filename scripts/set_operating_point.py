@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
-
-from pneumonia_monai.data.datalist import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,14 +40,35 @@ def main(argv: list[str] | None = None) -> int:
     if not point:
         print(f"{args.metrics} holds no operating point (a split with one class?)", file=sys.stderr)
         return 2
-    config = json.loads(args.config.read_text(encoding="utf-8"))
-    config["threshold"] = round(float(point["threshold"]), 6)
-    config["threshold_rule"] = (
+    threshold = round(float(point["threshold"]), 6)
+    rule = (
         f"highest specificity with sensitivity >= {point['min_sensitivity']} on the patient-grouped "
         f"validation split (n={report['n']}): sensitivity {point['sensitivity']:.4f}, "
         f"specificity {point['specificity']:.4f}"
     )
-    write_json_atomic(config, args.config, indent=4)
+    text = args.config.read_text(encoding="utf-8")
+    # Edit the two values in place, so the rest of the hand-formatted config stays as it is.
+    text, n_threshold = re.subn(
+        r'^(\s*"threshold": )[^,\n]+,', rf"\g<1>{threshold},", text, count=1, flags=re.M
+    )
+    text, n_rule = re.subn(
+        r'^(\s*"threshold_rule": )"[^"\n]*",',
+        lambda m: f"{m.group(1)}{json.dumps(rule)},",
+        text,
+        count=1,
+        flags=re.M,
+    )
+    config = json.loads(text)
+    if (
+        (n_threshold, n_rule) != (1, 1)
+        or config["threshold"] != threshold
+        or config["threshold_rule"] != rule
+    ):
+        print(f"{args.config}: no single-line 'threshold' and 'threshold_rule' to replace", file=sys.stderr)
+        return 2
+    tmp = args.config.with_name(f".{args.config.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(args.config)
     print(f"threshold {config['threshold']} -> {args.config}")
     print(config["threshold_rule"])
     return 0

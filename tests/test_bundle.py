@@ -229,6 +229,9 @@ def test_card_commands_verbatim(tmp_path: Path, bundle_copy: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((bundle_copy / "eval" / "metrics.json").read_text())
     assert metrics["n"] == len(datalist["validation"])
+    # intervals resample patients, not films
+    assert metrics["n_groups"] == len({item["patient_id"] for item in datalist["validation"]})
+    assert metrics["bootstrap"]["unit"] == "patient"
     assert (
         metrics["threshold"]["value"]
         == json.loads((bundle_copy / "configs/inference.json").read_text())["threshold"]

@@ -39,6 +39,7 @@ from pneumonia_monai.inference.runner import KILL_AFTER_ENV, in_flight_limit, ru
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_CONFIG = REPO / "bundle" / "configs" / "inference.json"
 SHIPPED_META = REPO / "bundle" / "configs" / "metadata.json"
+MODEL_VERSION = json.loads(SHIPPED_META.read_text(encoding="utf-8"))["version"]
 SAMPLES = sorted((REPO / "bundle" / "sample_data" / "chest_xray").rglob("*.jpeg"))
 
 #: Recognisable identifiers that must never leave the DICOM files they are in.
@@ -226,7 +227,7 @@ def test_every_file_gets_exactly_one_row_with_its_status_and_reason(full_run, da
         status, reason = EXPECTED[row["path"]]
         assert row["status"] == status, row
         assert reason in row["reason"], row
-        assert row["threshold"] == "0.5" and row["model_version"] == "0.1.0"
+        assert row["threshold"] == "0.5" and row["model_version"] == MODEL_VERSION
         if status == "ok":
             prob = float(row["prob_pneumonia"])
             assert 0.0 <= prob <= 1.0
@@ -278,7 +279,7 @@ def test_studies_csv_aggregates_by_maximum(full_run):
             if r["study_uid"] == study["study_uid"] and r["status"] == "ok"
         ]
         assert int(study["n_images"]) == len(ok)
-        assert study["threshold"] == "0.5" and study["model_version"] == "0.1.0"
+        assert study["threshold"] == "0.5" and study["model_version"] == MODEL_VERSION
         if ok:
             assert float(study["prob_pneumonia"]) == max(ok)
             assert study["prediction"] == ("pneumonia" if max(ok) >= 0.5 else "normal")

@@ -77,8 +77,12 @@ class MetricsReportHandler:
             label = torch.as_tensor(item["label"]).detach().cpu()
             self.labels.append(label.argmax().numpy() if label.numel() > 1 else label.reshape(()).numpy())
             self.images.append(torch.as_tensor(item["image"]).detach().float().cpu().numpy()[0])
-        ids = batch.get("patient_id") if isinstance(batch, dict) else None
-        self.groups.extend(list(ids) if ids is not None else [""] * len(output))
+        # MONAI engines decollate the batch after each iteration: a list of items; else a collated dict
+        if isinstance(batch, dict):
+            ids = list(batch.get("patient_id") or [""] * len(output))
+        else:
+            ids = [item.get("patient_id", "") if isinstance(item, dict) else "" for item in batch]
+        self.groups.extend(str(i) for i in ids)
 
     def _report(self, engine: Engine) -> None:
         from pneumonia_monai.evaluation.report import write_report
