@@ -96,6 +96,7 @@ def write_bundle(
     """A bundle copy: the shipped configs with spatial_size 64 (and the given network), seeded weights."""
     config = json.loads(SHIPPED_CONFIG.read_text(encoding="utf-8"))
     config["spatial_size"] = [64, 64]
+    config["threshold"] = 0.5  # random weights: the shipped model's operating point means nothing here
     if network_def is not None:
         config["network_def"] = network_def
     if class_names is not None:

@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from pneumonia_monai.atomic import write_json_atomic
 from pneumonia_monai.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
@@ -13,7 +14,7 @@ from pneumonia_monai.cli.common import (
     configure_logging,
     returns_exit_status,
 )
-from pneumonia_monai.data.datalist import build_datalist, write_json_atomic
+from pneumonia_monai.data.datalist import build_datalist
 from pneumonia_monai.data.kaggle import scan_kaggle_tree
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         return EXIT_USAGE
-    write_json_atomic(datalist, args.output)
+    write_json_atomic(args.output, datalist)
     logger.info("wrote %s: %s", args.output, {k: len(v) for k, v in datalist.items()})
     return EXIT_OK

@@ -59,7 +59,6 @@ import json
 import logging
 import math
 import sys
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -68,6 +67,7 @@ from typing import Any
 
 import numpy as np
 
+from pneumonia_monai.atomic import write_csv_atomic
 from pneumonia_monai.cli.common import (
     EXIT_FAILURES,
     EXIT_OK,
@@ -373,20 +373,6 @@ def _threshold_from_results(rows: Iterable[ResultRow]) -> float:
     return values[0]
 
 
-def _write_csv_atomic(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with tmp.open("x", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(columns), lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Return the ``evaluate`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -533,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluated, accounting, unmatched = _account(results, labels, pairs)
     accounting["matched_by"] = {"path": rules["path"], "file_name": rules["file_name"]}
     try:
-        _write_csv_atomic(args.output / UNMATCHED_FILE, UNMATCHED_COLUMNS, unmatched)
+        write_csv_atomic(args.output / UNMATCHED_FILE, UNMATCHED_COLUMNS, unmatched)
     except OSError as exc:
         logger.error("cannot write %s: %s", args.output / UNMATCHED_FILE, exc)
         return EXIT_FAILURES

@@ -16,15 +16,14 @@ import argparse
 import csv
 import io
 import logging
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sized
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from tqdm import tqdm
 
+from pneumonia_monai.atomic import write_csv_atomic
 from pneumonia_monai.cli.common import (
     EXIT_FAILURES,
     EXIT_OK,
@@ -74,21 +73,6 @@ def _logged(items: Iterable[T], desc: str) -> Iterator[T]:
         logger.info("%s: %d%s done", desc, count, f"/{total}" if total else "")
 
 
-def write_rows_atomic(path: Path, columns: Iterable[str], rows: Iterable[dict[str, Any]]) -> None:
-    """Write rows as CSV to a temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(columns), lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Return the ``select`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -130,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [decision.as_row() for decision in result.decisions]
     if args.output is not None:
         try:
-            write_rows_atomic(args.output, DECISION_COLUMNS, rows)
+            write_csv_atomic(args.output, DECISION_COLUMNS, rows)
         except OSError as exc:
             logger.error("cannot write %s: %s", args.output, exc)
             return EXIT_FAILURES

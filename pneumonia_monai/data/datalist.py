@@ -14,11 +14,11 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pneumonia_monai.atomic import write_json_atomic
 from pneumonia_monai.constants import LABEL_MODES
 from pneumonia_monai.data.kaggle import ImageRecord, count_by, scan_kaggle_tree
 from pneumonia_monai.data.splits import grouped_split
@@ -119,22 +119,6 @@ def _label_counts(items: Sequence[dict[str, Any]]) -> dict[int, int]:
     return dict(sorted(counts.items()))
 
 
-def write_json_atomic(obj: Any, path: str | Path, *, indent: int = 2) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=indent)
-            fh.write("\n")
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def resolve_items(datalist: dict[str, Any], key: str, base: str | Path) -> list[dict[str, Any]]:
     """Return the ``key`` list of a datalist with image paths made absolute against ``base``.
 
@@ -189,5 +173,5 @@ def prepare_datalist(
         )
         datalist = build_datalist(records, label_mode=label_mode, val_fraction=val_fraction, seed=seed)
     if output is not None:
-        write_json_atomic(datalist, output)
+        write_json_atomic(output, datalist)
     return datalist

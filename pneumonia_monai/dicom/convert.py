@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
 import random
 import secrets
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +46,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from pneumonia_monai.atomic import write_bytes_atomic, write_csv_atomic, write_json_atomic
 from pneumonia_monai.constants import CLASS_NAMES
 from pneumonia_monai.data.kaggle import IMAGE_SUFFIXES, JUNK_NAMES, ImageRecord, scan_kaggle_tree
 from pneumonia_monai.dicom.selection import (
@@ -121,31 +120,6 @@ Progress = Callable[[Iterable[Any]], Iterable[Any]]
 
 
 # ----------------------------------------------------------------------------------- writing
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict[str, str]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    _atomic_write_bytes(path, buffer.getvalue().encode("utf-8"))
-
-
-def _write_json(path: Path, data: Any) -> None:
-    _atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
 
 
 def _relative(path: Path, start: Path) -> str:
@@ -486,8 +460,8 @@ def kaggle_to_dicom(
     rows = [rows_by_source[k] for k in sorted(rows_by_source, key=lambda s: Path(s).parts)]
     out.mkdir(parents=True, exist_ok=True)
     datalist_path, report_path = out / "datalist.json", out / "conversion.csv"
-    _write_json(datalist_path, datalist)
-    _write_csv(report_path, CONVERSION_COLUMNS, (row.as_row() for row in rows))
+    write_json_atomic(datalist_path, datalist)
+    write_csv_atomic(report_path, CONVERSION_COLUMNS, (row.as_row() for row in rows))
     result = KaggleConversion(rows, datalist, datalist_path, report_path)
     logger.info(
         "%d file(s) under %s: %s; datalist: %d training, %d test",
@@ -552,7 +526,7 @@ def _convert_one(
         row = ConversionRow(rel, target_rel, "unchanged", "identical file already present")
     else:
         try:
-            _atomic_write_bytes(target, data)
+            write_bytes_atomic(target, data)
         except OSError as exc:
             logger.warning("cannot write the DICOM of %s: %s", rel, type(exc).__name__)
             return ConversionRow(
@@ -787,7 +761,7 @@ def dicom_to_datalist(
     if not candidates:
         logger.error("no selected DICOM file has a usable label: %s not written", out_json)
         return build
-    _write_json(out_json, datalist)
+    write_json_atomic(out_json, datalist)
     build.written = True
     logger.info(
         "wrote %s: %d training, %d validation image(s) of %d patient(s); %s",
@@ -816,4 +790,4 @@ def _identifying_values(path: Path) -> tuple[str, str] | None:
 
 def write_report(path: str | Path, rows: Iterable[dict[str, str]]) -> None:
     """Write the per-file rows of :class:`DatalistBuild` as a CSV, atomically."""
-    _write_csv(Path(path), REPORT_COLUMNS, rows)
+    write_csv_atomic(Path(path), REPORT_COLUMNS, rows)

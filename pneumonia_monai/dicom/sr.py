@@ -56,8 +56,6 @@ import copy
 import logging
 import math
 import numbers
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +67,8 @@ from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import RE_VALID_UID, generate_uid
+
+from pneumonia_monai.atomic import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -522,8 +522,8 @@ def build_pneumonia_sr(
 def write_dataset_atomic(ds: pydicom.Dataset, path: str | Path) -> None:
     """Write ``ds`` as a DICOM Part 10 file; readers never see a partial file.
 
-    The file is written to a temporary file in the destination's folder (same file system) with
-    ``enforce_file_format=True`` and moved into place with :func:`os.replace`.
+    The file is written with ``enforce_file_format=True`` through :func:`pneumonia_monai.atomic.atomic_open`
+    (a temporary file in the destination's folder, then a rename).
 
     Args:
         ds: dataset with file meta information (as highdicom builds it).
@@ -534,13 +534,5 @@ def write_dataset_atomic(ds: pydicom.Dataset, path: str | Path) -> None:
     """
     if not isinstance(ds, pydicom.Dataset):
         raise TypeError(f"ds must be a pydicom.Dataset, got {type(ds).__name__}")
-    path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as fp:
-            ds.save_as(fp, enforce_file_format=True)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    logger.debug("wrote %s", path)
+    with atomic_open(path, "wb") as fp:
+        ds.save_as(fp, enforce_file_format=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from pneumonia_monai.atomic import atomic_open
 from pneumonia_monai.evaluation.metrics import (
     DEFAULT_ECE_BINS,
     confusion_counts,
@@ -40,15 +40,8 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
         ``path`` as a :class:`~pathlib.Path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with tmp.open("xb") as fh:  # "x": a new file with the umask's permissions, unlike mkstemp's 0600
-            fig.savefig(fh, format="png", dpi=DPI)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=DPI)
     logger.debug("wrote %s", path)
     return path
 

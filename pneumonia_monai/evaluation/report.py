@@ -37,10 +37,8 @@ strict JSON. Its top-level keys are :data:`REPORT_KEYS`:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from pneumonia_monai import __version__
+from pneumonia_monai.atomic import write_json_atomic
 from pneumonia_monai.evaluation.metrics import (
     binary_metrics,
     bootstrap_ci,
@@ -131,22 +130,6 @@ def to_json_ready(value: Any, *, where: str = "value") -> Any:
     if value is None or isinstance(value, str):
         return value
     raise TypeError(f"{where} is a {type(value).__name__}, which metrics.json cannot hold")
-
-
-def write_json_atomic(obj: Any, path: str | Path) -> Path:
-    """Write ``obj`` as strict, indented JSON to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with tmp.open("x", encoding="utf-8") as fh:  # "x": a new file with the umask's permissions
-            fh.write(text)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _threshold_info(threshold: float | ThresholdChoice) -> dict[str, Any]:
@@ -403,7 +386,7 @@ def write_report(
         "extra": extra_ready,
     }
     ready = to_json_ready(report, where="report")
-    write_json_atomic(ready, out / METRICS_FILE)
+    write_json_atomic(out / METRICS_FILE, ready)
     logger.info(
         "%s: n=%d, ROC AUC %s, sensitivity %s, specificity %s at threshold %.3g -> %s",
         split_name,

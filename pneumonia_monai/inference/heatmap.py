@@ -13,8 +13,6 @@ The overlay is an 8-bit RGB image *for people* (PNG, DICOM Secondary Capture); t
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -23,6 +21,8 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.visualize import GradCAM, ModelWithHooks
+
+from pneumonia_monai.atomic import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -232,13 +232,6 @@ def _check_rgb(rgb: np.ndarray) -> None:
         raise ValueError(f"rgb must have shape (rows, columns, 3), got {rgb.shape}")
 
 
-def _temporary_sibling(path: Path) -> Path:
-    """Create an empty temporary file next to ``path`` (same file system, so os.replace is atomic)."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(name)
-
-
 def save_png_atomic(rgb: np.ndarray, path: str | Path) -> None:
     """Write an RGB image as PNG; readers never see a partial file (temporary file + os.replace).
 
@@ -252,14 +245,8 @@ def save_png_atomic(rgb: np.ndarray, path: str | Path) -> None:
     from PIL import Image
 
     _check_rgb(rgb)
-    path = Path(path)
-    tmp = _temporary_sibling(path)
-    try:
-        Image.fromarray(np.ascontiguousarray(rgb)).save(tmp, format="PNG")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    logger.debug("wrote %s", path)
+    with atomic_open(path, "wb") as fh:
+        Image.fromarray(np.ascontiguousarray(rgb)).save(fh, format="PNG")
 
 
 def montage(
@@ -323,11 +310,6 @@ def montage(
         ax.set_title(title, fontsize=9)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.93, wspace=0.05, hspace=0.15)
 
-    path = Path(path)
-    tmp = _temporary_sibling(path)
-    try:
-        fig.savefig(tmp, format="png", dpi=dpi)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=dpi)
     logger.debug("wrote montage of %d tiles to %s", len(checked), path)

@@ -24,11 +24,12 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import IO, Any
+
+from pneumonia_monai import atomic
 
 logger = logging.getLogger(__name__)
 
@@ -249,48 +250,14 @@ def aggregate_studies(rows: Iterable[ResultRow], *, threshold: float, model_vers
 # ---------------------------------------------------------------------------------------- writers
 
 
-def _temporary_sibling(path: Path, mode: str) -> tuple[IO[Any], Path]:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    return os.fdopen(
-        fd, mode, newline="" if "b" not in mode else None, encoding=None if "b" in mode else "utf-8"
-    ), Path(name)
-
-
 def write_csv_atomic(path: str | Path, columns: Sequence[str], rows: Iterable[Mapping[str, str]]) -> Path:
-    """Write CSV rows to a temporary file beside ``path`` and move it over ``path`` (``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = _temporary_sibling(path, "w")
-    try:
-        with handle:
-            writer = csv.DictWriter(handle, fieldnames=list(columns), lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    logger.debug("wrote %s", path)
-    return path
+    """Write CSV rows to ``path`` atomically and durably (:mod:`pneumonia_monai.atomic`, fsync)."""
+    return atomic.write_csv_atomic(path, columns, rows, fsync=True)
 
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:
-    """Write ``data`` as indented JSON to a temporary file beside ``path`` and move it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = _temporary_sibling(path, "w")
-    try:
-        with handle:
-            json.dump(data, handle, indent=1, allow_nan=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    logger.debug("wrote %s", path)
-    return path
+    """Write ``data`` as JSON (indent 1) to ``path`` atomically and durably (fsync)."""
+    return atomic.write_json_atomic(path, data, indent=1, fsync=True)
 
 
 def write_results(
@@ -436,16 +403,9 @@ class StateJournal:
         """Replace the journal (atomically) by exactly ``entries``: the files of the run that just ended."""
         self.close()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = _temporary_sibling(self.path, "w")
-        try:
-            with handle:
-                for key, entry in entries:
-                    handle.write(self._line(key, entry))
-                handle.flush()
-                os.fsync(handle.fileno())
-            tmp.replace(self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic.atomic_open(self.path, "w", fsync=True) as handle:
+            for key, entry in entries:
+                handle.write(self._line(key, entry))
 
     def __enter__(self) -> StateJournal:
         self.open()
