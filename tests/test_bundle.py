@@ -253,3 +253,23 @@ def test_card_command_from_repository_root(tmp_path: Path, repo_root: Path) -> N
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "ckpt" / "model.pt").is_file()
+
+
+def test_bundle_inference_run_writes_class_probabilities(tmp_path: Path, bundle_copy: Path) -> None:
+    """``run inference`` of inference.json: one row per film, the per-class softmax of each."""
+    _save_random_checkpoint(bundle_copy)
+    result = _run(
+        [
+            sys.executable, "-m", "monai.bundle", "run", "inference",
+            "--config_file", str(bundle_copy / "configs" / "inference.json"),
+            "--output_dir", str(tmp_path / "out"), "--spatial_size", "[48,48]",
+        ],
+        tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = (tmp_path / "out" / "predictions.csv").read_text().splitlines()
+    films = sorted((bundle_copy / "sample_data" / "chest_xray").rglob("*.jpeg"))
+    assert sorted(Path(r.split(",")[0]).name for r in rows) == sorted(f.name for f in films)
+    for row in rows:
+        probs = [float(v) for v in row.split(",")[1:]]
+        assert len(probs) == 2 and abs(sum(probs) - 1) < 1e-4
