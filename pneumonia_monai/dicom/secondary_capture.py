@@ -26,6 +26,7 @@ from highdicom.sc.enum import ConversionTypeValues
 from pydicom.sr.codedict import codes
 
 from pneumonia_monai.dicom.sr import NOT_FOR_DIAGNOSTIC_USE, SERIES_DESCRIPTION_PREFIX
+from pneumonia_monai.dicom.values import check_long_string, check_positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -38,20 +39,6 @@ SC_IMAGE_COMMENTS = f"{NOT_FOR_DIAGNOSTIC_USE} - AI heatmap (Grad-CAM)"
 _BIPED_LETTERS = frozenset("APRLHF")
 #: Attributes that record the lossy compression history of the pixels.
 _LOSSY_ATTRIBUTES = ("LossyImageCompressionRatio", "LossyImageCompressionMethod")
-
-
-def _check_long_string(name: str, value: object) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > 64 or "\\" in value:
-        raise ValueError(
-            f"{name} must be a non-empty string of at most 64 characters without '\\', got {value!r}"
-        )
-    return value
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _patient_orientation(source: pydicom.Dataset) -> tuple[str, str] | None:
@@ -110,10 +97,10 @@ def build_heatmap_sc(
         raise ValueError(f"overlay_rgb must have shape (rows, columns, 3), got {overlay_rgb.shape}")
     if max(overlay_rgb.shape[:2]) > 0xFFFF:
         raise ValueError(f"overlay_rgb is too large for DICOM Rows/Columns: {overlay_rgb.shape}")
-    _check_long_string("algorithm_name", algorithm_name)
-    _check_long_string("algorithm_version", algorithm_version)
-    _check_positive_int("series_number", series_number)
-    _check_positive_int("instance_number", instance_number)
+    check_long_string("algorithm_name", algorithm_name)
+    check_long_string("algorithm_version", algorithm_version)
+    check_positive_int("series_number", series_number)
+    check_positive_int("instance_number", instance_number)
 
     orientation = _patient_orientation(source)
     acquisition = (

@@ -66,9 +66,10 @@ import pydicom
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import RE_VALID_UID, generate_uid
+from pydicom.uid import generate_uid
 
 from pneumonia_monai.atomic import atomic_open
+from pneumonia_monai.dicom.values import check_long_string, check_positive_int, check_uid
 
 logger = logging.getLogger(__name__)
 
@@ -138,27 +139,6 @@ def _check_probability(name: str, value: object) -> float:
     return value
 
 
-def _check_uid(name: str, value: object) -> str:
-    # pydicom's UID regex, without constructing a pydicom UID (which warns on invalid values).
-    if not isinstance(value, str) or len(value) > 64 or not RE_VALID_UID.match(value):
-        raise ValueError(f"{name} must be a valid DICOM UID, got {value!r}")
-    return str(value)
-
-
-def _check_long_string(name: str, value: object) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > 64 or "\\" in value:
-        raise ValueError(
-            f"{name} must be a non-empty string of at most 64 characters without '\\', got {value!r}"
-        )
-    return value
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 @dataclass(frozen=True)
 class ImageFinding:
     """The classifier's result for one image.
@@ -189,8 +169,8 @@ class ImageFinding:
     def __post_init__(self) -> None:
         # Values are normalised to builtin types (numpy scalars from the model are accepted; highdicom
         # needs a builtin float), hence object.__setattr__ on this frozen dataclass.
-        object.__setattr__(self, "sop_instance_uid", _check_uid("sop_instance_uid", self.sop_instance_uid))
-        object.__setattr__(self, "sop_class_uid", _check_uid("sop_class_uid", self.sop_class_uid))
+        object.__setattr__(self, "sop_instance_uid", check_uid("sop_instance_uid", self.sop_instance_uid))
+        object.__setattr__(self, "sop_class_uid", check_uid("sop_class_uid", self.sop_class_uid))
         object.__setattr__(self, "prob_pneumonia", _check_probability("prob_pneumonia", self.prob_pneumonia))
         if not isinstance(self.present, bool | np.bool_):
             raise TypeError(f"present must be a bool, got {type(self.present).__name__}")
@@ -410,15 +390,15 @@ def build_pneumonia_sr(
     sources = _validate_sources(source_datasets)
     ordered = _validate_findings(findings, sources)
     threshold = _check_probability("threshold", threshold)
-    _check_long_string("algorithm_name", algorithm_name)
-    _check_long_string("algorithm_version", algorithm_version)
-    _check_long_string("manufacturer", manufacturer)
-    _check_positive_int("series_number", series_number)
-    _check_positive_int("instance_number", instance_number)
+    check_long_string("algorithm_name", algorithm_name)
+    check_long_string("algorithm_version", algorithm_version)
+    check_long_string("manufacturer", manufacturer)
+    check_positive_int("series_number", series_number)
+    check_positive_int("instance_number", instance_number)
     if device_observer_uid is None:
         device_observer_uid = default_device_observer_uid(manufacturer, algorithm_name, algorithm_version)
     else:
-        _check_uid("device_observer_uid", device_observer_uid)
+        check_uid("device_observer_uid", device_observer_uid)
 
     algorithm_id = _algorithm_id(algorithm_name, algorithm_version, threshold)
     groups = []
