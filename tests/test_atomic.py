@@ -31,7 +31,7 @@ def test_failure_keeps_the_previous_version(tmp_path: Path) -> None:
         fh.write("partial")
         raise RuntimeError("interrupted")
     assert target.read_text() == "old"
-    with pytest.raises(ValueError, match="(?i)nan"):
+    with pytest.raises(ValueError, match=r"(?i)nan"):
         write_json_atomic(target, {"x": float("nan")})  # strict JSON; nothing written
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
