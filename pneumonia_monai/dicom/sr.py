@@ -54,8 +54,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +67,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from pneumonia_monai.atomic import atomic_open
+from pneumonia_monai.checks import check_probability
 from pneumonia_monai.dicom.values import check_long_string, check_positive_int, check_uid
 
 logger = logging.getLogger(__name__)
@@ -129,16 +128,6 @@ _TYPE2_PATIENT_STUDY = (
 )
 
 
-def _check_probability(name: str, value: object) -> float:
-    # numbers.Real admits numpy scalars (np.float32 is not a float); bool is excluded on purpose.
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-    return value
-
-
 @dataclass(frozen=True)
 class ImageFinding:
     """The classifier's result for one image.
@@ -171,7 +160,7 @@ class ImageFinding:
         # needs a builtin float), hence object.__setattr__ on this frozen dataclass.
         object.__setattr__(self, "sop_instance_uid", check_uid("sop_instance_uid", self.sop_instance_uid))
         object.__setattr__(self, "sop_class_uid", check_uid("sop_class_uid", self.sop_class_uid))
-        object.__setattr__(self, "prob_pneumonia", _check_probability("prob_pneumonia", self.prob_pneumonia))
+        object.__setattr__(self, "prob_pneumonia", check_probability("prob_pneumonia", self.prob_pneumonia))
         if not isinstance(self.present, bool | np.bool_):
             raise TypeError(f"present must be a bool, got {type(self.present).__name__}")
         object.__setattr__(self, "present", bool(self.present))
@@ -187,7 +176,7 @@ class ImageFinding:
         if not given:
             return
         for name, value in subtype.items():
-            object.__setattr__(self, name, _check_probability(name, value))
+            object.__setattr__(self, name, check_probability(name, value))
         normal, bacterial, viral = (getattr(self, name) for name in subtype)
         total = normal + bacterial + viral
         if abs(total - 1.0) > _PROBABILITY_SUM_TOLERANCE:
@@ -389,7 +378,7 @@ def build_pneumonia_sr(
     """
     sources = _validate_sources(source_datasets)
     ordered = _validate_findings(findings, sources)
-    threshold = _check_probability("threshold", threshold)
+    threshold = check_probability("threshold", threshold)
     check_long_string("algorithm_name", algorithm_name)
     check_long_string("algorithm_version", algorithm_version)
     check_long_string("manufacturer", manufacturer)

@@ -22,7 +22,6 @@ import csv
 import hashlib
 import json
 import logging
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from pneumonia_monai import atomic
+from pneumonia_monai.checks import check_probability
 
 logger = logging.getLogger(__name__)
 
@@ -88,12 +88,7 @@ def _check_probability(name: str, value: float | None, *, required: bool) -> flo
         if required:
             raise ValueError(f"{name} is required for an ok row")
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-    return value
+    return check_probability(name, value)
 
 
 @dataclass(frozen=True)
