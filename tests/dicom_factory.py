@@ -19,6 +19,7 @@ Every ``make_*`` returns the dataset it wrote (``path=None`` writes nothing).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -237,3 +238,17 @@ def make_presentation_state(
     if path is not None:
         write(ds, path)
     return ds
+
+
+def referenced_sop_uids(ds: Dataset) -> set[str]:
+    """SOP Instance UIDs referenced anywhere in an SR's content tree."""
+    found: set[str] = set()
+
+    def walk(items: Iterable[Dataset]) -> None:
+        for item in items:
+            for ref in item.get("ReferencedSOPSequence", []):
+                found.add(str(ref.ReferencedSOPInstanceUID))
+            walk(item.get("ContentSequence", []))
+
+    walk(ds.ContentSequence)
+    return found

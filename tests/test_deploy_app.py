@@ -25,6 +25,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from bundle_reference import reference_probabilities
 from dicom_factory import make_cr, make_dx
 from monai.bundle import ConfigParser
 from monai.networks.nets import DenseNet121
@@ -82,21 +83,6 @@ def random_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _film(kind: str, index: int = 0) -> np.ndarray:
     path = sorted((SAMPLE_TREE / "train" / kind).glob("*.jpeg"))[index]
     return np.asarray(Image.open(path).convert("L"), dtype=np.uint8)
-
-
-def _reference_probabilities(bundle: Path, film: Path) -> np.ndarray:
-    """The bundle's own keys run in this (main) environment: preprocessing -> network -> postprocessing."""
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.json"))
-    parser["bundle_root"] = str(bundle)
-    net = parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
-    net.eval()
-    image = parser.get_parsed_content("preprocessing")({"image": str(film)})["image"]
-    with torch.no_grad():
-        logits = parser.get_parsed_content("inferer")(image[None], net)
-    probs = parser.get_parsed_content("postprocessing")({"pred": logits[0]})["pred"]
-    return np.asarray(probs, dtype=np.float64)
 
 
 def _run_app(python: Path, inputs: Path, output: Path, model: Path, tmp: Path) -> subprocess.CompletedProcess:
@@ -206,7 +192,7 @@ def test_app_writes_pneumonia_sr_per_study(deploy_python: Path, random_bundle: P
         assert group.finding_type == PNEUMONIA
         (measurement,) = group.get_measurements(name=PROB_PNEUMONIA)
         assert measurement.unit == codes.UCUM.NoUnits
-        expected = _reference_probabilities(random_bundle, film_path)
+        expected = reference_probabilities(random_bundle, film_path)
         # The app's probability is the bundle's on the same file (the deploy env decodes it the same way).
         assert measurement.value == pytest.approx(expected[1], abs=1e-5)
         (evaluation,) = group.get_qualitative_evaluations(name=PNEUMONIA)

@@ -31,6 +31,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 import torch
+from bundle_reference import reference_probabilities
 from dicom_factory import make_dx, make_sr
 from monai.bundle import ConfigParser
 from monai.networks.nets import DenseNet121
@@ -166,20 +167,6 @@ def random_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
-def _reference(bundle: Path, film: Path) -> float:
-    """p(pneumonia) of the bundle's own keys, run in the main environment."""
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.json"))
-    parser["bundle_root"] = str(bundle)
-    net = parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
-    net.eval()
-    image = parser.get_parsed_content("preprocessing")({"image": str(film)})["image"]
-    with torch.no_grad():
-        probs = torch.softmax(net(image[None]), dim=1)[0]
-    return float(probs[1])
-
-
 def _run_in_label_env(python: Path, script: str, args: list[str], cwd: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(APP_DIR))
     result = subprocess.run(
@@ -243,7 +230,7 @@ def test_task_classifies_dicom_film_series_and_jpeg(
         (str(jpeg), jpeg, None),
     ):
         result = out[image]
-        expected = _reference(random_bundle, film)
+        expected = float(reference_probabilities(random_bundle, film)[1])
         assert result["prob_pneumonia"] == pytest.approx(expected, abs=1e-5)
         assert result["threshold"] == threshold
         assert result["label"] == ("pneumonia" if expected >= threshold else "normal")
@@ -264,6 +251,6 @@ def test_app_infer_request_on_local_datastore(
     )
     assert set(out) == {"pa", "normal"}
     for image, film in (("pa", studies / "pa.dcm"), ("normal", studies / "normal.jpeg")):
-        expected = _reference(random_bundle, film)
+        expected = float(reference_probabilities(random_bundle, film)[1])
         assert out[image]["prob_pneumonia"] == pytest.approx(expected, abs=1e-5)
         assert out[image]["label"] == ("pneumonia" if expected >= out[image]["threshold"] else "normal")

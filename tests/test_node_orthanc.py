@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dicom_factory import make_cr
+from dicom_factory import make_cr, referenced_sop_uids
 from orthanc import OrthancServer, free_port, wait_for
-from pydicom import Dataset, dcmread
+from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from pneumonia_monai.dicomweb.pull import retrieve_study, store_instances
@@ -49,20 +49,6 @@ def dcmtk(tool: str) -> str:
     if path is None:
         pytest.fail(f"{tool} not found; {DCMTK_HINT}")
     return path
-
-
-def referenced_sop_uids(ds: Dataset) -> set[str]:
-    """SOP Instance UIDs referenced anywhere in an SR's content tree."""
-    found: set[str] = set()
-
-    def walk(items: Sequence[Dataset]) -> None:
-        for item in items:
-            for ref in item.get("ReferencedSOPSequence", []):
-                found.add(str(ref.ReferencedSOPInstanceUID))
-            walk(item.get("ContentSequence", []))
-
-    walk(ds.ContentSequence)
-    return found
 
 
 # --------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from dicom_factory import make_cr
+from dicom_factory import make_cr, referenced_sop_uids
 from orthanc import free_port
 from pydicom import Dataset, dcmread
 from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
@@ -69,20 +69,6 @@ def storescu(
 
 # --------------------------------------------------------------------------------------------------
 # test doubles
-
-
-def referenced_sop_uids(ds: Dataset) -> set[str]:
-    """SOP Instance UIDs referenced anywhere in an SR's content tree."""
-    found: set[str] = set()
-
-    def walk(items: Sequence[Dataset]) -> None:
-        for item in items:
-            for ref in item.get("ReferencedSOPSequence", []):
-                found.add(str(ref.ReferencedSOPInstanceUID))
-            walk(item.get("ContentSequence", []))
-
-    walk(ds.ContentSequence)
-    return found
 
 
 class SrProcessor:
