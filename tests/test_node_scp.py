@@ -300,14 +300,21 @@ def test_echo_and_calling_ae_restriction(
     echo = [dcmtk("echoscu"), "-aec", NODE_AET, "127.0.0.1", str(node.port)]
     ok = subprocess.run([*echo, "-aet", "PACS"], capture_output=True, text=True, timeout=30)
     assert ok.returncode == 0, ok.stderr
+    expected = "rejected: calling AE title 'INTRUDER' is not one of ['MODALITY1', 'PACS']"
+
+    def messages() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "pneumonia_monai.node.scp"]
+
     with caplog.at_level("WARNING", logger="pneumonia_monai.node.scp"):
         refused = subprocess.run([*echo, "-aet", "INTRUDER"], capture_output=True, text=True, timeout=30)
+        # pynetdicom sends A-ASSOCIATE-RJ before it fires EVT_REJECTED, so echoscu may exit before
+        # the node's reactor thread has logged the reason: wait for it (bounded) inside the capture.
+        deadline = time.monotonic() + 10
+        while not any(expected in m for m in messages()) and time.monotonic() < deadline:
+            time.sleep(0.05)
     assert refused.returncode != 0
     assert "Calling AE Title Not Recognized" in refused.stderr or "rejected" in refused.stderr.lower()
-    messages = [r.getMessage() for r in caplog.records if r.name == "pneumonia_monai.node.scp"]
-    assert any(
-        "rejected: calling AE title 'INTRUDER' is not one of ['MODALITY1', 'PACS']" in m for m in messages
-    ), messages
+    assert any(expected in m for m in messages()), messages()
 
 
 def _scu_store(port: int, ds: Dataset) -> int:
@@ -427,7 +434,12 @@ def test_stores_succeed_while_the_worker_is_busy_and_the_queue_full(
         result = storescu(node.port, others)
         assert result.returncode == 0, result.stderr  # acknowledged although nothing can be processed
         assert time.monotonic() - started < 20
-        time.sleep(1.0)  # let them become stable: one fits the queue, two wait in the inbox
+        # let them become stable (bounded wait): one fits the queue, two wait in the inbox
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not any(
+            "work queue full (1)" in r.getMessage() for r in caplog.records
+        ):
+            time.sleep(0.1)
     assert any("work queue full (1)" in r.getMessage() for r in caplog.records)
     assert len(list((tmp_path / "work0" / "inbox").iterdir())) == 4
     gate.set()
