@@ -458,7 +458,10 @@ def test_ready_studies_are_batched_but_get_one_result_each(
     assert processor.started.wait(20)  # the worker is busy with the blocker (alone: process())
     files = [study_files(tmp_path / f"s{i}", 2) for i in range(3)]
     assert storescu(node.port, [p for study in files for p in study]).returncode == 0
-    time.sleep(1.0)  # all three become stable and wait in the queue
+    deadline = time.monotonic() + 15  # all three become stable and wait in the queue
+    while node.inbox.queued_count() < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert node.inbox.queued_count() == 3
     gate.set()
     assert node.wait_idle(30)
     assert len(processor.batches) == 1  # the three studies, in one run of the model

@@ -433,6 +433,10 @@ class Inbox:
             results.mkdir(parents=True)
         return uids
 
+    def queued_count(self) -> int:
+        """Return how many stable studies wait in the work queue for the worker."""
+        return self._queue.qsize()
+
     def pending_count(self) -> int:
         """Return how many studies are received but not finished (pending, queued or processing)."""
         with self._cond:
