@@ -291,6 +291,56 @@ def test_jpeg_extended_12_bit_decodes_without_the_gpl_decoder(cr):
     assert 0 < np.abs(image.astype(np.float64) - source).mean() < 0.01  # lossy, but the same film
 
 
+# ------------------------------------------------------------------- imagecodecs for JPEG 2000 / JPEG-LS
+
+#: Grayscale JPEG 2000 and JPEG-LS files of pydicom's test data: signed, unsigned, 8 to 16 bits, lossy,
+#: a 13-bit codestream stored as signed against Pixel Representation, and the real 15-bit chest CR.
+IMAGECODECS_GRAYSCALE = [
+    "MR_small_jp2klossless.dcm",
+    "JPEG2000.dcm",
+    "J2K_pixelrep_mismatch.dcm",
+    "693_J2KI.dcm",
+    "693_J2KR.dcm",
+    "RG1_J2KR.dcm",
+    "RG1_J2KI.dcm",
+    "RG3_J2KI.dcm",
+    "MR2_J2KI.dcm",
+    "emri_small_jpeg_2k_lossless.dcm",
+    "MR_small_jpeg_ls_lossless.dcm",
+    "emri_small_jpeg_ls_lossless.dcm",
+    "JPEGLSNearLossless_08.dcm",
+    "JPEGLSNearLossless_16.dcm",
+]
+
+
+@pytest.mark.parametrize("name", IMAGECODECS_GRAYSCALE)
+def test_imagecodecs_plugin_gives_the_samples_of_the_other_plugins(name):
+    ds = dcmread(get_testdata_file(name))
+    syntax = ds.file_meta.TransferSyntaxUID
+    codecs.register_extra_decoders()
+    assert codecs.preferred_plugin(syntax) == "imagecodecs"  # the GIL-free decoder is tried first
+    decoder = get_decoder(syntax)
+    ours, _ = decoder.as_array(ds, index=0, decoding_plugin="imagecodecs")
+    others = [p for p in codecs.available_plugins(syntax) if p != "imagecodecs"]
+    assert others, f"no other licence-safe plugin for {syntax.name} to compare with"
+    for plugin in others:
+        theirs, _ = decoder.as_array(ds, index=0, decoding_plugin=plugin)
+        assert ours.dtype == theirs.dtype, plugin
+        np.testing.assert_array_equal(ours, theirs, err_msg=plugin)
+
+
+@pytest.mark.parametrize("name", ["US1_J2KR.dcm", "SC_rgb_jls_lossy_line.dcm"])
+def test_colour_data_falls_back_from_imagecodecs_to_the_other_plugins(name):
+    ds = dcmread(get_testdata_file(name))
+    decoder = get_decoder(ds.file_meta.TransferSyntaxUID)
+    codecs.register_extra_decoders()
+    with pytest.raises(RuntimeError, match="imagecodecs"):
+        decoder.as_array(ds, index=0, decoding_plugin="imagecodecs")
+    image, meta = read_image(get_testdata_file(name))  # the preferred plugin fails, another decodes
+    assert meta["transfer_syntax_uid"] == ds.file_meta.TransferSyntaxUID
+    assert image.shape == (ds.Rows, ds.Columns) and 0.0 <= image.min() < image.max() <= 1.0
+
+
 # ----------------------------------------------------------------------------------------------- CLI
 
 

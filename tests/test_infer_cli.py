@@ -26,7 +26,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from dicom_factory import make_cr, make_sr
+from dicom_factory import make_cr, make_sr, referenced_sop_uids
 from PIL import Image
 from pydicom.uid import JPEG2000Lossless, RLELossless, SecondaryCaptureImageStorage
 
@@ -475,6 +475,35 @@ def test_a_changed_input_file_is_recomputed(tmp_path, bundle_dir):
     # asking for heatmaps later computes them for the files that have none
     third = run_inference([data], out, bundle=bundle_dir, workers=0, heatmaps=True, progress=False)
     assert third.n_inferred == 2 and len(third.png_paths) == 2 and len(third.sc_paths) == 2
+
+
+def test_sr_built_during_the_run_is_rebuilt_when_its_study_gets_more_images_later(
+    tmp_path, bundle_dir, caplog
+):
+    """SRs are written while the run goes on, for studies a batch passed without adding to; a study whose
+    files come in two stretches of the input order still ends with one SR over all of its images."""
+    data = tmp_path / "in"
+    early = chest(data / "0_a.dcm", 0, STUDY_A)
+    others = [chest(data / f"{i}_b.dcm", i, STUDY_B) for i in range(1, 6)]
+    late = chest(data / "9_a.dcm", 6, STUDY_A)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO, logger="pneumonia_monai.dicom.sr"):
+        summary = run_inference([data], out, bundle=bundle_dir, batch_size=2, workers=0, progress=False)
+    assert summary.exit_code == 0 and summary.counts["ok"] == 7
+    built = [r.getMessage() for r in caplog.records if r.getMessage().startswith("built pneumonia SR")]
+    # study A first with its early image (a batch of B only passed), then again with both; B once
+    assert [m.split(" image(s)")[0] for m in built].count("built pneumonia SR for 1") == 1
+    assert len(built) == 3
+    assert sorted(p.name for p in (out / "sr").iterdir()) == sorted([f"{STUDY_A}.dcm", f"{STUDY_B}.dcm"])
+    assert summary.sr_paths and len(summary.sr_paths) == 2
+    sr_a = pydicom.dcmread(out / "sr" / f"{STUDY_A}.dcm")
+    assert referenced_sop_uids(sr_a) == {early.SOPInstanceUID, late.SOPInstanceUID}
+    sr_b = pydicom.dcmread(out / "sr" / f"{STUDY_B}.dcm")
+    assert referenced_sop_uids(sr_b) == {ds.SOPInstanceUID for ds in others}
+    # a second run with the same results keeps both reports as they are
+    again = run_inference([data], out, bundle=bundle_dir, batch_size=2, workers=0, progress=False)
+    assert again.n_reused == 7
+    assert pydicom.dcmread(out / "sr" / f"{STUDY_A}.dcm").SOPInstanceUID == sr_a.SOPInstanceUID
 
 
 def test_in_flight_items_stay_bounded_on_a_large_folder(tmp_path, bundle_dir, monkeypatch, caplog):

@@ -76,6 +76,26 @@ def test_lung_crop_on_real_films(sample_images: list[Path]) -> None:
     )
 
 
+def test_lung_box_of_a_hospital_size_film_is_the_box_of_the_224_pixel_film(sample_images: list[Path]) -> None:
+    """Films of 2,000 pixels take the block-average thumbnail path; the box, as fractions of the film,
+    must be the one found on the 224-pixel training size, or DICOM and JPEG would see different crops."""
+    deviations = []
+    for path in sample_images[:16]:
+        small, _ = load_film(path)
+        box, _ = find_lung_box(small)
+        big_pil = Image.fromarray(np.round(small * 255).astype(np.uint8)).resize((2000, 2000), Image.BICUBIC)
+        big = np.asarray(big_pil, dtype=np.float32) / 255.0
+        big_box, _ = find_lung_box(big)
+        if box is None or big_box is None:
+            deviations.append(1.0 if (box is None) != (big_box is None) else 0.0)
+            continue
+        scale = np.array([small.shape[0]] * 2 + [small.shape[1]] * 2, dtype=float)
+        deviations.append(float(np.abs(np.array(big_box) / 2000.0 - np.array(box) / scale).max()))
+    deviations_array = np.array(deviations)
+    assert np.median(deviations_array) <= 0.01, deviations
+    assert (deviations_array > 0.05).mean() <= 0.125, deviations
+
+
 def test_lung_crop_crops_a_wide_film(sample_images: list[Path]) -> None:
     # a film padded with wide dark borders (as hospital CR often is) is cropped back to the chest
     image, _ = load_film(sample_images[3])

@@ -72,6 +72,21 @@ GPL_PLUGINS: frozenset[tuple[str, str]] = frozenset(
     )
 )
 
+#: Plugins tried first where several licence-safe ones decode a syntax (pydicom's own order is by
+#: registration, not speed). Measured on 2,000 x 2,000 12-bit films, one core: JPEG-LS 82 ms with
+#: imagecodecs and 81 ms with pyjpegls (CharLS both) against 167 ms with python-gdcm; JPEG 2000 lossless
+#: 154 ms with imagecodecs, 178 ms with pylibjpeg-openjpeg, 196 ms with gdcm, 226 ms with Pillow; RLE
+#: 14 ms with pylibjpeg-rle against 136 ms with pydicom's numpy decoder. imagecodecs comes first for
+#: JPEG 2000 and JPEG-LS because it also releases the GIL, so decoding threads run in parallel (see
+#: :mod:`pneumonia_monai.dicom.imagecodecs_plugin`). When the preferred plugins fail (colour data,
+#: say), pydicom's own order is tried.
+PREFERRED_PLUGINS: dict[str, tuple[str, ...]] = {
+    uid.JPEGLSLossless: ("imagecodecs", "pyjpegls"),
+    uid.JPEGLSNearLossless: ("imagecodecs", "pyjpegls"),
+    uid.JPEG2000Lossless: ("imagecodecs", "pylibjpeg"),
+    uid.JPEG2000: ("imagecodecs", "pylibjpeg"),
+    uid.RLELossless: ("pylibjpeg",),
+}
 
 _EXTRA_DECODERS_REGISTERED = False
 
@@ -79,9 +94,9 @@ _EXTRA_DECODERS_REGISTERED = False
 def register_extra_decoders() -> None:
     """Add this package's decoder plugins to pydicom's registry (once; idempotent).
 
-    Today one: :mod:`pneumonia_monai.dicom.imagecodecs_plugin`, for 12-bit JPEG Extended, which no
-    other licence-safe pydicom plugin decodes. It is registered last, so pydicom's own plugins are
-    tried first.
+    Today one: :mod:`pneumonia_monai.dicom.imagecodecs_plugin`, for 12-bit JPEG Extended (which no
+    other licence-safe pydicom plugin decodes), JPEG 2000 and JPEG-LS. It is registered last, so
+    pydicom's own order is unchanged; :data:`PREFERRED_PLUGINS` says which plugin is tried first.
     """
     global _EXTRA_DECODERS_REGISTERED
     if _EXTRA_DECODERS_REGISTERED:
@@ -126,6 +141,15 @@ def available_plugins(syntax: str, include_gpl: bool = False) -> list[str]:
     return [
         name for name in decoder.available_plugins if include_gpl or (str(syntax), name) not in GPL_PLUGINS
     ]
+
+
+def preferred_plugin(syntax: str) -> str | None:
+    """Return the fastest licence-safe plugin installed for ``syntax`` (:data:`PREFERRED_PLUGINS`), if any."""
+    wanted = PREFERRED_PLUGINS.get(str(syntax), ())
+    if not wanted:
+        return None
+    installed = available_plugins(syntax)
+    return next((name for name in wanted if name in installed), None)
 
 
 def check_decoders(include_gpl: bool = False) -> dict[str, list[str]]:

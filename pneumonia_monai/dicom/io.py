@@ -163,6 +163,18 @@ def _check_native_length(ds: Dataset) -> None:
         )
 
 
+def _decode_with(
+    decoder: Any, ds: Dataset, options: dict[str, Any], preferred: str | None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decode frame 0 with the ``preferred`` plugin first, then with pydicom's own choice of plugins."""
+    if preferred is not None:
+        try:
+            return decoder.as_array(ds, index=0, decoding_plugin=preferred, **options)
+        except Exception as exc:  # noqa: BLE001 - pydicom's own plugin order below gets its chance
+            logger.debug("%s plugin failed (%s: %s); trying the others", preferred, type(exc).__name__, exc)
+    return decoder.as_array(ds, index=0, **options)
+
+
 def _decode_first_frame(ds: Dataset, tsyntax: uid.UID) -> tuple[np.ndarray, str]:
     """Decode frame 0; return it with the photometric interpretation the decoder left it in."""
     label = codecs.syntax_label(tsyntax)
@@ -178,8 +190,9 @@ def _decode_first_frame(ds: Dataset, tsyntax: uid.UID) -> tuple[np.ndarray, str]
         )
     if not tsyntax.is_encapsulated:
         _check_native_length(ds)
+    options = as_pixel_options(ds)
     try:
-        arr, changes = decoder.as_array(ds, index=0, **as_pixel_options(ds))
+        arr, changes = _decode_with(decoder, ds, options, codecs.preferred_plugin(tsyntax))
     except Exception as exc:  # every decoder failure becomes a per-file reason
         if tsyntax == uid.JPEGExtended12Bit and int(ds.BitsStored) > 8:
             raise DicomReadError(

@@ -269,7 +269,10 @@ def apply_modality_lut(ds: Dataset, stored: np.ndarray) -> tuple[np.ndarray, tup
     if slope == 0:
         raise ValueError("Rescale Slope (0028,1053) is 0: every pixel would map to the same value")
     ends = sorted((low * slope + intercept, high * slope + intercept))
-    return stored.astype(np.float64) * slope + intercept, (ends[0], ends[1]), "rescale"
+    values = stored.astype(np.float64)  # in place from here: films are 4 million pixels or more
+    values *= slope
+    values += intercept
+    return values, (ends[0], ends[1]), "rescale"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -288,7 +291,10 @@ def window_linear(x: np.ndarray, center: float, width: float) -> np.ndarray:
     if width == 1:
         return (x > center - 0.5).astype(np.float64)
     # The middle piece meets 0 and 1 exactly at the two thresholds, so clipping is the piecewise rule.
-    return np.clip((x - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+    out = x - (center - 0.5)  # a new array, then in place
+    out /= width - 1
+    out += 0.5
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def window_linear_exact(x: np.ndarray, center: float, width: float) -> np.ndarray:
@@ -298,8 +304,10 @@ def window_linear_exact(x: np.ndarray, center: float, width: float) -> np.ndarra
     """
     if width <= 0:
         raise ValueError(f"a LINEAR_EXACT window needs Window Width > 0, got {width}")
-    x = np.asarray(x, dtype=np.float64)
-    return np.clip((x - center) / width + 0.5, 0.0, 1.0)
+    out = np.asarray(x, dtype=np.float64) - center  # a new array, then in place
+    out /= width
+    out += 0.5
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def window_sigmoid(x: np.ndarray, center: float, width: float) -> np.ndarray:
@@ -485,7 +493,7 @@ def to_display(
     info.update(voi_info)
     info["inverted"], info["polarity"] = output_inverted(ds, pi)
     if info["inverted"]:
-        out = 1.0 - out
+        np.subtract(1.0, out, out=out)  # apply_voi returns a new array: ours to change
     if padded is not None:
         out[padded] = 0.0
         info["padded_pixels"] = int(padded.sum())

@@ -7,15 +7,19 @@ received study). Its pipeline, for every file found under the inputs, in a stabl
    (by suffix, and not DICOM by header) are taken as frontal chest films; everything else goes through the
    DICOM selection rules (:func:`pneumonia_monai.dicom.selection.decide_file`);
 2. **decoding and preprocessing** with the bundle's own ``preprocessing``, in a pool of ``workers`` threads
-   (pydicom's decoders, numpy, scikit-image and torch release the GIL for most of this work);
+   (numpy, scipy, torch and the decoders tried first, imagecodecs for JPEG 2000 / JPEG-LS and
+   pylibjpeg-rle, release the GIL for most of this work; see
+   :data:`pneumonia_monai.dicom.codecs.PREFERRED_PLUGINS`);
 3. **batched inference** on the device (``torch.inference_mode``, mixed precision on CUDA) through the
    bundle's ``postprocessing``; optional Grad-CAM heatmaps (PNG for people, DICOM Secondary Capture for
    DICOM inputs);
 4. the file's row is appended to the resume journal as soon as it is done.
 
-At the end ``results.csv``, ``results.json`` and ``studies.csv`` are rebuilt from the rows of every file
-found (see :mod:`pneumonia_monai.inference.manifest`) and one DICOM SR is written per study with at least one
-``ok`` DICOM image (:func:`pneumonia_monai.dicom.sr.build_pneumonia_sr`).
+One DICOM SR is written per study with at least one ``ok`` DICOM image
+(:func:`pneumonia_monai.dicom.sr.build_pneumonia_sr`): during the run, for a study as soon as a batch
+passes without adding to it (while the threads decode), and at the end for the rest and for any study
+whose results changed since. At the end ``results.csv``, ``results.json`` and ``studies.csv`` are rebuilt
+from the rows of every file found (see :mod:`pneumonia_monai.inference.manifest`).
 
 Memory is bounded whatever the number of files: at most :func:`in_flight_limit` preprocessed images exist
 at any time (a bounded window of submitted work plus one batch); rows hold no pixels.
@@ -455,6 +459,12 @@ class _Run:
             in_flight_limit=in_flight_limit(batch_size, workers),
         )
         self.recorded = 0
+        self.jobs: list[_Job] = []
+        #: Study Instance UID -> digest of the results its SR on disk was built from.
+        self.sr_state: dict[str, Any] = {}
+        self._recent_studies: set[str] = set()
+        #: Study Instance UID -> {job index: (job, row)} of its ``ok`` DICOM images done so far.
+        self._ok_by_study: dict[str, dict[int, tuple[_Job, ResultRow]]] = {}
 
     # ---- driving
 
@@ -463,8 +473,9 @@ class _Run:
 
         start = time.perf_counter()
         log_missing_decoders()
-        jobs = self._jobs(inputs)
+        jobs = self.jobs = self._jobs(inputs)
         previous = {} if self.force else self.journal.load()
+        self.sr_state = {} if self.force else _read_json_object(self.state_dir / SR_STATE_NAME)
         self.rows = [None] * len(jobs)
         self.entries = [None] * len(jobs)
         logger.info(
@@ -632,11 +643,14 @@ class _Run:
             done_heatmaps = self.heatmaps and self._heatmap(item, p)
             item.image = None  # no pixels are kept past this point
             self._done(item.job, StateEntry(row, heatmaps=done_heatmaps))
+        self._write_srs_of_settled_studies({item.study_uid for item in batch if item.study_uid})
 
     def _done(self, job: _Job, entry: StateEntry, *, record: bool = True) -> None:
         self.rows[job.index] = entry.row
         self.entries[job.index] = (job.key, entry)
         self.summary.counts[entry.row.status] += 1
+        if entry.row.status == OK and entry.row.study_uid:
+            self._ok_by_study.setdefault(entry.row.study_uid, {})[job.index] = (job, entry.row)
         self.progress.update()
         if entry.row.status == ERROR:
             logger.warning("%s: error: %s", job.rel, entry.row.reason)
@@ -729,62 +743,89 @@ class _Run:
                     self.summary.sc_paths.append(sc_path)
 
     def _write_srs(self, jobs: list[_Job], studies: list[StudyRow]) -> list[StudyRow]:
-        from pydicom import dcmread
+        """Write (or keep) the SR of each study with ``ok`` DICOM images; return the studies with SR paths."""
+        members = self._study_members(jobs)
+        updated = []
+        for study in studies:
+            images = members.get(study.study_uid)
+            path = self._write_sr(study.study_uid, images) if images else None
+            updated.append(
+                study if path is None else replace(study, sr_path=path.relative_to(self.out).as_posix())
+            )
+            if path is not None:
+                self.summary.sr_paths.append(path)
+        write_json_atomic(self.state_dir / SR_STATE_NAME, self.sr_state)
+        return updated
 
-        from pneumonia_monai.dicom.sr import ImageFinding, build_pneumonia_sr, write_dataset_atomic
-
-        sr_state_path = self.state_dir / SR_STATE_NAME
-        sr_state = {} if self.force else _read_json_object(sr_state_path)
+    def _study_members(self, jobs: list[_Job]) -> dict[str, list[tuple[_Job, ResultRow]]]:
+        """The ``ok`` DICOM images done so far, by Study Instance UID, in input order."""
         members: dict[str, list[tuple[_Job, ResultRow]]] = {}
         for job, row in zip(jobs, self.rows, strict=True):
             if row is not None and row.status == OK and row.study_uid:
                 members.setdefault(row.study_uid, []).append((job, row))
-        folder = self.out / SR_DIR
-        updated = []
-        for study in studies:
-            images = members.get(study.study_uid)
-            if not images:
-                updated.append(study)
-                continue
-            path = folder / f"{study.study_uid}.dcm"
-            digest = _study_digest(self.journal.fingerprint, [row for _, row in images])
-            if sr_state.get(study.study_uid) == digest and path.is_file():
-                logger.debug("study %s unchanged: its SR is kept", study.study_uid)
-            else:
-                try:
-                    headers = [dcmread(job.path, stop_before_pixels=True, force=True) for job, _ in images]
-                    findings = [
-                        ImageFinding(
-                            sop_instance_uid=row.sop_uid,
-                            sop_class_uid=str(header.SOPClassUID),
-                            prob_pneumonia=row.prob_pneumonia,  # type: ignore[arg-type]
-                            present=row.prediction == PNEUMONIA,
-                            prob_normal=row.prob_normal,
-                            prob_bacterial=row.prob_bacterial,
-                            prob_viral=row.prob_viral,
-                        )
-                        for (_, row), header in zip(images, headers, strict=True)
-                    ]
-                    sr = build_pneumonia_sr(
-                        headers,
-                        findings,
-                        algorithm_name=self.bundle.model_name,
-                        algorithm_version=self.bundle.model_version,
-                        threshold=self.bundle.threshold,
-                    )
-                    folder.mkdir(exist_ok=True)
-                    write_dataset_atomic(sr, path)
-                except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
-                    self.summary.output_failures += 1
-                    logger.error("study %s: SR not written: %s: %s", study.study_uid, type(exc).__name__, exc)
-                    sr_state.pop(study.study_uid, None)
-                    updated.append(study)
-                    continue
-                sr_state[study.study_uid] = digest
-            self.summary.sr_paths.append(path)
-            updated.append(replace(study, sr_path=path.relative_to(self.out).as_posix()))
-        write_json_atomic(sr_state_path, sr_state)
-        return updated
+        return members
+
+    def _write_srs_of_settled_studies(self, touched: set[str]) -> None:
+        """Write the SRs of studies that the last batch did not add to, while the workers decode.
+
+        Files of a study usually come together in input order, so a study that got images in one batch
+        and none in the next is most likely complete: its SR is built now, in parallel with the decoding
+        threads (the decoders release the GIL), instead of all SRs at the end. Should more of its images
+        come later, the end of the run sees that the study's results changed and builds it again.
+        """
+        settled = self._recent_studies - touched
+        self._recent_studies = touched
+        if not settled or not self.write_sr:
+            return
+        for study_uid in sorted(settled):
+            done = self._ok_by_study.get(study_uid)
+            if done:
+                self._write_sr(study_uid, [done[index] for index in sorted(done)])
+
+    def _write_sr(self, study_uid: str, images: list[tuple[_Job, ResultRow]]) -> Path | None:
+        """Write the SR of one study unless the same results already have one; return its path.
+
+        Returns ``None`` (and counts an output failure) when it cannot be written.
+        """
+        from pydicom import dcmread
+
+        from pneumonia_monai.dicom.sr import ImageFinding, build_pneumonia_sr, write_dataset_atomic
+
+        path = self.out / SR_DIR / f"{study_uid}.dcm"
+        digest = _study_digest(self.journal.fingerprint, [row for _, row in images])
+        if self.sr_state.get(study_uid) == digest and path.is_file():
+            logger.debug("study %s unchanged: its SR is kept", study_uid)
+            return path
+        try:
+            headers = [dcmread(job.path, stop_before_pixels=True, force=True) for job, _ in images]
+            findings = [
+                ImageFinding(
+                    sop_instance_uid=row.sop_uid,
+                    sop_class_uid=str(header.SOPClassUID),
+                    prob_pneumonia=row.prob_pneumonia,  # type: ignore[arg-type]
+                    present=row.prediction == PNEUMONIA,
+                    prob_normal=row.prob_normal,
+                    prob_bacterial=row.prob_bacterial,
+                    prob_viral=row.prob_viral,
+                )
+                for (_, row), header in zip(images, headers, strict=True)
+            ]
+            sr = build_pneumonia_sr(
+                headers,
+                findings,
+                algorithm_name=self.bundle.model_name,
+                algorithm_version=self.bundle.model_version,
+                threshold=self.bundle.threshold,
+            )
+            path.parent.mkdir(exist_ok=True)
+            write_dataset_atomic(sr, path)
+        except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+            self.summary.output_failures += 1
+            logger.error("study %s: SR not written: %s: %s", study_uid, type(exc).__name__, exc)
+            self.sr_state.pop(study_uid, None)
+            return None
+        self.sr_state[study_uid] = digest
+        return path
 
 
 def _reusable(entry: StateEntry | None, heatmaps: bool) -> bool:

@@ -73,6 +73,33 @@ def _body_box(thumb: np.ndarray) -> tuple[int, int, int, int]:
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
+def _thumbnail(image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    """Quantise ``image`` to 256 grey levels and shrink it to at most :data:`THUMBNAIL_SIZE` a side.
+
+    A film more than twice the thumbnail's size is first averaged over ``k`` x ``k`` blocks (``k`` the
+    largest integer that keeps it at least twice the thumbnail's size; the last ``rows % k`` rows and
+    ``cols % k`` columns are left out), then resized with anti-aliasing as smaller films are. The block
+    average is exact area down-sampling and costs one pass over the film, where anti-aliasing a 2,000-pixel
+    film with a Gaussian costs ten times more and gives the same thumbnail to within a grey level.
+
+    Returns:
+        ``(thumbnail, (rows_used, cols_used))``: the float64 thumbnail and the part of the film it
+        shows (rows and columns from 0).
+    """
+    rows, cols = image.shape
+    levels = np.rint(np.clip(image, 0.0, 1.0) * 255.0)
+    k = max(rows, cols) // (2 * THUMBNAIL_SIZE)
+    if k >= 2:
+        rows, cols = rows - rows % k, cols - cols % k
+        blocks = levels[:rows, :cols].reshape(rows // k, k, cols // k, k)
+        levels = blocks.mean(axis=(1, 3), dtype=np.float64)
+    scale = THUMBNAIL_SIZE / max(levels.shape)
+    if scale < 1.0:
+        shape = (max(8, round(levels.shape[0] * scale)), max(8, round(levels.shape[1] * scale)))
+        levels = transform.resize(levels, shape, order=1, anti_aliasing=True, preserve_range=True)
+    return levels.astype(np.float64, copy=False), (rows, cols)
+
+
 def find_lung_box(image: np.ndarray, margin: float = 0.05) -> tuple[tuple[int, int, int, int] | None, str]:
     """Find the lung fields of a film.
 
@@ -92,13 +119,7 @@ def find_lung_box(image: np.ndarray, margin: float = 0.05) -> tuple[tuple[int, i
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin!r}")
     rows, cols = image.shape
-    levels = np.rint(np.clip(image, 0.0, 1.0) * 255.0)
-    scale = THUMBNAIL_SIZE / max(rows, cols)
-    if scale < 1.0:
-        shape = (max(8, round(rows * scale)), max(8, round(cols * scale)))
-        thumb = transform.resize(levels, shape, order=1, anti_aliasing=True, preserve_range=True)
-    else:
-        thumb = levels
+    thumb, (rows_used, cols_used) = _thumbnail(image)
     thumb = filters.gaussian(thumb, sigma=1.0, preserve_range=True)
     if float(thumb.max() - thumb.min()) < 8.0:
         return None, "film has almost no contrast"
@@ -156,11 +177,12 @@ def find_lung_box(image: np.ndarray, margin: float = 0.05) -> tuple[tuple[int, i
         return None, f"lung box covers only {area:.0%} of the body"
     if (c1 - c0) / b_width < MIN_BOX_WIDTH:
         return None, f"lung box spans only {(c1 - c0) / b_width:.0%} of the body's width (one lung found)"
+    # Fractions of the thumbnail are fractions of the part of the film it was made of.
     box = (
-        max(0, int(np.floor((r0 - margin) * rows))),
-        min(rows, int(np.ceil((r1 + margin) * rows))),
-        max(0, int(np.floor((c0 - margin) * cols))),
-        min(cols, int(np.ceil((c1 + margin) * cols))),
+        max(0, int(np.floor(r0 * rows_used - margin * rows))),
+        min(rows, int(np.ceil(r1 * rows_used + margin * rows))),
+        max(0, int(np.floor(c0 * cols_used - margin * cols))),
+        min(cols, int(np.ceil(c1 * cols_used + margin * cols))),
     )
     return box, "detected"
 
