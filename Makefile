@@ -9,6 +9,7 @@ PY := $(VENV)/bin/python
 SYSTEM_PACKAGES := dcmtk dicom3tools orthanc orthanc-dicomweb
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_OUT ?= demo-output
+BENCH_DIR ?= /tmp/pneumonia-monai-benchmark
 
 .PHONY: install system-deps demo train-demo test lint benchmark clean
 
@@ -44,7 +45,7 @@ test: install system-deps lint
 
 benchmark: install
 	$(PY) scripts/benchmark_train.py
-	$(PY) scripts/benchmark_infer.py
+	$(PY) scripts/benchmark_infer.py --n 96 --batch-size 8 --workers 0 2 --workdir $(BENCH_DIR)
 
 clean:
 	rm -rf $(DEMO_OUT) bundle/runs bundle/eval .pytest_cache .ruff_cache

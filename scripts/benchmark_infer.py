@@ -15,7 +15,9 @@ Then, on the same device and batch size, it prints:
   preprocessing, batched inference, journal, SRs and manifests; model loading excluded), once per
   ``--workers`` value given, so that the decoding pool's scaling can be read off;
 - images/s of the bare network forward on pre-made tensors of the bundle's spatial size;
-- their ratio (the share of the device's speed the pipeline delivers).
+- their ratio (the share of the device's speed the pipeline delivers);
+- what each film costs, by compression, in one thread: decoding with the LUT steps, the lung-field
+  search and the whole preprocessing, and what one study's SR costs, so that the ratio can be explained.
 
 Without ``bundle/models/model.pt`` (or ``--bundle`` pointing at a bundle with a checkpoint), a copy of the
 bundle with random weights is made in ``WORKDIR``: the speed is the same, the probabilities meaningless.
@@ -208,6 +210,55 @@ def bare_forward(bundle_dir: Path, device: str, batch_size: int, n: int) -> floa
     return batches * batch_size / elapsed
 
 
+def stage_costs(folder: Path, bundle_dir: Path) -> tuple[dict[str, dict[str, float]], float]:
+    """Median milliseconds per film of each compression for the pipeline's stages, in one thread.
+
+    Returns ``({compression: {"decode + LUTs": ms, "lung box": ms, "preprocessing": ms}}, SR ms per
+    study)``: decoding with the Modality/VOI LUT steps (:func:`~pneumonia_monai.dicom.io.read_image`),
+    the lung-field search on the decoded film, the bundle's whole ``preprocessing`` (both of those plus
+    crop and resize), and building and writing one study's SR from its headers.
+    """
+    from pydicom import dcmread
+
+    from pneumonia_monai.dicom.io import read_image
+    from pneumonia_monai.dicom.sr import ImageFinding, build_pneumonia_sr, write_dataset_atomic
+    from pneumonia_monai.transforms.lung_crop import find_lung_box
+
+    preprocessing = load_bundle(bundle_dir, device="cpu").preprocessing
+    timings: dict[str, dict[str, list[float]]] = {}
+    for path in sorted(folder.rglob("*.dcm")):
+        kind = path.stem.split("_", 1)[1]
+        stages = timings.setdefault(kind, {"decode + LUTs": [], "lung box": [], "preprocessing": []})
+        start = time.perf_counter()
+        image, _ = read_image(path)
+        stages["decode + LUTs"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        find_lung_box(image)
+        stages["lung box"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        preprocessing({"image": str(path)})
+        stages["preprocessing"].append(time.perf_counter() - start)
+    study = sorted(p for p in folder.iterdir() if p.is_dir())[0]
+    headers = [dcmread(p, stop_before_pixels=True) for p in sorted(study.glob("*.dcm"))]
+    findings = [
+        ImageFinding(str(h.SOPInstanceUID), str(h.SOPClassUID), prob_pneumonia=0.5, present=True)
+        for h in headers
+    ]
+    sr_times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        sr = build_pneumonia_sr(
+            headers, findings, algorithm_name="benchmark", algorithm_version="0", threshold=0.5
+        )
+        write_dataset_atomic(sr, folder.parent / "benchmark_sr.dcm")
+        sr_times.append(time.perf_counter() - start)
+    medians = {
+        kind: {stage: 1000 * float(np.median(values)) for stage, values in stages.items()}
+        for kind, stages in timings.items()
+    }
+    return medians, 1000 * float(np.median(sr_times))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print the numbers."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -263,7 +314,18 @@ def main(argv: list[str] | None = None) -> int:
     model = bare_forward(bundle_dir, args.device, args.batch_size, args.n)
 
     threads = torch.get_num_threads()
+    stages, sr_ms = stage_costs(args.workdir / "dicom", bundle_dir)
     print(f"device: {device}, batch size {args.batch_size}, torch threads {threads}")
+    print("per film, one thread, median ms:")
+    names = list(next(iter(stages.values())))
+    print(f"  {'compression':<20}" + "".join(f"{name:>16}" for name in names))
+    for kind, costs in stages.items():
+        print(f"  {kind:<20}" + "".join(f"{costs[name]:16.1f}" for name in names))
+    mean_pre = float(np.mean([costs["preprocessing"] for costs in stages.values()]))
+    print(
+        f"  mean preprocessing {mean_pre:.1f} ms per film; SR build + write {sr_ms:.1f} ms per study "
+        f"of {IMAGES_PER_STUDY}; bare forward {1000 / model:.1f} ms per image"
+    )
     for workers, speed in end_to_end.items():
         print(f"end to end (run_inference, {workers} worker(s)): {speed:8.2f} images/s")
     print(f"bare model forward:                       {model:8.2f} images/s")
