@@ -270,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workdir", type=Path, required=True, help="where the films and outputs go")
     parser.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: the package's)")
+    parser.add_argument(
+        "--no-sr", action="store_true", help="time infer without writing SRs (as infer --no-sr)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -307,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=workers,
             force=True,
             progress=False,
+            write_sr=not args.no_sr,
         )
         if summary.counts["ok"] != args.n:
             print(f"warning: {summary.counts} (expected {args.n} ok)", file=sys.stderr)
@@ -327,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         f"of {IMAGES_PER_STUDY}; bare forward {1000 / model:.1f} ms per image"
     )
     for workers, speed in end_to_end.items():
-        print(f"end to end (run_inference, {workers} worker(s)): {speed:8.2f} images/s")
+        label = f"{workers} worker(s){', no SR' if args.no_sr else ''}"
+        print(f"end to end (run_inference, {label}): {speed:8.2f} images/s")
     print(f"bare model forward:                       {model:8.2f} images/s")
     for workers, speed in end_to_end.items():
         print(f"ratio end to end / model ({workers} worker(s)):   {speed / model:8.3f}")
