@@ -506,6 +506,46 @@ def test_sr_built_during_the_run_is_rebuilt_when_its_study_gets_more_images_late
     assert pydicom.dcmread(out / "sr" / f"{STUDY_A}.dcm").SOPInstanceUID == sr_a.SOPInstanceUID
 
 
+@pytest.mark.parametrize("failures", [1, 99])
+def test_an_sr_that_cannot_be_built_is_retried_at_the_end_then_fails_the_run(
+    tmp_path, bundle_dir, monkeypatch, caplog, failures
+):
+    """A failure while the run goes on is only a warning (the end of the run tries again); a failure at
+    the end is an output failure: exit status 1, the rows still ``ok``, no report file."""
+    from pneumonia_monai.dicom import sr as sr_module
+
+    data = tmp_path / "in"
+    chest(data / "0_a.dcm", 0, STUDY_A)
+    for i in range(1, 5):
+        chest(data / f"{i}_b.dcm", i, STUDY_B)
+    real = sr_module.build_pneumonia_sr
+    calls: list[str] = []
+
+    def flaky(sources, findings, **kwargs):
+        calls.append(str(sources[0].StudyInstanceUID))
+        if str(sources[0].StudyInstanceUID) == STUDY_A and calls.count(STUDY_A) <= failures:
+            raise ValueError("simulated failure")
+        return real(sources, findings, **kwargs)
+
+    monkeypatch.setattr(sr_module, "build_pneumonia_sr", flaky)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="pneumonia_monai"):
+        summary = run_inference([data], out, bundle=bundle_dir, batch_size=2, workers=0, progress=False)
+    assert calls.count(STUDY_A) == 2  # once during the run (after a batch of B only), once at the end
+    assert summary.counts["ok"] == 5
+    assert "retried at the end" in caplog.text
+    if failures == 1:
+        assert summary.exit_code == 0 and summary.output_failures == 0
+        assert (out / "sr" / f"{STUDY_A}.dcm").is_file()
+    else:
+        assert summary.exit_code == 1 and summary.output_failures == 1
+        assert not (out / "sr" / f"{STUDY_A}.dcm").exists()
+        assert f"study {STUDY_A}: SR not written: ValueError: simulated failure" in caplog.text
+        study_a = next(r for r in read_csv(out / "studies.csv") if r["study_uid"] == STUDY_A)
+        assert study_a["sr_path"] == ""
+    assert (out / "sr" / f"{STUDY_B}.dcm").is_file()
+
+
 def test_in_flight_items_stay_bounded_on_a_large_folder(tmp_path, bundle_dir, monkeypatch, caplog):
     data = tmp_path / "films"
     data.mkdir()

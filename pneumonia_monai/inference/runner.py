@@ -780,12 +780,15 @@ class _Run:
         for study_uid in sorted(settled):
             done = self._ok_by_study.get(study_uid)
             if done:
-                self._write_sr(study_uid, [done[index] for index in sorted(done)])
+                self._write_sr(study_uid, [done[index] for index in sorted(done)], final=False)
 
-    def _write_sr(self, study_uid: str, images: list[tuple[_Job, ResultRow]]) -> Path | None:
+    def _write_sr(
+        self, study_uid: str, images: list[tuple[_Job, ResultRow]], *, final: bool = True
+    ) -> Path | None:
         """Write the SR of one study unless the same results already have one; return its path.
 
-        Returns ``None`` (and counts an output failure) when it cannot be written.
+        Returns ``None`` when it cannot be written: an output failure of the run when ``final``; during
+        the run (``final=False``) only a warning, since the end of the run tries again.
         """
         from pydicom import dcmread
 
@@ -820,9 +823,17 @@ class _Run:
             path.parent.mkdir(exist_ok=True)
             write_dataset_atomic(sr, path)
         except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+            self.sr_state.pop(study_uid, None)
+            if not final:
+                logger.warning(
+                    "study %s: SR not written yet (%s: %s); retried at the end",
+                    study_uid,
+                    type(exc).__name__,
+                    exc,
+                )
+                return None
             self.summary.output_failures += 1
             logger.error("study %s: SR not written: %s: %s", study_uid, type(exc).__name__, exc)
-            self.sr_state.pop(study_uid, None)
             return None
         self.sr_state[study_uid] = digest
         return path
