@@ -616,6 +616,39 @@ def test_three_class_bundle_without_sr_on_a_clean_folder_exits_0(tmp_path, monke
     assert not any(module.training for module in loaded.network.modules())
 
 
+def test_variant_subtype_reads_its_overlay_and_checkpoint(tmp_path, caplog):
+    """``--variant subtype``: the shipped ``inference_subtype.json`` over ``inference.json`` gives three
+    classes from ``models/subtype/model.pt``; without the flag the same bundle stays two-class."""
+    bundle = write_bundle(tmp_path / "bundle", network_def=SMALL_NET)
+    shutil.copy(SHIPPED_CONFIG.with_name("inference_subtype.json"), bundle / "configs")
+    data = tmp_path / "in"
+    chest(data / "a.dcm", 0, STUDY_A)
+    base = [str(data), "--bundle", str(bundle), "--no-sr", "-q"]
+    with caplog.at_level(logging.ERROR, logger="pneumonia_monai"):
+        assert infer_cli.main([*base, "--output", str(tmp_path / "missing"), "--variant", "subtype"]) == 2
+    assert "subtype" in caplog.text and "model.pt" in caplog.text  # the checkpoint is not there yet
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="pneumonia_monai"):
+        assert infer_cli.main([*base, "--output", str(tmp_path / "nope"), "--variant", "nope"]) == 2
+    assert "bundle variant 'nope'" in caplog.text
+
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config({**json.loads((bundle / "configs" / "inference.json").read_text()), "num_classes": 3})
+    (bundle / "models" / "subtype").mkdir()
+    torch.save(
+        parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "subtype" / "model.pt"
+    )
+    assert infer_cli.main([*base, "--output", str(tmp_path / "three"), "--variant", "subtype"]) == 0
+    header = (tmp_path / "three" / "results.csv").read_text().splitlines()[0].split(",")
+    assert header == [*RESULT_COLUMNS, *SUBTYPE_COLUMNS]
+    (row,) = read_csv(tmp_path / "three" / "results.csv")
+    assert float(row["prob_pneumonia"]) == pytest.approx(1.0 - float(row["prob_normal"]), abs=1e-6)
+    assert infer_cli.main([*base, "--output", str(tmp_path / "two")]) == 0
+    assert (tmp_path / "two" / "results.csv").read_text().splitlines()[0].split(",") == [*RESULT_COLUMNS]
+
+
 def test_the_shipped_densenet121_network_def_runs(tmp_path):
     bundle = write_bundle(tmp_path / "bundle")  # the shipped network_def, spatial size 64
     data = tmp_path / "in"
