@@ -134,28 +134,20 @@ def stored_value_range(bits_stored: int, pixel_representation: int) -> tuple[int
 def mask_unused_bits(arr: np.ndarray, bits_stored: int, pixel_representation: int) -> np.ndarray:
     """Keep the low ``bits_stored`` bits of each value; sign-extend them when signed.
 
-    Returns an ``int64`` array (a copy). Idempotent: values already in range are returned unchanged.
+    Returns a new array: of the input's own type for unsigned data that type holds (no ``int64`` copy of
+    a film of millions of pixels), else ``int64``. Idempotent: values already in range are unchanged.
     """
     stored_value_range(bits_stored, pixel_representation)  # validates both arguments
-    out = np.asarray(arr).astype(np.int64)
+    arr = np.asarray(arr)
+    if pixel_representation == 0 and arr.dtype.kind == "u" and bits_stored <= 8 * arr.dtype.itemsize:
+        return arr & arr.dtype.type((1 << bits_stored) - 1)
+    out = arr.astype(np.int64)
     out &= (1 << bits_stored) - 1
     if pixel_representation == 1:
         sign = 1 << (bits_stored - 1)
         out ^= sign
         out -= sign
     return out
-
-
-def _stored_values(arr: np.ndarray, bits_stored: int, pixel_representation: int) -> np.ndarray:
-    """:func:`mask_unused_bits`, kept in the array's own unsigned type where that holds the values.
-
-    The same values; only the dtype differs (no ``int64`` copy of a film of millions of pixels).
-    """
-    arr = np.asarray(arr)
-    if pixel_representation == 0 and arr.dtype.kind == "u" and bits_stored <= 8 * arr.dtype.itemsize:
-        stored_value_range(bits_stored, pixel_representation)  # validates both arguments
-        return arr & arr.dtype.type((1 << bits_stored) - 1)
-    return mask_unused_bits(arr, bits_stored, pixel_representation)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -498,7 +490,7 @@ def to_display(
     if arr.ndim != 2:
         raise ValueError(f"a {pi} frame must have shape (rows, columns), got {arr.shape}")
 
-    stored = _stored_values(arr, _int_attr(ds, "BitsStored"), _int_attr(ds, "PixelRepresentation"))
+    stored = mask_unused_bits(arr, _int_attr(ds, "BitsStored"), _int_attr(ds, "PixelRepresentation"))
     padded = padding_mask(ds, stored)
     values, value_range, info["modality_lut"] = apply_modality_lut(ds, stored)
     out, voi_info = apply_voi(ds, values, value_range)
