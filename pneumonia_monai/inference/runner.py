@@ -459,7 +459,6 @@ class _Run:
             in_flight_limit=in_flight_limit(batch_size, workers),
         )
         self.recorded = 0
-        self.jobs: list[_Job] = []
         #: Study Instance UID -> digest of the results its SR on disk was built from.
         self.sr_state: dict[str, Any] = {}
         self._recent_studies: set[str] = set()
@@ -473,7 +472,7 @@ class _Run:
 
         start = time.perf_counter()
         log_missing_decoders()
-        jobs = self.jobs = self._jobs(inputs)
+        jobs = self._jobs(inputs)
         previous = {} if self.force else self.journal.load()
         self.sr_state = {} if self.force else _read_json_object(self.state_dir / SR_STATE_NAME)
         self.rows = [None] * len(jobs)
@@ -724,7 +723,7 @@ class _Run:
             rows, threshold=self.bundle.threshold, model_version=self.bundle.model_version
         )
         if self.write_sr:
-            studies = self._write_srs(jobs, studies)
+            studies = self._write_srs(studies)
         write_results(self.out, rows, three_class=self.bundle.three_class)
         write_studies(self.out, studies)
         self.journal.compact(entry for entry in self.entries if entry is not None)
@@ -742,12 +741,11 @@ class _Run:
                 if row.sop_uid and sc_path.is_file():
                     self.summary.sc_paths.append(sc_path)
 
-    def _write_srs(self, jobs: list[_Job], studies: list[StudyRow]) -> list[StudyRow]:
+    def _write_srs(self, studies: list[StudyRow]) -> list[StudyRow]:
         """Write (or keep) the SR of each study with ``ok`` DICOM images; return the studies with SR paths."""
-        members = self._study_members(jobs)
         updated = []
         for study in studies:
-            images = members.get(study.study_uid)
+            images = self._study_images(study.study_uid)
             path = self._write_sr(study.study_uid, images) if images else None
             updated.append(
                 study if path is None else replace(study, sr_path=path.relative_to(self.out).as_posix())
@@ -757,13 +755,10 @@ class _Run:
         write_json_atomic(self.state_dir / SR_STATE_NAME, self.sr_state)
         return updated
 
-    def _study_members(self, jobs: list[_Job]) -> dict[str, list[tuple[_Job, ResultRow]]]:
-        """The ``ok`` DICOM images done so far, by Study Instance UID, in input order."""
-        members: dict[str, list[tuple[_Job, ResultRow]]] = {}
-        for job, row in zip(jobs, self.rows, strict=True):
-            if row is not None and row.status == OK and row.study_uid:
-                members.setdefault(row.study_uid, []).append((job, row))
-        return members
+    def _study_images(self, study_uid: str) -> list[tuple[_Job, ResultRow]]:
+        """The ``ok`` DICOM images of a study done so far, in input order."""
+        done = self._ok_by_study.get(study_uid, {})
+        return [done[index] for index in sorted(done)]
 
     def _write_srs_of_settled_studies(self, touched: set[str]) -> None:
         """Write the SRs of studies that the last batch did not add to, while the workers decode.
@@ -778,9 +773,9 @@ class _Run:
         if not settled or not self.write_sr:
             return
         for study_uid in sorted(settled):
-            done = self._ok_by_study.get(study_uid)
-            if done:
-                self._write_sr(study_uid, [done[index] for index in sorted(done)], final=False)
+            images = self._study_images(study_uid)
+            if images:
+                self._write_sr(study_uid, images, final=False)
 
     def _write_sr(
         self, study_uid: str, images: list[tuple[_Job, ResultRow]], *, final: bool = True
