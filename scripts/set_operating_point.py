@@ -23,6 +23,8 @@ import re
 import sys
 from pathlib import Path
 
+from pneumonia_monai.atomic import atomic_open
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -66,9 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     ):
         print(f"{args.config}: no single-line 'threshold' and 'threshold_rule' to replace", file=sys.stderr)
         return 2
-    tmp = args.config.with_name(f".{args.config.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(args.config)
+    with atomic_open(args.config) as fh:
+        fh.write(text)
     print(f"threshold {config['threshold']} -> {args.config}")
     print(config["threshold_rule"])
     return 0

@@ -7,7 +7,6 @@ never sees half a file.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,8 +26,6 @@ from pneumonia_monai.evaluation.metrics import (
     validate_threshold,
 )
 
-logger = logging.getLogger(__name__)
-
 #: Resolution of the saved figures.
 DPI = 110
 
@@ -42,7 +39,6 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     with atomic_open(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=DPI)
-    logger.debug("wrote %s", path)
     return path
 
 

@@ -397,7 +397,6 @@ class StateJournal:
     def compact(self, entries: Iterable[tuple[str, StateEntry]]) -> None:
         """Replace the journal (atomically) by exactly ``entries``: the files of the run that just ended."""
         self.close()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         with atomic.atomic_open(self.path, "w", fsync=True) as handle:
             for key, entry in entries:
                 handle.write(self._line(key, entry))
