@@ -86,6 +86,14 @@ def unit_interval(text: str) -> float:
     return value
 
 
+def fraction_below_one(text: str) -> float:
+    """Argparse type: a number in [0, 1) (a share that must leave something over)."""
+    value = float(_number(text, float))
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value}")
+    return value
+
+
 def returns_exit_status(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
     """Make a command's ``main(argv)`` return argparse's exit status (2, or 0 for ``--help``).
 

@@ -28,6 +28,7 @@ from pneumonia_monai.cli.common import (
     EXIT_USAGE,
     add_verbosity_args,
     configure_logging,
+    fraction_below_one,
     positive_int,
     returns_exit_status,
 )
@@ -43,16 +44,6 @@ from pneumonia_monai.dicom.convert import (
 from pneumonia_monai.dicom.selection import SelectionRules
 
 logger = logging.getLogger(__name__)
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d2l.add_argument(
         "--val-fraction",
-        type=_fraction,
+        type=fraction_below_one,
         default=0.2,
         help="fraction of patients in validation (default: 0.2)",
     )
