@@ -34,6 +34,7 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,7 +51,7 @@ from pydicom.uid import (
 )
 
 from pneumonia_monai.engine.paths import locate_bundle_root
-from pneumonia_monai.inference.bundle import load_bundle
+from pneumonia_monai.inference.bundle import InferenceBundle, load_bundle
 from pneumonia_monai.inference.runner import run_inference
 
 logger = logging.getLogger("benchmark_infer")
@@ -185,9 +186,8 @@ def bundle_with_weights(bundle: Path, workdir: Path) -> tuple[Path, bool]:
     return copy, True
 
 
-def bare_forward(bundle_dir: Path, device: str, batch_size: int, n: int) -> float:
+def bare_forward(loaded: InferenceBundle, batch_size: int, n: int) -> float:
     """Images/s of the network alone on pre-made tensors of the bundle's spatial size."""
-    loaded = load_bundle(bundle_dir, device=device)
     network, dev = loaded.network, loaded.device
     batches = max(2, math.ceil(n / batch_size))
     x = torch.rand((batch_size, 1, *loaded.spatial_size), generator=torch.Generator().manual_seed(0)).to(dev)
@@ -210,7 +210,7 @@ def bare_forward(bundle_dir: Path, device: str, batch_size: int, n: int) -> floa
     return batches * batch_size / elapsed
 
 
-def stage_costs(folder: Path, bundle_dir: Path) -> tuple[dict[str, dict[str, float]], float]:
+def stage_costs(folder: Path, preprocessing: Any) -> tuple[dict[str, dict[str, float]], float]:
     """Median milliseconds per film of each compression for the pipeline's stages, in one thread.
 
     Returns ``({compression: {"decode + LUTs": ms, "lung box": ms, "preprocessing": ms}}, SR ms per
@@ -224,7 +224,6 @@ def stage_costs(folder: Path, bundle_dir: Path) -> tuple[dict[str, dict[str, flo
     from pneumonia_monai.dicom.sr import ImageFinding, build_pneumonia_sr, write_dataset_atomic
     from pneumonia_monai.transforms.lung_crop import find_lung_box
 
-    preprocessing = load_bundle(bundle_dir, device="cpu").preprocessing
     timings: dict[str, dict[str, list[float]]] = {}
     for path in sorted(folder.rglob("*.dcm")):
         kind = path.stem.split("_", 1)[1]
@@ -298,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     if random_weights:
         print(f"weights: RANDOM (no checkpoint in {bundle}); speed is representative, predictions are not")
 
-    device = str(load_bundle(bundle_dir, device=args.device).device)
+    loaded = load_bundle(bundle_dir, device=args.device)  # the network and preprocessing timed below
+    device = str(loaded.device)
     end_to_end: dict[int, float] = {}
     for workers in args.workers:
         summary = run_inference(
@@ -315,10 +315,10 @@ def main(argv: list[str] | None = None) -> int:
         if summary.counts["ok"] != args.n:
             print(f"warning: {summary.counts} (expected {args.n} ok)", file=sys.stderr)
         end_to_end[workers] = summary.images_per_second
-    model = bare_forward(bundle_dir, args.device, args.batch_size, args.n)
+    model = bare_forward(loaded, args.batch_size, args.n)
 
     threads = torch.get_num_threads()
-    stages, sr_ms = stage_costs(args.workdir / "dicom", bundle_dir)
+    stages, sr_ms = stage_costs(args.workdir / "dicom", loaded.preprocessing)
     print(f"device: {device}, batch size {args.batch_size}, torch threads {threads}")
     print("per film, one thread, median ms:")
     names = list(next(iter(stages.values())))
