@@ -132,6 +132,7 @@ def test_multi_gpu_config_overlays_train(repo_root: Path) -> None:
     assert parser["train"]["dataloader"]["sampler"] == "@train#sampler"
     assert parser["train"]["dataloader"]["shuffle"] is False
     assert parser["validate"]["dataloader"]["sampler"] == "@validate#sampler"
+    assert "init_from_checkpoint(@network_def, @init_checkpoint)" in parser["network"]["module"]
     # everything else comes from train.json
     assert parser["network_def"]["_target_"] == "DenseNet121"
     assert "early_stop" in parser["validate"]
@@ -175,6 +176,43 @@ def test_override_spatial_size_and_device(tmp_path: Path, repo_root: Path, sampl
             causes.append(str(exc))
             exc = exc.__cause__
         assert any("cuda" in c.lower() for c in causes), causes  # the network really went to the device
+
+
+def test_override_init_checkpoint_transfers_features(
+    tmp_path: Path, repo_root: Path, sample_tree: Path
+) -> None:
+    tree = _small_tree(sample_tree, tmp_path / "tree", per_class=4)
+    source = _save_random_checkpoint(tmp_path, num_classes=2)  # a two-class model, as shipped
+    torch.save(
+        {"model": torch.load(source, weights_only=True)}, tmp_path / "wrapped.pt"
+    )  # CheckpointSaver's form
+    common = {"dataset_dir": str(tree), "output_dir": str(tmp_path / "runs"), "num_classes": 3}
+    src = torch.load(source, weights_only=True)
+    for ckpt in (source, tmp_path / "wrapped.pt"):
+        net = _workflow(
+            repo_root / "bundle", "train.json", init_checkpoint=str(ckpt), **common
+        ).parser.get_parsed_content("network")
+        state = net.state_dict()
+        features = [k for k in src if not k.startswith("class_layers.out.")]
+        assert all(torch.equal(state[k], src[k]) for k in features)
+        assert state["class_layers.out.weight"].shape == (3, 1024)  # the head is new, for three classes
+    scratch = _workflow(repo_root / "bundle", "train.json", **common).parser.get_parsed_content("network")
+    assert not torch.equal(scratch.state_dict()["features.conv0.weight"], src["features.conv0.weight"])
+    workflow = ConfigWorkflow(
+        config_file=_configs(repo_root / "bundle", "train.json"),
+        workflow_type="train",
+        logging_file=False,
+        init_checkpoint=str(tmp_path / "missing.pt"),
+        **common,
+    )
+    workflow.initialize()
+    with pytest.raises(Exception) as info:
+        workflow.parser.get_parsed_content("network")
+    causes, exc = [], info.value
+    while exc is not None:
+        causes.append(str(exc))
+        exc = exc.__cause__
+    assert any("missing.pt" in c and "does not exist" in c for c in causes), causes
 
 
 @pytest.mark.parametrize("epochs", [1, 2])

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine
+from monai.networks.utils import copy_model_state
 
 logger = logging.getLogger(__name__)
 
@@ -62,3 +63,41 @@ def stored_threshold(bundle_root: str | Path) -> float:
     if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"{path}: 'threshold' must be a number in [0, 1], got {value!r}")
     return float(value)
+
+
+def init_from_checkpoint(network: torch.nn.Module, path: str | Path | None) -> torch.nn.Module:
+    """Initialise ``network`` from the weights of another checkpoint of the same architecture.
+
+    For transfer between variants: the three-class network starts from the two-class model's feature
+    extractor. Every tensor whose name and shape match is copied; the rest (the final ``Linear``
+    layer, whose shape depends on the number of classes) keeps its fresh initialisation. With
+    ``path`` None the network is returned untouched, so the default training run starts from scratch.
+
+    Args:
+        network: the network to initialise, in place.
+        path: a state dict saved by ``CheckpointSaver`` (``{"model": ...}`` or a bare state dict).
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: if nothing but the classifier could be copied (another architecture).
+    """
+    if path is None:
+        return network
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"init_checkpoint {str(path)!r} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
+        state = state["model"]
+    _, updated, unchanged = copy_model_state(network, state, inplace=True)
+    own = dict(network.state_dict())
+    learnable = [k for k in unchanged if own[k].dtype.is_floating_point and own[k].dim() > 0]
+    if len(updated) < len(learnable):
+        raise ValueError(
+            f"init_checkpoint {str(path)!r} matches {len(updated)} of {len(own)} tensors of the network: "
+            "it is not a checkpoint of this architecture"
+        )
+    logger.info(
+        "initialised %d of %d tensors from %s; kept fresh: %s", len(updated), len(own), path, unchanged
+    )
+    return network

@@ -1,0 +1,82 @@
+"""The typed components the bundle configs reference: loss weights, stored threshold, weight transfer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from monai.networks.nets import DenseNet121, ResNet
+
+from pneumonia_monai.engine.components import class_weights, init_from_checkpoint, stored_threshold
+
+
+def test_class_weights_hand_computed() -> None:
+    items = [{"label": 0}] * 1 + [{"label": 1}] * 3  # 1:3, like normal:pneumonia in Kermany
+    weights = class_weights(items, 2)
+    # inverse frequency 4/(2*1)=2 and 4/(2*3)=2/3, normalised to mean 1: 1.5 and 0.5
+    assert torch.allclose(weights, torch.tensor([1.5, 0.5]))
+    assert weights.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ([0, 0, 1], r"no training item of class\(es\) \[2\]"),
+        ([0, 1, 3], "label 3 out of range for 3 classes"),
+    ],
+)
+def test_class_weights_rejects(labels: list[int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        class_weights([{"label": v} for v in labels], 3)
+
+
+@pytest.mark.parametrize("value", [1.5, -0.1, "0.5", None])
+def test_stored_threshold_rejects(tmp_path: Path, value: object) -> None:
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "inference.json").write_text(json.dumps({"threshold": value}))
+    with pytest.raises(ValueError, match="'threshold' must be a number in"):
+        stored_threshold(tmp_path)
+
+
+def test_stored_threshold_reads_the_bundle(repo_root: Path) -> None:
+    stored = json.loads((repo_root / "bundle/configs/inference.json").read_text())["threshold"]
+    assert stored_threshold(repo_root / "bundle") == stored
+
+
+def _densenet(num_classes: int, seed: int) -> DenseNet121:
+    torch.manual_seed(seed)
+    return DenseNet121(spatial_dims=2, in_channels=1, out_channels=num_classes)
+
+
+def test_init_from_checkpoint_none_leaves_the_network(tmp_path: Path) -> None:
+    net = _densenet(3, seed=1)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert init_from_checkpoint(net, None) is net
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_init_from_checkpoint_copies_all_but_the_head(tmp_path: Path) -> None:
+    source = _densenet(2, seed=0)
+    torch.save(source.state_dict(), tmp_path / "two.pt")
+    net = _densenet(3, seed=1)
+    head = net.state_dict()["class_layers.out.weight"].clone()
+    init_from_checkpoint(net, tmp_path / "two.pt")
+    state = net.state_dict()
+    assert torch.equal(
+        state["features.denseblock4.denselayer16.layers.conv2.weight"],
+        source.state_dict()["features.denseblock4.denselayer16.layers.conv2.weight"],
+    )
+    assert torch.equal(
+        state["class_layers.out.weight"], head
+    )  # a 3-class head cannot come from a 2-class one
+
+
+def test_init_from_checkpoint_rejects_another_architecture(tmp_path: Path) -> None:
+    other = ResNet("basic", [1, 1, 1, 1], [1, 1, 1, 1], spatial_dims=2, n_input_channels=1, num_classes=2)
+    torch.save(other.state_dict(), tmp_path / "resnet.pt")
+    with pytest.raises(ValueError, match=r"resnet\.pt.*not a checkpoint of this architecture"):
+        init_from_checkpoint(_densenet(3, seed=0), tmp_path / "resnet.pt")
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.pt"):
+        init_from_checkpoint(_densenet(3, seed=0), tmp_path / "nowhere.pt")
