@@ -215,6 +215,23 @@ def test_override_init_checkpoint_transfers_features(
     assert any("missing.pt" in c and "does not exist" in c for c in causes), causes
 
 
+def test_channels_last_follows_the_device_and_the_override(
+    tmp_path: Path, repo_root: Path, sample_tree: Path
+) -> None:
+    tree = _small_tree(sample_tree, tmp_path / "tree", per_class=4)
+    common = {"dataset_dir": str(tree), "output_dir": str(tmp_path / "runs")}
+    default = _workflow(repo_root / "bundle", "train.json", **common).parser
+    assert default.get_parsed_content("channels_last") is torch.cuda.is_available()  # with AMP, on CUDA only
+    for flag in (False, True):
+        net = _workflow(
+            repo_root / "bundle", "train.json", channels_last=flag, **common
+        ).parser.get_parsed_content("network")
+        weight = net.features.denseblock1.denselayer1.layers.conv2.weight  # (32, 128, 3, 3): not both formats
+        assert weight.is_contiguous(memory_format=torch.channels_last) is flag
+        with torch.no_grad():
+            assert net(torch.rand(2, 1, 32, 32)).shape == (2, 2)
+
+
 @pytest.mark.parametrize("epochs", [1, 2])
 def test_override_max_epochs(tmp_path: Path, repo_root: Path, sample_tree: Path, epochs: int) -> None:
     tree = _small_tree(sample_tree, tmp_path / "tree", per_class=5)
