@@ -32,6 +32,15 @@ def _workflow(bundle: Path, *names: str, workflow_type: str = "train", **overrid
     return workflow
 
 
+def _error_chain(exc: BaseException | None) -> list[str]:
+    """The messages of ``exc`` and of its causes: the config parser wraps the component's error."""
+    messages = []
+    while exc is not None:
+        messages.append(str(exc))
+        exc = exc.__cause__
+    return messages
+
+
 def _small_tree(src: Path, dest: Path, per_class: int = 6) -> Path:
     for cls in ("NORMAL", "PNEUMONIA"):
         (dest / "train" / cls).mkdir(parents=True)
@@ -171,10 +180,7 @@ def test_override_spatial_size_and_device(tmp_path: Path, repo_root: Path, sampl
         workflow = _workflow(repo_root / "bundle", "train.json", device="cuda:0", **common)
         with pytest.raises(RuntimeError) as info:
             workflow.parser.get_parsed_content("network")
-        causes, exc = [], info.value
-        while exc is not None:
-            causes.append(str(exc))
-            exc = exc.__cause__
+        causes = _error_chain(info.value)
         assert any("cuda" in c.lower() for c in causes), causes  # the network really went to the device
 
 
@@ -198,20 +204,12 @@ def test_override_init_checkpoint_transfers_features(
         assert state["class_layers.out.weight"].shape == (3, 1024)  # the head is new, for three classes
     scratch = _workflow(repo_root / "bundle", "train.json", **common).parser.get_parsed_content("network")
     assert not torch.equal(scratch.state_dict()["features.conv0.weight"], src["features.conv0.weight"])
-    workflow = ConfigWorkflow(
-        config_file=_configs(repo_root / "bundle", "train.json"),
-        workflow_type="train",
-        logging_file=False,
-        init_checkpoint=str(tmp_path / "missing.pt"),
-        **common,
+    workflow = _workflow(
+        repo_root / "bundle", "train.json", init_checkpoint=str(tmp_path / "missing.pt"), **common
     )
-    workflow.initialize()
     with pytest.raises(Exception) as info:
         workflow.parser.get_parsed_content("network")
-    causes, exc = [], info.value
-    while exc is not None:
-        causes.append(str(exc))
-        exc = exc.__cause__
+    causes = _error_chain(info.value)
     assert any("missing.pt" in c and "does not exist" in c for c in causes), causes
 
 
