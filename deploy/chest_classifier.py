@@ -24,7 +24,6 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +32,7 @@ from pydicom.dataset import Dataset
 
 from pneumonia_monai.dicom.selection import SELECTED, Header, SelectionRules, decide_header
 from pneumonia_monai.dicom.sr import ImageFinding, build_pneumonia_sr
+from pneumonia_monai.engine.checkpoint import load_network_state
 
 logger = logging.getLogger(__name__)
 
@@ -220,14 +220,6 @@ def find_bundle_root(path: str | Path) -> Path:
     return found[0]
 
 
-def _state_dict(checkpoint: Any) -> Mapping[str, Any]:
-    if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("model"), Mapping):
-        return checkpoint["model"]
-    if isinstance(checkpoint, Mapping):
-        return checkpoint
-    raise TypeError(f"the checkpoint must hold a state dict, got {type(checkpoint).__name__}")
-
-
 class BundleClassifier:
     """Run the pneumonia bundle on single films (JPEG/PNG or DICOM files).
 
@@ -274,8 +266,7 @@ class BundleClassifier:
         if not weights.is_file():
             raise FileNotFoundError(f"checkpoint not found: {weights}")
         self.network = parser.get_parsed_content("network_def", instantiate=True)
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        self.network.load_state_dict(_state_dict(state), strict=True)
+        self.network.load_state_dict(load_network_state(weights), strict=True)
         self.network.to(self.device).eval()
         self.preprocessing = parser.get_parsed_content("preprocessing", instantiate=True)
         self.inferer = parser.get_parsed_content("inferer", instantiate=True)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from monai.networks.nets import DenseNet121, ResNet
 
+from pneumonia_monai.engine.checkpoint import load_network_state, network_state
 from pneumonia_monai.engine.components import class_weights, init_from_checkpoint, stored_threshold
 
 
@@ -80,3 +81,22 @@ def test_init_from_checkpoint_rejects_another_architecture(tmp_path: Path) -> No
         init_from_checkpoint(_densenet(3, seed=0), tmp_path / "resnet.pt")
     with pytest.raises(FileNotFoundError, match=r"nowhere\.pt"):
         init_from_checkpoint(_densenet(3, seed=0), tmp_path / "nowhere.pt")
+
+
+@pytest.mark.parametrize("form", ["bare", "model", "network", "state_dict", "ddp"])
+def test_network_state_reads_every_saved_form(tmp_path: Path, form: str) -> None:
+    state = _densenet(2, seed=0).state_dict()
+    if form == "ddp":
+        saved: object = {f"module.{k}": v for k, v in state.items()}
+    else:
+        saved = state if form == "bare" else {form: state, "epoch": 7}
+    torch.save(saved, tmp_path / "ckpt.pt")
+    loaded = load_network_state(tmp_path / "ckpt.pt")
+    assert list(loaded) == list(state)
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+@pytest.mark.parametrize("raw", [{}, {"model": {}}, {"epoch": 3}, [torch.zeros(1)], {"w": [1.0]}])
+def test_network_state_rejects_what_is_not_a_state_dict(raw: object) -> None:
+    with pytest.raises(ValueError, match=r"checkpoint here\.pt does not hold a state dict of tensors"):
+        network_state(raw, "here.pt")

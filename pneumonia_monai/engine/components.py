@@ -12,6 +12,8 @@ import torch
 from ignite.engine import Engine
 from monai.networks.utils import copy_model_state
 
+from pneumonia_monai.engine.checkpoint import load_network_state
+
 logger = logging.getLogger(__name__)
 
 
@@ -75,22 +77,20 @@ def init_from_checkpoint(network: torch.nn.Module, path: str | Path | None) -> t
 
     Args:
         network: the network to initialise, in place.
-        path: a state dict saved by ``CheckpointSaver`` (``{"model": ...}`` or a bare state dict).
+        path: a checkpoint file in a form :func:`~pneumonia_monai.engine.checkpoint.network_state` reads
+            (``CheckpointSaver``'s ``{"model": ...}``, a bare state dict, ...).
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ValueError: if nothing but the classifier could be copied (another architecture).
+        ValueError: if the file holds no state dict, or fewer tensors could be copied than were left
+            fresh (another architecture).
     """
     if path is None:
         return network
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"init_checkpoint {str(path)!r} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
-        state = state["model"]
-    _, updated, unchanged = copy_model_state(network, state, inplace=True)
-    own = dict(network.state_dict())
+    own, updated, unchanged = copy_model_state(network, load_network_state(path), inplace=True)
     learnable = [k for k in unchanged if own[k].dtype.is_floating_point and own[k].dim() > 0]
     if len(updated) < len(learnable):
         raise ValueError(

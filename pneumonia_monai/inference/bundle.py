@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pneumonia_monai.engine.checkpoint import network_state
+
 logger = logging.getLogger(__name__)
 
 #: Keys of ``inference.json`` that inference reads.
@@ -52,8 +54,6 @@ SUBTYPE_CLASSES: tuple[str, ...] = ("normal", "bacterial", "viral")
 DEFAULT_MODEL_NAME = "pneumonia_monai"
 #: Largest deviation from 1 tolerated in the sum of one image's class probabilities.
 PROBABILITY_SUM_TOLERANCE = 1e-3
-#: Keys under which a training checkpoint may wrap the network's state dict.
-_WRAPPER_KEYS = ("model", "network", "state_dict")
 
 
 class BundleError(ValueError):
@@ -208,21 +208,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _state_dict(raw: Any, path: Path) -> dict[str, torch.Tensor]:
-    """The network state dict inside a checkpoint (bare, or wrapped under one of :data:`_WRAPPER_KEYS`)."""
-    if isinstance(raw, Mapping):
-        for key in _WRAPPER_KEYS:
-            if key in raw and isinstance(raw[key], Mapping):
-                raw = raw[key]
-                break
-    if not isinstance(raw, Mapping) or not raw or not all(isinstance(v, torch.Tensor) for v in raw.values()):
-        raise BundleError(f"checkpoint {path} does not hold a state dict of tensors")
-    state = dict(raw)
-    if all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-    return state
-
-
 def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -356,7 +341,11 @@ def load_bundle(
     except Exception as exc:  # pickle, zip and torch errors all mean "unreadable weights"
         raise BundleError(f"checkpoint {checkpoint} cannot be read: {_one_line(exc)}") from exc
     try:
-        network.load_state_dict(_state_dict(raw, checkpoint), strict=True)
+        state = network_state(raw, checkpoint)
+    except ValueError as exc:
+        raise BundleError(str(exc)) from exc
+    try:
+        network.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise BundleError(f"checkpoint {checkpoint} does not fit 'network_def': {_one_line(exc)}") from exc
     network = network.to(torch_device).eval()
