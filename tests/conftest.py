@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from netns import NamespaceUnavailableError
+from orthanc import OrthancServer
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundle"
@@ -35,3 +39,20 @@ def bundle_copy(tmp_path: Path) -> Path:
     shutil.copytree(BUNDLE, dest, ignore=shutil.ignore_patterns("models", "runs", "eval", "datalist*.json"))
     (dest / "models").mkdir()
     return dest
+
+
+@pytest.fixture(scope="session")
+def start_orthanc() -> Callable[..., OrthancServer]:
+    """Start a private :class:`OrthancServer` (use it with ``with``); skip where it cannot be isolated.
+
+    Orthanc cannot listen on the loopback only, so it runs in a network namespace of its own; where
+    this process may not create one (not root), the tests that need Orthanc are skipped, saying so.
+    """
+
+    def start(work_dir: Path, **options: Any) -> OrthancServer:
+        try:
+            return OrthancServer(work_dir, **options).start()
+        except NamespaceUnavailableError as exc:
+            pytest.skip(f"no private Orthanc: {exc}")
+
+    return start

@@ -1,17 +1,32 @@
-"""A private Orthanc for the tests: own configuration, own storage, ports on the loopback, stopped after use.
+"""A private Orthanc for the tests: own configuration and storage, on 127.0.0.1 only, stopped after use.
 
 Independent of pytest::
 
-    with OrthancServer(tmp_dir, modalities={"node": ("PNEUMONIA", "127.0.0.1", 11112)}) as orthanc:
+    with OrthancServer(tmp_dir, modalities={"node": ("PNEUMONIA", "127.0.0.1", 104)}) as orthanc:
         orthanc.upload(Path("ct.dcm"))
         orthanc.get_json("/studies")
         orthanc.dicomweb_url        # http://127.0.0.1:<port>/dicom-web
+        orthanc.dicom_port          # C-STORE to ORTHANC@127.0.0.1:<port>
 
-The DICOMweb plugin of Debian's ``orthanc-dicomweb`` is loaded from :data:`PLUGIN_DIRS`. Orthanc
-1.10 has no bind-address option: it listens on every interface, but HTTP refuses remote clients
-(``RemoteAccessAllowed`` false) and DICOM accepts only the configured modalities, from their host
-(``DicomAlwaysAllowEcho/Store`` false, ``DicomCheckModalityHost`` true). Everything here talks to it
-on 127.0.0.1.
+The DICOMweb plugin of Debian's ``orthanc-dicomweb`` is loaded from :data:`PLUGIN_DIRS`.
+
+Where it listens. Orthanc 1.10 has no bind-address option (its configuration has ``HttpPort`` and
+``DicomPort`` only: ``Orthanc --config=-`` lists no address, and a search of the Orthanc documentation
+for one, ``HttpBindAddress``, ``DicomServerBindAddress`` or the like, found none), and no way to report
+a port the kernel picked for it. So it runs in a network namespace of its own
+(:class:`netns.NetworkNamespace`), whose only interface is a loopback: "every interface" is that
+loopback, unreachable from the host or any network, and since no other process lives there its fixed
+ports (:data:`HTTP_PORT`, :data:`DICOM_PORT`) are always free, with no pick-then-bind race. The tests
+reach it through two :class:`netns.LoopbackForwarder` sockets of this process, bound to ``127.0.0.1``
+port 0: the kernel picks their ports, reported as :attr:`OrthancServer.http_port` and
+:attr:`OrthancServer.dicom_port`, and they are held, never released, while Orthanc runs. Orthanc sees
+every connection coming from 127.0.0.1 (inside its namespace). On top of that, HTTP refuses remote
+clients (``RemoteAccessAllowed`` false) and DICOM accepts only the configured modalities, from their
+host (``DicomAlwaysAllowEcho/Store`` false, ``DicomCheckModalityHost`` true). Creating the namespace
+needs root (``CAP_SYS_ADMIN``); without it :meth:`OrthancServer.start` raises
+:class:`netns.NamespaceUnavailableError`, which the fixtures turn into a skip.
+
+:func:`refused_port` gives a port where nobody listens, for "destination down" tests.
 """
 
 from __future__ import annotations
@@ -24,8 +39,12 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from netns import LoopbackForwarder, NetworkNamespace
 
 #: Where Debian's orthanc-dicomweb puts its plugin.
 PLUGIN_DIRS = (Path("/usr/share/orthanc/plugins"), Path("/usr/lib/orthanc"))
@@ -34,17 +53,25 @@ PLUGIN_NAME = "libOrthancDicomWeb.so"
 APT_HINT = "install the Debian packages: apt-get install orthanc orthanc-dicomweb dcmtk"
 
 LOOPBACK = "127.0.0.1"
+#: Orthanc's own ports, inside its private network namespace (Orthanc's defaults).
+HTTP_PORT = 8042
+DICOM_PORT = 4242
 
 
 class OrthancError(RuntimeError):
     """Orthanc could not be found, started, or answered with an error."""
 
 
-def free_port() -> int:
-    """Return a TCP port that was free on the loopback a moment ago (bind to port 0)."""
+@contextmanager
+def refused_port() -> Iterator[int]:
+    """Yield a loopback port that refuses connections for the whole block.
+
+    The port is bound by this process (the kernel picks it) and never listened on, so nobody else can
+    take it before the block ends: a connection to it is refused, every time.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
+        yield int(sock.getsockname()[1])
 
 
 def find_orthanc() -> str:
@@ -65,7 +92,10 @@ def find_dicomweb_plugin() -> Path:
 
 
 class OrthancServer:
-    """One Orthanc process with its own configuration and storage under ``work_dir``.
+    """One Orthanc process with its own configuration, storage and network namespace.
+
+    :attr:`http_port` and :attr:`dicom_port` are the ports, on 127.0.0.1, that reach it (see the module
+    docstring); :attr:`namespace` is where it runs.
 
     Args:
         work_dir: a folder of its own (configuration, storage, log).
@@ -86,9 +116,12 @@ class OrthancServer:
         self.aet = aet
         self.modalities = dict(modalities or {})
         self.start_timeout = start_timeout
+        #: Where the tests reach Orthanc: 127.0.0.1 ports of this process, set by :meth:`start`.
         self.http_port = 0
         self.dicom_port = 0
         self.process: subprocess.Popen[bytes] | None = None
+        self.namespace: NetworkNamespace | None = None
+        self._forwarders: list[LoopbackForwarder] = []
         self.log_path = self.work_dir / "orthanc.log"
 
     @property
@@ -110,14 +143,14 @@ class OrthancServer:
             "IndexDirectory": str(storage),
             "StorageCompression": False,
             "HttpServerEnabled": True,
-            "HttpPort": self.http_port,
+            "HttpPort": HTTP_PORT,
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
             "SslEnabled": False,
             "HttpThreadsCount": 8,
             "DicomServerEnabled": True,
             "DicomAet": self.aet,
-            "DicomPort": self.dicom_port,
+            "DicomPort": DICOM_PORT,
             "DicomCheckCalledAet": False,
             "DicomAlwaysAllowEcho": False,
             "DicomAlwaysAllowStore": False,
@@ -136,33 +169,39 @@ class OrthancServer:
         return path
 
     def start(self) -> OrthancServer:
-        """Start Orthanc and wait until its REST API answers.
+        """Start Orthanc in a new network namespace, forward two loopback ports to it, wait for its API.
 
         Raises:
+            NamespaceUnavailableError: if no network namespace can be created (not root).
             OrthancError: if it is not installed, exits, or does not answer within ``start_timeout``.
         """
         if self.process is not None:
             raise OrthancError("this Orthanc is already started")
         executable = find_orthanc()
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        last_error = ""
-        for _ in range(3):  # a port picked free may be taken by someone else before Orthanc binds it
-            self.http_port, self.dicom_port = free_port(), free_port()
-            config = self._write_config()
-            log = self.log_path.open("ab")
-            try:
-                self.process = subprocess.Popen(
-                    [executable, "--no-jobs", str(config)], stdout=log, stderr=subprocess.STDOUT
-                )
-            finally:
-                log.close()
-            try:
-                self._wait_ready()
-                return self
-            except OrthancError as exc:
-                last_error = str(exc)
-                self.stop()
-        raise OrthancError(f"Orthanc did not start: {last_error}; log: {self.log_tail()}")
+        config = self._write_config()
+        self.namespace = NetworkNamespace()
+        try:
+
+            def launch() -> subprocess.Popen[bytes]:  # runs inside the namespace: so does Orthanc
+                with self.log_path.open("ab") as log:
+                    return subprocess.Popen(
+                        [executable, "--no-jobs", str(config)], stdout=log, stderr=subprocess.STDOUT
+                    )
+
+            self.process = self.namespace.call(launch)
+            self._forwarders = [
+                LoopbackForwarder(self.namespace, HTTP_PORT),
+                LoopbackForwarder(self.namespace, DICOM_PORT),
+            ]
+            self.http_port, self.dicom_port = (forwarder.port for forwarder in self._forwarders)
+            self._wait_ready()
+        except BaseException as exc:
+            self.stop()
+            if isinstance(exc, OrthancError):
+                raise OrthancError(f"Orthanc did not start: {exc}; log: {self.log_tail()}") from exc
+            raise
+        return self
 
     def _wait_ready(self) -> None:
         assert self.process is not None
@@ -185,19 +224,24 @@ class OrthancServer:
             return "(no log)"
 
     def stop(self, timeout: float = 20.0) -> None:
-        """Stop Orthanc (SIGTERM, then SIGKILL after ``timeout`` seconds)."""
+        """Stop Orthanc (SIGTERM, then SIGKILL after ``timeout`` seconds), its forwarders and namespace."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout)
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout)
+        forwarders, self._forwarders = self._forwarders, []
+        for forwarder in forwarders:
+            forwarder.close()
+        namespace, self.namespace = self.namespace, None
+        if namespace is not None:
+            namespace.close()
 
     def __enter__(self) -> OrthancServer:
-        return self.start()
+        return self if self.process is not None else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -7,13 +7,13 @@ configured with a STOW-RS destination (``--dest-stow``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from dicom_factory import make_cr, make_dx
-from orthanc import OrthancServer, free_port
+from orthanc import OrthancServer, refused_port
 from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 
@@ -26,8 +26,10 @@ from pneumonia_monai.node.service import DicomNode
 
 
 @pytest.fixture(scope="module")
-def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
-    with OrthancServer(tmp_path_factory.mktemp("orthanc")) as server:
+def orthanc(
+    tmp_path_factory: pytest.TempPathFactory, start_orthanc: Callable[..., OrthancServer]
+) -> Iterator[OrthancServer]:
+    with start_orthanc(tmp_path_factory.mktemp("orthanc")) as server:
         yield server
 
 
@@ -124,8 +126,8 @@ def test_store_instances_errors(
     with pytest.raises(ValueError, match="not a readable DICOM file"):
         store_instances(orthanc.dicomweb_url, [tmp_path / "note.txt"])
     ds = make_cr(tmp_path / "cr.dcm")
-    with pytest.raises(DicomWebError, match="STOW-RS"):
-        store_instances(f"http://127.0.0.1:{free_port()}/dicom-web", [tmp_path / "cr.dcm"])
+    with refused_port() as port, pytest.raises(DicomWebError, match="STOW-RS"):
+        store_instances(f"http://127.0.0.1:{port}/dicom-web", [tmp_path / "cr.dcm"])
 
     # a service that answers but lists the instance as failed (or leaves it out) is a failure too
     def refusing(self: object, datasets: list[Dataset]) -> Dataset:
@@ -185,6 +187,7 @@ def test_node_sends_its_results_with_stow_rs(orthanc: OrthancServer, tmp_path: P
     sr = dcmread(tmp_path / "work" / "done" / ds.StudyInstanceUID / "results" / "sr.dcm")
     assert stored["SOPInstanceUID"] == sr.SOPInstanceUID
 
-    down = StowRsDestination(StowDestination(f"http://127.0.0.1:{free_port()}/dicom-web"))
-    with pytest.raises(SendError, match=r"STOW-RS to http://127\.0\.0\.1"):
-        down.send([tmp_path / "cr.dcm"])
+    with refused_port() as port:
+        down = StowRsDestination(StowDestination(f"http://127.0.0.1:{port}/dicom-web"))
+        with pytest.raises(SendError, match=r"STOW-RS to http://127\.0\.0\.1"):
+            down.send([tmp_path / "cr.dcm"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -34,8 +34,10 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
-    with OrthancServer(tmp_path_factory.mktemp("orthanc")) as server:
+def orthanc(
+    tmp_path_factory: pytest.TempPathFactory, start_orthanc: Callable[..., OrthancServer]
+) -> Iterator[OrthancServer]:
+    with start_orthanc(tmp_path_factory.mktemp("orthanc")) as server:
         for path in sorted(SAMPLE_DICOM.rglob("*.dcm")):
             server.upload(path)
         yield server

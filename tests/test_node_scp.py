@@ -11,7 +11,9 @@ from __future__ import annotations
 import errno
 import json
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,7 +21,8 @@ from pathlib import Path
 
 import pytest
 from dicom_factory import make_cr, referenced_sop_uids
-from orthanc import free_port
+from netns import listening_sockets
+from orthanc import refused_port, wait_for
 from pydicom import Dataset, dcmread
 from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
 from pynetdicom import AE
@@ -410,10 +413,13 @@ def test_late_arrivals_are_kept_aside_and_copies_discarded(
 
     late = make_cr(tmp_path / "late.dcm", StudyInstanceUID=study)
     assert storescu(node.port, [tmp_path / "late.dcm", a[0]]).returncode == 0  # a new image, and a re-send
-    time.sleep(1.0)  # > stable_seconds: a second result would have been made by now
-    assert node.wait_idle(10)
-    assert len(destination.sent) == 1
-    assert node.scp.counts == {"stored": 2, "late": 1, "duplicate": 1, "refused": 0, "error": 0}
+    # A second result, if these could cause one, would be made no later than that of a study sent after
+    # them (stable studies are taken oldest first): wait for that one, rather than for some time.
+    after = study_files(tmp_path / "after", 1)
+    assert storescu(node.port, after).returncode == 0
+    assert node.wait_idle(30)
+    assert [s for s, _, _ in destination.sent] == [study, uid_of(after[0])]
+    assert node.scp.counts == {"stored": 3, "late": 1, "duplicate": 1, "refused": 0, "error": 0}
     assert (tmp_path / "work0" / "late" / study / f"{late.SOPInstanceUID}.dcm").is_file()
     assert not (tmp_path / "work0" / "inbox" / study).exists()
 
@@ -617,6 +623,8 @@ def test_config_file_and_flags(tmp_path: Path) -> None:
             str(path),
             "--port",
             "0",
+            "--port-file",
+            "run/node.port",
             "--allow-ae",
             "A",
             "--allow-ae",
@@ -625,6 +633,7 @@ def test_config_file_and_flags(tmp_path: Path) -> None:
             "http://u:p@h/dw",
         ]
     )
+    assert args.port == 0 and args.port_file == Path("run/node.port")
     merged = serve.config_from_args(args)
     assert merged.port == 0 and merged.allowed_calling_aes == ("A", "B") and merged.ae_title == "NODE1"
     assert (
@@ -647,6 +656,8 @@ def test_config_file_and_flags(tmp_path: Path) -> None:
         ["--work-dir", "W", "--dest-stow", "ftp://host/"],
         ["--work-dir", "W", "--dest-ae", "A@h:1", "--stable-seconds", "-1"],
         ["--work-dir", "W", "--dest-ae", "A@h:1", "--bundle", "no/such/bundle"],
+        ["--work-dir", "W", "--dest-ae", "A@h:1", "--port", "-1"],
+        ["--work-dir", "W", "--dest-ae", "A@h:1", "--port", "0", "--port-file", "."],  # cannot be replaced
     ],
 )
 def test_serve_refuses_a_bad_configuration(
@@ -655,6 +666,75 @@ def test_serve_refuses_a_bad_configuration(
     monkeypatch.chdir(tmp_path)
     assert serve.main(argv) == 2
     assert not (tmp_path / "W").exists()
+
+
+def test_serve_port_0_is_reported_in_the_port_file(tmp_path: Path) -> None:
+    """``serve --port 0 --port-file``: the port the OS picked, written once bound, removed on stop."""
+    port_file = tmp_path / "node.port"
+    port_file.write_text("1\n")  # a stale file of an earlier run: never to be read as this run's port
+    log_path = tmp_path / "serve.log"
+    with refused_port() as dest_port, log_path.open("wb") as log:
+        command = [
+            sys.executable, "-m", "pneumonia_monai", "serve", "--work-dir", str(tmp_path / "work"),
+            "--ae-title", NODE_AET, "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
+            "--dest-ae", f"DEST@127.0.0.1:{dest_port}", "--stable-seconds", "60", "-v",
+        ]  # fmt: skip
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+        try:
+
+            def reported() -> str:
+                try:
+                    text = port_file.read_text()
+                except FileNotFoundError:
+                    return ""
+                return text if text != "1\n" else ""
+
+            assert wait_for(lambda: reported() or process.poll() is not None, timeout=60, interval=0.05)
+            text = reported()
+            assert text, f"no port reported (exit {process.poll()}):\n{log_path.read_text()[-3000:]}"
+            port = int(text)
+            assert text == f"{port}\n" and 0 < port < 65536
+            # written once bound: the node answers there at once, listening on 127.0.0.1 only
+            echo = [dcmtk("echoscu"), "-aet", "TESTSCU", "-aec", NODE_AET, "127.0.0.1", str(port)]
+            result = subprocess.run(echo, capture_output=True, text=True, timeout=30)
+            assert result.returncode == 0, result.stderr
+            assert [s for s in listening_sockets(process.pid) if s[1] == port] == [("127.0.0.1", port)]
+            assert sorted(p.name for p in tmp_path.iterdir()) == ["node.port", "serve.log", "work"]  # no tmp
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(60) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(30)
+    log_text = log_path.read_text()
+    assert f"listening port {port} written to {port_file}" in log_text
+    assert f"listening on 127.0.0.1:{port}" in log_text
+    assert not port_file.exists()  # removed on stop: a port file is there only while the node listens
+
+
+def test_serve_exits_2_when_the_port_file_cannot_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    stopped: list[DicomNode] = []
+    real_stop = DicomNode.stop
+
+    def disk_full(path: Path, data: bytes) -> Path:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def stop(self: DicomNode, **kwargs: float) -> bool:
+        stopped.append(self)
+        return real_stop(self, **kwargs)
+
+    monkeypatch.setattr(serve, "write_bytes_atomic", disk_full)
+    monkeypatch.setattr(DicomNode, "stop", stop)
+    argv = ["--work-dir", "W", "--dest-ae", "A@127.0.0.1:9", "--port", "0", "--port-file", "node.port"]
+    with caplog.at_level("ERROR", logger="pneumonia_monai.cli.serve"):
+        assert serve.main(argv) == 2
+    messages = [r.getMessage() for r in caplog.records if r.name == "pneumonia_monai.cli.serve"]
+    assert any("cannot write the port file node.port: [Errno 28]" in m for m in messages), messages
+    assert len(stopped) == 1  # the node that had started listening was stopped
+    assert not (tmp_path / "node.port").exists()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -681,11 +761,10 @@ def test_cstore_destination_sends_in_the_files_own_syntax_and_reports_refusals(
     monkeypatch.setattr(inbox_module, "write_durable", disk_full)
     with pytest.raises(SendError, match=r"status 0xA700 \(Failure\)"):
         sender.send(files[:1])
-    nobody = CStoreDestination(
-        DicomDestination(NODE_AET, "127.0.0.1", free_port()), calling_ae_title="SENDER"
-    )
-    with pytest.raises(SendError, match="no association"):
-        nobody.send(files[:1])
+    with refused_port() as port:
+        nobody = CStoreDestination(DicomDestination(NODE_AET, "127.0.0.1", port), calling_ae_title="SENDER")
+        with pytest.raises(SendError, match="no association"):
+            nobody.send(files[:1])
     (tmp_path / "note.txt").write_text("not DICOM")
     with pytest.raises(SendError, match="not a readable DICOM file"):
         sender.send([tmp_path / "note.txt"])

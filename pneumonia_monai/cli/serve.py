@@ -18,10 +18,15 @@ was processed are kept in ``WORK/late/`` and logged, not processed again. See
 Options given on the command line win over those of ``--config`` (YAML or JSON, keys as in
 :class:`pneumonia_monai.node.config.NodeConfig`, ``dest_ae``/``dest_stow`` for the destination).
 
+``--port 0`` lets the operating system pick a free port; ``--port-file FILE`` reports the port listened
+on: FILE is removed at start (a stale one is never this run's), written atomically (a line with the
+number) once the port is bound, so whoever waits for it can connect at once, and removed again when the
+node stops. This is how a supervisor or a test starts a node without guessing a free port.
+
 SIGTERM or SIGINT: stop accepting associations, let the open ones end (``--association-grace``),
 finish the study being processed (``--drain-timeout``), exit 0. Whatever is still in the inbox is
-resumed at the next start. Exit status 2: bad configuration, unusable bundle path or work folder, or
-the port cannot be bound.
+resumed at the next start. Exit status 2: bad configuration, unusable bundle path or work folder, the
+port cannot be bound, or the port file cannot be written.
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ import argparse
 import logging
 import signal
 import threading
+from contextlib import suppress
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from pneumonia_monai.atomic import write_bytes_atomic
 from pneumonia_monai.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
@@ -44,7 +51,6 @@ from pneumonia_monai.cli.common import (
     returns_exit_status,
 )
 from pneumonia_monai.node.config import NodeConfig, config_from_mapping, read_config_file
-from pneumonia_monai.node.inbox import write_durable
 from pneumonia_monai.node.service import DicomNode
 
 logger = logging.getLogger(__name__)
@@ -85,7 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     node = parser.add_argument_group("DICOM node")
     node.add_argument("--ae-title", metavar="AET", help="the node's AE title (default PNEUMONIA)")
     node.add_argument("--host", metavar="ADDR", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
-    node.add_argument("--port", type=int, metavar="N", help="port to listen on (default 11112; 0: any free)")
+    node.add_argument(
+        "--port",
+        type=int,
+        metavar="N",
+        help="port to listen on (default 11112; 0: let the OS pick a free one, see --port-file)",
+    )
     node.add_argument(
         "--allow-ae",
         action="append",
@@ -102,7 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-associations", type=positive_int, metavar="N", help="open associations at once (default 10)"
     )
     node.add_argument(
-        "--port-file", type=Path, metavar="FILE", help="write the port listened on to FILE once listening"
+        "--port-file",
+        type=Path,
+        metavar="FILE",
+        help="once listening, write the port to FILE (atomically, one line); removed when the node stops",
     )
     work = parser.add_argument_group("processing")
     work.add_argument(
@@ -221,21 +235,45 @@ def main(argv: list[str] | None = None) -> int:
     try:
         node = DicomNode(config)
         try:
+            _remove_port_file(args.port_file)
             node.start()
         except OSError as exc:
             logger.error("cannot start the node: %s", exc)
             return EXIT_USAGE
         try:
-            if args.port_file is not None:
-                write_durable(args.port_file, f"{node.port}\n".encode())
+            if args.port_file is not None and not _write_port_file(args.port_file, node.port):
+                return EXIT_USAGE
             while not stop_requested.wait(1.0):
                 pass
             logger.info("received %s: stopping", signal.Signals(received[0]).name)
         finally:
             clean = node.stop(association_grace=args.association_grace, drain_timeout=args.drain_timeout)
+            with suppress(OSError):  # best effort: the next start removes it anyway
+                _remove_port_file(args.port_file)
         if not clean:
             logger.warning("the study being processed was left unfinished; it is resumed at the next start")
         return EXIT_OK
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _remove_port_file(path: Path | None) -> None:
+    """Remove the port file of an earlier run, so that nobody reads its port as this run's.
+
+    Raises:
+        OSError: if it exists and cannot be removed (a folder, say).
+    """
+    if path is not None:
+        path.unlink(missing_ok=True)
+
+
+def _write_port_file(path: Path, port: int) -> bool:
+    """Write ``port`` to ``path`` atomically (readers see no file, or the whole line); return success."""
+    try:
+        write_bytes_atomic(path, f"{port}\n".encode("ascii"))
+    except OSError as exc:
+        logger.error("cannot write the port file %s: %s", path, exc)
+        return False
+    logger.info("listening port %d written to %s", port, path)
+    return True
