@@ -21,7 +21,7 @@ from typing import Any
 from pneumonia_monai.atomic import write_json_atomic
 from pneumonia_monai.constants import LABEL_MODES
 from pneumonia_monai.data.kaggle import ImageRecord, count_by, scan_kaggle_tree
-from pneumonia_monai.data.splits import grouped_split
+from pneumonia_monai.data.splits import split_pool
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,9 @@ def build_datalist(
     val_fraction: float = 0.2,
     seed: int = 0,
     relative_to: str | Path | None = None,
+    split_mode: str = "random",
+    num_folds: int = 5,
+    fold: int = 0,
 ) -> dict[str, list[dict[str, Any]]]:
     """Split records into a datalist, by patient, stratified on normal / bacterial / viral.
 
@@ -71,9 +74,15 @@ def build_datalist(
         val_fraction: fraction of the train+val pool that goes to validation.
         seed: split seed.
         relative_to: write image paths relative to this folder (the datalist's own folder).
+        split_mode: ``"random"`` (patient-grouped, stratified), ``"temporal"`` (the earliest normal
+            patients of each naming scheme plus a matched draw of pneumonia patients; it sees the
+            acquisition-period shift of Kaggle's test normals) or ``"kfold"`` (fold ``fold`` of
+            ``num_folds``); see :mod:`pneumonia_monai.data.splits`.
+        num_folds: folds of the ``kfold`` mode.
+        fold: the fold held out in the ``kfold`` mode.
 
     Raises:
-        ValueError: on an unknown ``label_mode`` or when the pool is too small to split.
+        ValueError: on an unknown ``label_mode`` or ``split_mode``, or when the pool is too small to split.
     """
     if label_mode not in LABEL_MODES:
         raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
@@ -82,11 +91,14 @@ def build_datalist(
     test = [r for r in records if r.source_split == "test"]
     if not pool:
         raise ValueError("no training films: every record is from the official test split")
-    train_idx, val_idx = grouped_split(
+    train_idx, val_idx = split_pool(
         [r.subtype if r.label == "pneumonia" else "normal" for r in pool],
         [r.patient_id for r in pool],
+        mode=split_mode,
         val_fraction=val_fraction,
         seed=seed,
+        num_folds=num_folds,
+        fold=fold,
     )
     out: dict[str, list[dict[str, Any]]] = {key: [] for key in DATALIST_KEYS}
     unlabelled = 0
@@ -141,6 +153,9 @@ def prepare_datalist(
     val_fraction: float = 0.2,
     seed: int = 0,
     output: str | Path | None = None,
+    split_mode: str = "random",
+    num_folds: int = 5,
+    fold: int = 0,
 ) -> dict[str, list[dict[str, Any]]]:
     """Return the bundle's datalist for ``dataset_dir``, with absolute image paths.
 
@@ -154,6 +169,9 @@ def prepare_datalist(
         val_fraction: validation fraction for a tree.
         seed: split seed for a tree.
         output: if given, the datalist is also written there (for provenance).
+        split_mode: ``"random"``, ``"temporal"`` or ``"kfold"`` for a tree (see :func:`build_datalist`).
+        num_folds: folds of the ``kfold`` mode.
+        fold: the fold held out in the ``kfold`` mode.
 
     Raises:
         FileNotFoundError: if ``dataset_dir`` does not exist.
@@ -171,7 +189,15 @@ def prepare_datalist(
         logger.info(
             "labels: %s; official splits: %s", count_by(records, "subtype"), count_by(records, "source_split")
         )
-        datalist = build_datalist(records, label_mode=label_mode, val_fraction=val_fraction, seed=seed)
+        datalist = build_datalist(
+            records,
+            label_mode=label_mode,
+            val_fraction=val_fraction,
+            seed=seed,
+            split_mode=split_mode,
+            num_folds=num_folds,
+            fold=fold,
+        )
     if output is not None:
         write_json_atomic(output, datalist)
     return datalist
