@@ -114,7 +114,7 @@ def test_lung_crop_falls_back_and_says_so(caplog: pytest.LogCaptureFixture) -> N
     assert out.shape == blank.shape
     assert out.meta["lung_crop"].startswith("fallback: ")
     assert out.meta["lung_box"] == [0, 64, 0, 64]
-    assert "keeping the whole film" in caplog.text
+    assert "keeping the film inside its borders" in caplog.text
     off = LungFieldCrop(enabled=False)(MetaTensor(torch.rand(1, 40, 50)))
     assert off.meta["lung_crop"] == "disabled" and off.shape == (1, 40, 50)
     with pytest.raises(ValueError, match="margin"):

@@ -20,9 +20,18 @@ The detection is classical and cheap, on a thumbnail of at most :data:`THUMBNAIL
    :data:`MIN_BOX_HEIGHT` of the body (a consolidated, bright lung base is not dark and must not be
    cut off), and grown by ``margin`` (a fraction of the film's size): that is the crop.
 
+Before any of this, uniform borders (rows and columns of one grey level at the film's edges: export
+padding, collimation burned in black or white) are stripped (:func:`strip_uniform_border`): they carry
+no information, and left in they would move the body box, the threshold and so the crop. The same film
+with and without such a border then gives the same crop.
+
 Where the result is implausible (no region, a box smaller than :data:`MIN_BOX_FRACTION` of the film,
 narrower than :data:`MIN_BOX_WIDTH`, or starting below :data:`MAX_APEX_ROW`), the whole film is kept;
-the reason is logged and stored in the image's meta dictionary under ``"lung_crop"``.
+the reason is logged and stored in the image's meta dictionary under ``"lung_crop"``; where borders
+were stripped, the fallback is the film without them.
+
+:class:`RandLungFieldCropd` is the training version: the same box, each edge moved by a random
+fraction of the box (jitter), so the model does not depend on the box's exact edges.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, Transform
+from monai.transforms import MapTransform, RandomizableTransform, Transform
 from scipy import ndimage
 from skimage import filters, measure, morphology, transform
 
@@ -61,6 +70,58 @@ _MIN_REGION_FRACTION = 0.01
 _TISSUE_FRACTION = 0.05
 #: Width of the outer band ignored when thresholding, as a fraction of the size.
 _BAND = 0.04
+#: A border row or column is uniform when its grey levels span at most this much (display scale):
+#: a little over one 8-bit step, so that a border re-encoded as JPEG still counts.
+BORDER_TOLERANCE = 3.0 / 255.0
+#: At most this fraction of each side is stripped as border.
+MAX_BORDER_FRACTION = 0.3
+#: Start of the crop status of a film with nothing to look at (uniform or near-uniform): such a film
+#: is never scored (:func:`lacks_content`).
+NO_CONTENT = "no usable image content"
+
+
+def lacks_content(status: str) -> bool:
+    """Whether a crop status (``meta["lung_crop"]``) says the film has no usable content.
+
+    A uniform or near-uniform film (blank, black, grey: an exposure or export failure) gives a status
+    holding :data:`NO_CONTENT`; inference turns such a film into an error row instead of a score.
+    """
+    return NO_CONTENT in status
+
+
+def strip_uniform_border(image: np.ndarray, tolerance: float = BORDER_TOLERANCE) -> tuple[int, int, int, int]:
+    """Return the part of a film inside its uniform borders: ``(row_start, row_stop, col_start, col_stop)``.
+
+    From each edge inwards, rows (columns) whose values span at most ``tolerance`` and lie within
+    ``tolerance`` of that edge's first row (column) are border; at most :data:`MAX_BORDER_FRACTION`
+    of a side is stripped. A film without borders gives ``(0, rows, 0, cols)``.
+
+    Raises:
+        ValueError: if ``image`` is not 2-D.
+    """
+    if image.ndim != 2:
+        raise ValueError(f"image must be 2-D (rows, columns), got shape {image.shape}")
+    rows, cols = image.shape
+
+    def run(lows: np.ndarray, highs: np.ndarray, limit: int) -> int:
+        """Length of the uniform run at the start of (lows, highs), the per-line minima and maxima."""
+        ref = (float(lows[0]) + float(highs[0])) / 2.0
+        ok = (
+            ((highs - lows) <= tolerance)
+            & (np.abs(highs - ref) <= tolerance)
+            & (np.abs(lows - ref) <= tolerance)
+        )
+        bad = np.flatnonzero(~ok[:limit])
+        return int(bad[0]) if bad.size else limit
+
+    row_lo, row_hi = image.min(axis=1), image.max(axis=1)
+    col_lo, col_hi = image.min(axis=0), image.max(axis=0)
+    r_limit, c_limit = int(MAX_BORDER_FRACTION * rows), int(MAX_BORDER_FRACTION * cols)
+    top = run(row_lo, row_hi, r_limit)
+    bottom = run(row_lo[::-1], row_hi[::-1], r_limit)
+    left = run(col_lo, col_hi, c_limit)
+    right = run(col_lo[::-1], col_hi[::-1], c_limit)
+    return top, rows - bottom, left, cols - right
 
 
 def _body_box(thumb: np.ndarray) -> tuple[int, int, int, int]:
@@ -129,7 +190,7 @@ def find_lung_box(image: np.ndarray, margin: float = 0.05) -> tuple[tuple[int, i
     thumb, (rows_used, cols_used) = _thumbnail(image)
     thumb = filters.gaussian(thumb, sigma=1.0, preserve_range=True)
     if float(thumb.max() - thumb.min()) < 8.0:
-        return None, "film has almost no contrast"
+        return None, f"{NO_CONTENT} (the film is uniform: under 8 of 255 grey levels of contrast)"
     # Stage 1: the body. Rows and columns without tissue (wide air or padding borders) are cut off,
     # so that the air around the patient cannot merge with the lung fields.
     b_r0, b_r1, b_c0, b_c1 = _body_box(thumb)
@@ -145,7 +206,7 @@ def find_lung_box(image: np.ndarray, margin: float = 0.05) -> tuple[tuple[int, i
     ] = True
     inner = body[band]
     if inner.size == 0 or float(inner.max() - inner.min()) < 8.0:
-        return None, "film has almost no contrast"
+        return None, f"{NO_CONTENT} (the body has under 8 of 255 grey levels of contrast)"
     dark = (body < filters.threshold_otsu(inner)) & band
     dark = ndimage.binary_opening(dark, structure=morphology.disk(2))
     dark = ndimage.binary_erosion(dark, structure=morphology.disk(1))
@@ -194,6 +255,34 @@ def find_lung_box(image: np.ndarray, margin: float = 0.05) -> tuple[tuple[int, i
     return box, "detected"
 
 
+def locate_crop(image: np.ndarray, margin: float = 0.05) -> tuple[tuple[int, int, int, int], str]:
+    """The crop of a film: its lung box, else the film inside its uniform borders.
+
+    Borders are stripped first (:func:`strip_uniform_border`), the lungs are found inside
+    (:func:`find_lung_box`), and the box is returned in the whole film's pixels.
+
+    Returns:
+        ``(box, reason)``: ``reason`` is ``"detected"``, or why the lung fields were not found (the
+        box is then the film inside its borders).
+    """
+    b_r0, b_r1, b_c0, b_c1 = strip_uniform_border(image)
+    inner = image[b_r0:b_r1, b_c0:b_c1]
+    if b_r1 - b_r0 < 16 or b_c1 - b_c0 < 16 or float(inner.max() - inner.min()) <= BORDER_TOLERANCE:
+        return (0, image.shape[0], 0, image.shape[1]), f"{NO_CONTENT} (the film is uniform)"
+    box, reason = find_lung_box(image[b_r0:b_r1, b_c0:b_c1], margin)
+    if box is None:
+        return (b_r0, b_r1, b_c0, b_c1), reason
+    r0, r1, c0, c1 = box
+    return (b_r0 + r0, b_r0 + r1, b_c0 + c0, b_c0 + c1), reason
+
+
+def _with_film_shape(cropped: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
+    """Record the film's ``(rows, columns)`` before the crop as ``film_shape`` in the meta."""
+    if isinstance(cropped, MetaTensor):
+        cropped.meta["film_shape"] = [int(film.shape[-2]), int(film.shape[-1])]
+    return cropped
+
+
 class LungFieldCrop(Transform):
     """Crop a ``(C, rows, columns)`` image to its lung fields, or keep it whole and say why.
 
@@ -213,17 +302,24 @@ class LungFieldCrop(Transform):
         if img.ndim != 3:
             raise ValueError(f"expected a (C, rows, columns) image, got shape {tuple(img.shape)}")
         if not self.enabled:
-            return self._note(img, "disabled", None)
-        box, reason = find_lung_box(img[0].detach().cpu().numpy(), self.margin)
-        if box is None:
+            return _with_film_shape(self._note(img, "disabled", None), img)
+        box, reason = locate_crop(img[0].detach().cpu().numpy(), self.margin)
+        if reason != "detected":
             name = getattr(img, "meta", {}).get("filename_or_obj", "image")
-            logger.debug("lung fields not found in %s (%s): keeping the whole film", name, reason)
-            return self._note(img, f"fallback: {reason}", None)
+            logger.debug(
+                "lung fields not found in %s (%s): keeping the film inside its borders", name, reason
+            )
+            reason = f"fallback: {reason}"
         r0, r1, c0, c1 = box
-        return self._note(img[:, r0:r1, c0:c1], reason, box)
+        return _with_film_shape(self._note(img[:, r0:r1, c0:c1], reason, box), img)
 
     @staticmethod
     def _note(img: torch.Tensor, status: str, box: tuple[int, int, int, int] | None) -> torch.Tensor:
+        """Record ``status``, the box and the film's shape in the meta (the whole film when ``box`` is None).
+
+        ``lung_box`` is in the pixels of the film before the crop, whose ``(rows, columns)`` are
+        ``film_shape``: a heatmap of the crop is laid back onto the film with them.
+        """
         if isinstance(img, MetaTensor):
             # Same keys and shapes whatever happened, so that batches collate.
             rows, cols = img.shape[-2:]
@@ -250,4 +346,53 @@ class LungFieldCropd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.cropper(d[key])
+        return d
+
+
+class RandLungFieldCropd(RandomizableTransform, MapTransform):
+    """Training version of :class:`LungFieldCropd`: the same box, each edge moved at random.
+
+    Each of the four edges moves by a uniform fraction in ``[-jitter, jitter]`` of the box's height
+    (rows) or width (columns), kept inside the film.
+
+    Args:
+        keys: keys of the films.
+        margin: margin around the lung box, as for :class:`LungFieldCrop`.
+        jitter: largest move of an edge, as a fraction of the box's size, in [0, 0.5].
+        prob: probability of moving the edges (the box is used as found otherwise).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        margin: float = 0.05,
+        jitter: float = 0.05,
+        prob: float = 1.0,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        if not 0.0 <= jitter <= 0.5:
+            raise ValueError(f"jitter must be in [0, 0.5], got {jitter!r}")
+        self.jitter = float(jitter)
+        self.cropper = LungFieldCrop(margin=margin)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Crop every film under ``keys`` to its (jittered) lung box."""
+        d = dict(data)
+        self.randomize(None)
+        moves = self.R.uniform(-self.jitter, self.jitter, size=4) if self._do_transform else np.zeros(4)
+        for key in self.key_iterator(d):
+            img = d[key]
+            if img.ndim != 3:
+                raise ValueError(f"expected a (C, rows, columns) image, got shape {tuple(img.shape)}")
+            rows, cols = img.shape[-2:]
+            (r0, r1, c0, c1), reason = locate_crop(img[0].detach().cpu().numpy(), self.cropper.margin)
+            h, w = r1 - r0, c1 - c0
+            r0 = int(np.clip(round(r0 + moves[0] * h), 0, rows - 16))
+            r1 = int(np.clip(round(r1 + moves[1] * h), r0 + 16, rows))
+            c0 = int(np.clip(round(c0 + moves[2] * w), 0, cols - 16))
+            c1 = int(np.clip(round(c1 + moves[3] * w), c0 + 16, cols))
+            status = reason if reason == "detected" else f"fallback: {reason}"
+            d[key] = _with_film_shape(self.cropper._note(img[:, r0:r1, c0:c1], status, (r0, r1, c0, c1)), img)
         return d

@@ -11,6 +11,12 @@ preprocessing, so the chain is written once and cannot drift between the configs
 4. :class:`monai.transforms.EnsureTyped` to float32.
 
 It is a plain (non-random) transform, so :class:`monai.data.CacheDataset` caches its output.
+
+Training uses :func:`training_chain`: the same steps in the same order, with the route augmentations
+of :mod:`pneumonia_monai.transforms.augment` between loading and cropping (they act on the whole film,
+as the route does) and the lung box jittered (:class:`~.lung_crop.RandLungFieldCropd`).
+Loading is deterministic and first, so a ``CacheDataset`` caches the loaded films and draws the rest
+anew each epoch.
 """
 
 from __future__ import annotations
@@ -20,10 +26,61 @@ from typing import Any
 
 import torch
 from monai.config import KeysCollection
-from monai.transforms import Compose, EnsureTyped, MapTransform, Resized
+from monai.transforms import Compose, EnsureTyped, MapTransform, Resized, Transform
 
 from pneumonia_monai.transforms.io import LoadChestXRayd
-from pneumonia_monai.transforms.lung_crop import LungFieldCropd
+from pneumonia_monai.transforms.lung_crop import LungFieldCropd, RandLungFieldCropd
+
+
+def _size(spatial_size: Sequence[int] | int) -> tuple[int, int]:
+    size = (int(spatial_size),) * 2 if isinstance(spatial_size, int) else tuple(int(s) for s in spatial_size)
+    if len(size) != 2 or min(size) < 16:
+        raise ValueError(f"spatial_size must be two sizes of at least 16 pixels, got {spatial_size!r}")
+    return size[0], size[1]
+
+
+def _chain(
+    keys: KeysCollection,
+    size: tuple[int, int],
+    cropper: Transform,
+    route: Sequence[Transform] = (),
+    allow_missing_keys: bool = False,
+) -> list[Transform]:
+    """The steps, in their one order: load, (route augmentations), crop, resize, float32."""
+    return [
+        LoadChestXRayd(keys, allow_missing_keys=allow_missing_keys),
+        *route,
+        cropper,
+        Resized(keys, spatial_size=size, mode="area", allow_missing_keys=allow_missing_keys),
+        EnsureTyped(keys, dtype=torch.float32, allow_missing_keys=allow_missing_keys),
+    ]
+
+
+def training_chain(
+    keys: KeysCollection,
+    spatial_size: Sequence[int] | int = (224, 224),
+    lung_crop: bool = True,
+    crop_margin: float = 0.05,
+    route_augmentation: Sequence[Transform] = (),
+    box_jitter: float = 0.05,
+) -> Compose:
+    """The preprocessing chain of training: :class:`ChestXRayPreprocessd`'s steps, augmented.
+
+    Args:
+        keys: keys of the film paths.
+        spatial_size: output ``(rows, columns)``.
+        lung_crop: crop to the lung fields (``False``: resize the whole film, no jitter).
+        crop_margin: margin around the lung fields.
+        route_augmentation: random transforms applied to the whole loaded film, before the crop.
+        box_jitter: largest move of each lung-box edge, as a fraction of the box.
+    """
+    size = _size(spatial_size)
+    cropper: Transform = (
+        RandLungFieldCropd(keys, margin=crop_margin, jitter=box_jitter)
+        if lung_crop
+        else LungFieldCropd(keys, margin=crop_margin, enabled=False)
+    )
+    return Compose(_chain(keys, size, cropper, list(route_augmentation)))
 
 
 class ChestXRayPreprocessd(MapTransform):
@@ -45,22 +102,11 @@ class ChestXRayPreprocessd(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        size = (
-            (int(spatial_size),) * 2 if isinstance(spatial_size, int) else tuple(int(s) for s in spatial_size)
+        self.spatial_size = _size(spatial_size)
+        cropper = LungFieldCropd(
+            keys, margin=crop_margin, enabled=lung_crop, allow_missing_keys=allow_missing_keys
         )
-        if len(size) != 2 or min(size) < 16:
-            raise ValueError(f"spatial_size must be two sizes of at least 16 pixels, got {spatial_size!r}")
-        self.spatial_size = size
-        self.chain = Compose(
-            [
-                LoadChestXRayd(keys, allow_missing_keys=allow_missing_keys),
-                LungFieldCropd(
-                    keys, margin=crop_margin, enabled=lung_crop, allow_missing_keys=allow_missing_keys
-                ),
-                Resized(keys, spatial_size=size, mode="area", allow_missing_keys=allow_missing_keys),
-                EnsureTyped(keys, dtype=torch.float32, allow_missing_keys=allow_missing_keys),
-            ]
-        )
+        self.chain = Compose(_chain(keys, self.spatial_size, cropper, allow_missing_keys=allow_missing_keys))
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         """Return a copy of ``data`` with each film replaced by its preprocessed tensor."""
