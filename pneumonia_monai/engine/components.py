@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine
+from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.networks.utils import copy_model_state
 
 from pneumonia_monai.engine.checkpoint import load_network_state
@@ -101,3 +102,47 @@ def init_from_checkpoint(network: torch.nn.Module, path: str | Path | None) -> t
         "initialised %d of %d tensors from %s; kept fresh: %s", len(updated), len(own), path, unchanged
     )
     return network
+
+
+class ResumableTraining:
+    """Save the whole training state every epoch, and resume from such a save when one is given.
+
+    Attached to the trainer, it adds the trainer itself (epoch and iteration counts) to ``state``, so
+    a config need not reference the trainer from inside its own handlers:
+
+    - a :class:`~monai.handlers.CheckpointSaver` writes ``state`` plus the trainer to ``save_dir``
+      after every epoch, keeping the last one (``checkpoint_epoch=N.pt``);
+    - with ``load_path``, a :class:`~monai.handlers.CheckpointLoader` restores them when the run starts,
+      so it goes on from the epoch after the saved one, with the same optimiser and scheduler state.
+
+    Args:
+        save_dir: folder of the per-epoch saves.
+        state: the objects to save and restore (network, optimizer, lr_scheduler), by name.
+        load_path: a save to resume from, or None (a fresh run).
+        map_location: where to load the tensors.
+
+    Raises:
+        FileNotFoundError: if ``load_path`` is given and does not exist.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | Path,
+        state: Mapping[str, Any],
+        load_path: str | Path | None = None,
+        map_location: Any = None,
+    ) -> None:
+        if load_path is not None and not Path(load_path).is_file():
+            raise FileNotFoundError(f"resume checkpoint {str(load_path)!r} does not exist")
+        self.save_dir = str(save_dir)
+        self.state = dict(state)
+        self.load_path = None if load_path is None else str(load_path)
+        self.map_location = map_location
+
+    def attach(self, engine: Engine) -> None:
+        """Attach the per-epoch saver, and the loader when resuming, to the trainer ``engine``."""
+        objects = {**self.state, "trainer": engine}
+        if self.load_path is not None:
+            logger.info("resuming training from %s", self.load_path)
+            CheckpointLoader(self.load_path, objects, map_location=self.map_location).attach(engine)
+        CheckpointSaver(self.save_dir, objects, save_interval=1, n_saved=1, epoch_level=True).attach(engine)

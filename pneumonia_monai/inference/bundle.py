@@ -104,23 +104,22 @@ class InferenceBundle:
         """Number of network outputs."""
         return len(self.class_names)
 
-    def predict(self, images: torch.Tensor) -> np.ndarray:
-        """Return the class probabilities of a batch, through the bundle's post-processing.
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Return the network's raw outputs for a batch, float32 on the CPU (before post-processing).
 
         The forward pass runs under :func:`torch.inference_mode`, with automatic mixed precision
-        (float16) on CUDA; the logits are post-processed one image at a time in float32, as the bundle's
-        ``postprocessing`` expects a channel-first item.
+        (float16) on CUDA.
 
         Args:
             images: ``(B, 1, H, W)`` float tensor of preprocessed films.
 
         Returns:
-            ``(B, num_classes)`` float64 array of probabilities.
+            ``(B, num_classes)`` float32 tensor.
 
         Raises:
             TypeError: if ``images`` is not a floating point tensor.
-            ValueError: if its shape is not ``(B, 1, H, W)`` with ``B >= 1``, or the post-processing does
-                not give finite probabilities summing to 1.
+            ValueError: if its shape is not ``(B, 1, H, W)`` with ``B >= 1``, or the network's output
+                is not ``(B, num_classes)``.
         """
         if not isinstance(images, torch.Tensor) or not images.is_floating_point():
             raise TypeError(f"images must be a floating point torch.Tensor, got {type(images).__name__}")
@@ -139,6 +138,33 @@ class InferenceBundle:
                 f"the network returned shape {tuple(logits.shape)}, "
                 f"expected ({images.shape[0]}, {self.num_classes})"
             )
+        return logits
+
+    def predict(self, images: torch.Tensor) -> np.ndarray:
+        """Return the class probabilities of a batch, through the bundle's post-processing.
+
+        The logits (:meth:`logits`) are post-processed one image at a time in float32 (temperature
+        scaling, softmax), as the bundle's ``postprocessing`` expects a channel-first item.
+
+        Args:
+            images: ``(B, 1, H, W)`` float tensor of preprocessed films.
+
+        Returns:
+            ``(B, num_classes)`` float64 array of probabilities.
+
+        Raises:
+            TypeError: if ``images`` is not a floating point tensor.
+            ValueError: if its shape is not ``(B, 1, H, W)`` with ``B >= 1``, or the post-processing does
+                not give finite probabilities summing to 1.
+        """
+        return self.postprocess(self.logits(images))
+
+    def postprocess(self, logits: torch.Tensor) -> np.ndarray:
+        """Return the class probabilities of ``(B, num_classes)`` logits, through the post-processing.
+
+        Raises:
+            ValueError: if the post-processing does not give finite probabilities summing to 1.
+        """
         probs = np.stack(
             [
                 np.asarray(torch.as_tensor(self.postprocessing({"pred": row})["pred"]), dtype=np.float64)
@@ -369,6 +395,7 @@ def load_bundle(
         "threshold": threshold,
         "spatial_size": list(spatial_size),
         "lung_crop": config.get("lung_crop"),
+        "temperature": config.get("temperature"),
         "preprocessing": config.get("preprocessing"),
         "postprocessing": config.get("postprocessing"),
         "version": version,
