@@ -33,8 +33,15 @@ from pydicom.uid import JPEG2000Lossless, RLELossless, SecondaryCaptureImageStor
 from pneumonia_monai.cli import infer as infer_cli
 from pneumonia_monai.inference import runner
 from pneumonia_monai.inference.bundle import BundleError, InferenceBundle, load_bundle
-from pneumonia_monai.inference.manifest import RESULT_COLUMNS, STUDY_COLUMNS, SUBTYPE_COLUMNS
+from pneumonia_monai.inference.heatmap import display_scale
+from pneumonia_monai.inference.manifest import (
+    RESULT_COLUMNS,
+    STUDY_COLUMNS,
+    SUBTYPE_COLUMNS,
+    THREE_CLASS_COLUMNS,
+)
 from pneumonia_monai.inference.runner import KILL_AFTER_ENV, in_flight_limit, run_inference
+from pneumonia_monai.transforms import load_film
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_CONFIG = REPO / "bundle" / "configs" / "inference.json"
@@ -99,6 +106,7 @@ def write_bundle(
     config["threshold"] = 0.5  # random weights: the shipped model's operating point means nothing here
     if network_def is not None:
         config["network_def"] = network_def
+        config["heatmap_layer"] = "features.denseblock2"  # the small test network has two blocks
     if class_names is not None:
         config["class_names"] = class_names
         config["num_classes"] = len(class_names)
@@ -345,17 +353,21 @@ def test_heatmaps_png_for_every_ok_image_and_sc_for_dicom(full_run, dataset):
     expected_png = {r["path"].replace("/", "__") + ".png" for r in rows}
     expected_sc = {f"{r['sop_uid']}.dcm" for r in rows if r["sop_uid"]}
     assert {p.name for p in (out / "heatmaps").iterdir()} == expected_png | expected_sc
-    for name in expected_png:
-        with Image.open(out / "heatmaps" / name) as img:
-            assert (img.mode, img.size) == ("RGB", (64, 64))
     for row in rows:
+        # the heatmap is laid over the whole film at its own geometry, long side brought into [512, 2048]
+        film, _ = load_film(dataset / row["path"])
+        scale = display_scale(film.shape)
+        rows_cols = (round(film.shape[0] * scale), round(film.shape[1] * scale))
+        assert 512 <= max(rows_cols) <= 2048
+        with Image.open(out / "heatmaps" / (row["path"].replace("/", "__") + ".png")) as img:
+            assert (img.mode, img.size[::-1]) == ("RGB", rows_cols)
         if not row["sop_uid"]:
             continue
         sc = pydicom.dcmread(out / "heatmaps" / f"{row['sop_uid']}.dcm")
         assert sc.SOPClassUID == SecondaryCaptureImageStorage
         assert sc.StudyInstanceUID == row["study_uid"]
         assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == row["sop_uid"]
-        assert (sc.Rows, sc.Columns, sc.SamplesPerPixel) == (64, 64, 3)
+        assert (sc.Rows, sc.Columns, sc.SamplesPerPixel) == (*rows_cols, 3)
         assert "NOT FOR DIAGNOSTIC USE" in sc.SeriesDescription
 
 
@@ -601,13 +613,18 @@ def test_three_class_bundle_without_sr_on_a_clean_folder_exits_0(tmp_path, monke
     status = infer_cli.main([str(data), "--output", str(out), "--no-sr", "-q"])
     assert status == 0
     header = (out / "results.csv").read_text().splitlines()[0].split(",")
-    assert header == [*RESULT_COLUMNS, *SUBTYPE_COLUMNS]
+    assert header == [*RESULT_COLUMNS, *THREE_CLASS_COLUMNS]
     rows = read_csv(out / "results.csv")
     assert [r["status"] for r in rows] == ["ok", "ok", "ok"]
     for row in rows:
         normal, bacterial, viral = (float(row[c]) for c in SUBTYPE_COLUMNS)
         assert normal + bacterial + viral == pytest.approx(1.0, abs=1e-5)
         assert float(row["prob_pneumonia"]) == pytest.approx(1.0 - normal, abs=1e-12)
+        # the subtype follows the two-class prediction, then the likelier pneumonia subtype
+        expected = (
+            "normal" if row["prediction"] == "normal" else ("bacterial" if bacterial >= viral else "viral")
+        )
+        assert row["subtype"] == expected
     assert not (out / "sr").exists()
     (study,) = read_csv(out / "studies.csv")
     assert study["n_images"] == "2" and study["sr_path"] == ""
@@ -642,7 +659,7 @@ def test_variant_subtype_reads_its_overlay_and_checkpoint(tmp_path, caplog):
     )
     assert infer_cli.main([*base, "--output", str(tmp_path / "three"), "--variant", "subtype"]) == 0
     header = (tmp_path / "three" / "results.csv").read_text().splitlines()[0].split(",")
-    assert header == [*RESULT_COLUMNS, *SUBTYPE_COLUMNS]
+    assert header == [*RESULT_COLUMNS, *THREE_CLASS_COLUMNS]
     (row,) = read_csv(tmp_path / "three" / "results.csv")
     assert float(row["prob_pneumonia"]) == pytest.approx(1.0 - float(row["prob_normal"]), abs=1e-6)
     assert infer_cli.main([*base, "--output", str(tmp_path / "two")]) == 0
@@ -773,3 +790,24 @@ def test_the_output_folder_inside_an_input_is_not_read_back(tmp_path, bundle_dir
     third = run_inference([out / "incoming"], out, bundle=bundle_dir, workers=0, progress=False)
     assert third.counts == {"ok": 1, "skipped": 0, "error": 0}
     assert [r["path"] for r in read_csv(out / "results.csv")] == ["b.dcm"]
+
+
+@pytest.mark.parametrize("level", [0, 2048, 4095])
+def test_blank_films_are_errors_never_scored_and_get_no_sr(tmp_path, level):
+    """A uniform (black, grey, white) chest CR is an exposure or export failure: never a score."""
+    bundle = write_bundle(tmp_path / "bundle")
+    data = tmp_path / "in"
+    rng = np.random.default_rng(level)
+    blank = np.clip(level + rng.integers(-3, 4, (96, 96)), 0, 4095).astype(np.uint16)  # sensor noise only
+    make_cr(data / "blank.dcm", pixels=blank, StudyInstanceUID=STUDY_B, **PHI)
+    chest(data / "good.dcm", 0, STUDY_A)
+    out = tmp_path / "out"
+    summary = run_inference([data], out, bundle=bundle, workers=0, progress=False)
+    assert summary.exit_code == 1  # an error row
+    rows = {r["path"]: r for r in read_csv(out / "results.csv")}
+    assert rows["good.dcm"]["status"] == "ok"
+    bad = rows["blank.dcm"]
+    assert bad["status"] == "error" and bad["prob_pneumonia"] == "" and bad["prediction"] == ""
+    assert bad["reason"].startswith("no usable image content") and "not scored" in bad["reason"]
+    assert not (out / "sr" / f"{STUDY_B}.dcm").exists()  # no SR is ever sent for it
+    assert (out / "sr" / f"{STUDY_A}.dcm").exists()

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from pneumonia_monai.engine.checkpoint import network_state
+from pneumonia_monai.inference.heatmap import DENSENET_TARGET_LAYER
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ class InferenceBundle:
         fingerprint: SHA-256 of the weights and of every setting that changes a result (classes,
             threshold, spatial size, lung crop, pre/post-processing configs, version): results computed
             with another fingerprint are never reused.
+        heatmap_layer: the module of ``network`` whose output Grad-CAM explains (``heatmap_layer`` in
+            ``inference.json``; default :data:`~pneumonia_monai.inference.heatmap.DENSENET_TARGET_LAYER`).
     """
 
     root: Path
@@ -93,6 +96,7 @@ class InferenceBundle:
     model_version: str
     checkpoint: Path
     fingerprint: str
+    heatmap_layer: str = DENSENET_TARGET_LAYER
 
     @property
     def three_class(self) -> bool:
@@ -389,6 +393,11 @@ def load_bundle(
         )
     if not math.isfinite(float(out.float().abs().sum())):
         raise BundleError(f"checkpoint {checkpoint} gives non-finite outputs")
+    heatmap_layer = parsed("heatmap_layer") if "heatmap_layer" in config else DENSENET_TARGET_LAYER
+    if not isinstance(heatmap_layer, str) or heatmap_layer not in dict(network.named_modules()):
+        raise BundleError(
+            f"{config_path}: 'heatmap_layer' {heatmap_layer!r} is not a module of 'network_def'"
+        )
 
     settings = {
         "class_names": list(class_names),
@@ -415,6 +424,7 @@ def load_bundle(
         model_version=version.strip(),
         checkpoint=checkpoint,
         fingerprint=digest.hexdigest(),
+        heatmap_layer=heatmap_layer,
     )
     logger.info(
         "bundle %s: %s %s, classes %s, input %dx%d, threshold %.4g, on %s",

@@ -26,9 +26,10 @@ from pneumonia_monai.atomic import atomic_open
 
 logger = logging.getLogger(__name__)
 
-#: Last activation of :class:`monai.networks.nets.DenseNet121` before global pooling (``norm5`` -> ReLU),
-#: the layer MONAI's own examples use for CAM/Grad-CAM on this network.
-DENSENET_TARGET_LAYER = "class_layers.relu"
+#: Output of the third dense block of :class:`monai.networks.nets.DenseNet121`: 1/16 of the input, so
+#: 14 x 14 at the 224-pixel input (the last block, ``class_layers.relu``, is 7 x 7: too coarse to lay
+#: over a film). Its 1,024 channels are already class-specific enough for Grad-CAM.
+DENSENET_TARGET_LAYER = "features.denseblock3"
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -313,3 +314,145 @@ def montage(
     with atomic_open(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=dpi)
     logger.debug("wrote montage of %d tiles to %s", len(checked), path)
+
+
+#: Long side of a film heatmap, in pixels: films outside are resized into this range for display.
+FILM_HEATMAP_SIDES: tuple[int, int] = (512, 2048)
+#: The caption burned into every heatmap a person may see.
+NOT_FOR_DIAGNOSTIC_USE = "NOT FOR DIAGNOSTIC USE"
+
+
+def display_scale(shape: tuple[int, int], sides: tuple[int, int] = FILM_HEATMAP_SIDES) -> float:
+    """The factor that brings a film's long side into ``sides`` (1 where it already is)."""
+    long_side = max(shape)
+    if long_side > sides[1]:
+        return sides[1] / long_side
+    if long_side < sides[0]:
+        return sides[0] / long_side
+    return 1.0
+
+
+def film_heatmap(
+    film01: np.ndarray,
+    cam: np.ndarray,
+    box: Sequence[float],
+    *,
+    caption: str,
+    alpha: float = 0.4,
+    colormap: str = "jet",
+    sides: tuple[int, int] = FILM_HEATMAP_SIDES,
+) -> np.ndarray:
+    """Lay a Grad-CAM of the lung crop over the whole film, at the film's own geometry.
+
+    The map explains the network's input, which is the film's lung box (plus margin) resized to the
+    network's size; it is resized back onto that box of the film, so it can be read, and laid over the
+    original, in the film's rows and columns. The film keeps its aspect ratio and orientation; only a
+    film whose long side is outside ``sides`` is resized (uniformly) into that range. Burned in: the
+    box's outline, a colour bar (low to high evidence), ``caption`` (e.g. the probability) and
+    :data:`NOT_FOR_DIAGNOSTIC_USE`.
+
+    Args:
+        film01: ``(rows, columns)`` film in display intensities [0, 1].
+        cam: ``(h, w)`` map in [0, 1] over the network input.
+        box: the crop the network saw, as fractions of the film ``(row0, row1, col0, col1)``.
+        caption: a line of text burned in at the top (must hold no patient identifier).
+        alpha: weight of the heatmap inside the box, in [0, 1].
+        colormap: a matplotlib colormap name.
+        sides: the range of the long side of the output.
+
+    Returns:
+        ``(R, C, 3)`` uint8 RGB with ``R / C`` the film's aspect ratio and ``max(R, C)`` in ``sides``.
+
+    Raises:
+        TypeError, ValueError: on a malformed film, map, box or option.
+    """
+    import matplotlib
+    from PIL import Image, ImageDraw, ImageFont
+
+    grey = _check_unit_array("film01", film01)
+    heat = _check_unit_array("cam", cam)
+    if len(box) != 4:
+        raise ValueError(f"box must be (row0, row1, col0, col1) fractions, got {box!r}")
+    f_r0, f_r1, f_c0, f_c1 = (float(v) for v in box)
+    if not (0.0 <= f_r0 < f_r1 <= 1.0 and 0.0 <= f_c0 < f_c1 <= 1.0):
+        raise ValueError(f"box must be increasing fractions in [0, 1], got {box!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    try:
+        cmap = matplotlib.colormaps[colormap]
+    except KeyError:
+        raise ValueError(f"unknown matplotlib colormap {colormap!r}") from None
+    scale = display_scale(grey.shape, sides)
+    rows, cols = (max(1, round(n * scale)) for n in grey.shape)
+    levels = Image.fromarray(np.round(grey * 255.0).astype(np.uint8))
+    if (rows, cols) != grey.shape:
+        resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BICUBIC
+        levels = levels.resize((cols, rows), resample)
+    shown = np.asarray(levels, dtype=np.float64) / 255.0
+    r0, r1 = round(f_r0 * rows), max(round(f_r0 * rows) + 1, round(f_r1 * rows))
+    c0, c1 = round(f_c0 * cols), max(round(f_c0 * cols) + 1, round(f_c1 * cols))
+    cam_img = Image.fromarray(heat.astype(np.float32), mode="F").resize(
+        (c1 - c0, r1 - r0), Image.Resampling.BILINEAR
+    )
+    rgb = np.repeat(shown[..., None], 3, axis=2)
+    inside = rgb[r0:r1, c0:c1]
+    rgb[r0:r1, c0:c1] = (1.0 - alpha) * inside + alpha * cmap(np.clip(np.asarray(cam_img), 0.0, 1.0))[..., :3]
+    # Colour bar: the right edge, 40% of the height, centred.
+    bar_w = max(6, cols // 40)
+    bar_h = max(20, int(0.4 * rows))
+    b_c0 = cols - bar_w - max(4, cols // 60)
+    b_r0 = (rows - bar_h) // 2
+    ramp = np.linspace(1.0, 0.0, bar_h)[:, None].repeat(bar_w, axis=1)
+    rgb[b_r0 : b_r0 + bar_h, b_c0 : b_c0 + bar_w] = cmap(ramp)[..., :3]
+    image = Image.fromarray(np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    font_size = max(10, rows // 40)
+    font = ImageFont.load_default(size=font_size)
+    line = max(1, rows // 400)
+    draw.rectangle((c0, r0, c1 - 1, r1 - 1), outline=(255, 255, 255), width=line)
+    draw.rectangle((b_c0, b_r0, b_c0 + bar_w - 1, b_r0 + bar_h - 1), outline=(255, 255, 255), width=line)
+    small = ImageFont.load_default(size=max(8, font_size * 3 // 4))
+    for text, y in (("high", b_r0 - font_size), ("low", b_r0 + bar_h + 2)):
+        width = draw.textlength(text, font=small)
+        draw.text(
+            (max(0, b_c0 + bar_w - width), max(0, y)),
+            text,
+            fill=(255, 255, 255),
+            font=small,
+            stroke_width=1,
+            stroke_fill=(0, 0, 0),
+        )
+    pad = max(4, font_size // 3)
+    for text, y in ((caption, pad), (NOT_FOR_DIAGNOSTIC_USE, rows - font_size - 2 * pad)):
+        draw.text(
+            (pad, y),
+            text,
+            fill=(255, 255, 0),
+            font=font,
+            stroke_width=max(1, font_size // 12),
+            stroke_fill=(0, 0, 0),
+        )
+    return np.asarray(image, dtype=np.uint8)
+
+
+def heat_inside(cam: np.ndarray, box: Sequence[float], crop: Sequence[float]) -> float:
+    """Share of a map's heat mass inside ``box`` (film fractions), for a map lying on ``crop``.
+
+    For the model card: the Grad-CAM of the network input lies on the crop (the lung box plus its margin);
+    this tells how much of its mass is on the lung box proper.
+    """
+    heat = _check_unit_array("cam", cam)
+    total = float(heat.sum())
+    if total <= 0.0:
+        return float("nan")
+    h, w = heat.shape
+    cr0, cr1, cc0, cc1 = (float(v) for v in crop)
+    br0, br1, bc0, bc1 = (float(v) for v in box)
+
+    def span(b0: float, b1: float, c0: float, c1: float, n: int) -> slice:
+        lo = int(np.clip(round((b0 - c0) / (c1 - c0) * n), 0, n))
+        hi = int(np.clip(round((b1 - c0) / (c1 - c0) * n), lo, n))
+        return slice(lo, hi)
+
+    inside = heat[span(br0, br1, cr0, cr1, h), span(bc0, bc1, cc0, cc1, w)]
+    return float(inside.sum()) / total

@@ -56,8 +56,10 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "threshold",
     "model_version",
 )
-#: Columns added for a three-class (normal / bacterial / viral) model.
+#: Probability columns added for a three-class (normal / bacterial / viral) model.
 SUBTYPE_COLUMNS: tuple[str, ...] = ("prob_normal", "prob_bacterial", "prob_viral")
+#: Every column added for a three-class model: the probabilities and the ``subtype`` decision.
+THREE_CLASS_COLUMNS: tuple[str, ...] = (*SUBTYPE_COLUMNS, "subtype")
 #: Columns of ``studies.csv``, in order.
 STUDY_COLUMNS: tuple[str, ...] = (
     "study_uid",
@@ -80,7 +82,7 @@ JOURNAL_VERSION = 1
 
 def result_columns(three_class: bool = False) -> tuple[str, ...]:
     """Return the columns of ``results.csv`` for a two- or three-class model."""
-    return RESULT_COLUMNS + SUBTYPE_COLUMNS if three_class else RESULT_COLUMNS
+    return RESULT_COLUMNS + THREE_CLASS_COLUMNS if three_class else RESULT_COLUMNS
 
 
 def _check_probability(name: str, value: float | None, *, required: bool) -> float | None:
@@ -154,14 +156,31 @@ class ResultRow:
         elif self.prediction:
             raise ValueError(f"prediction is only given for ok rows, got {self.prediction!r}")
 
+    @property
+    def subtype(self) -> str | None:
+        """``normal``, ``bacterial`` or ``viral`` for an ``ok`` three-class row, else ``None``.
+
+        It follows ``prediction`` (made at the threshold on ``prob_pneumonia``): a film called normal is
+        ``normal``; a film called pneumonia is its likelier subtype. So ``subtype`` never contradicts
+        ``prediction``.
+        """
+        if self.status != OK or self.prob_bacterial is None or self.prob_viral is None:
+            return None
+        if self.prediction == NORMAL:
+            return NORMAL
+        return "bacterial" if self.prob_bacterial >= self.prob_viral else "viral"
+
+    def _values(self) -> dict[str, Any]:
+        return {**asdict(self), "subtype": self.subtype}
+
     def as_csv_row(self, columns: Sequence[str] = RESULT_COLUMNS) -> dict[str, str]:
         """Return the row as CSV cells (empty for ``None``; floats at full precision)."""
-        values = asdict(self)
+        values = self._values()
         return {column: _cell(values[column]) for column in columns}
 
     def as_json(self, columns: Sequence[str] = RESULT_COLUMNS) -> dict[str, Any]:
         """Return the row as a JSON object (``None`` for cells that do not apply)."""
-        values = asdict(self)
+        values = self._values()
         return {column: values[column] for column in columns}
 
     def to_state(self) -> dict[str, Any]:

@@ -82,6 +82,7 @@ from pneumonia_monai.inference.manifest import (
     write_results,
     write_studies,
 )
+from pneumonia_monai.transforms.lung_crop import lacks_content
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +179,7 @@ class _Item:
     row: ResultRow | None = None
     reused: StateEntry | None = None
     image: torch.Tensor | None = None
+    box: tuple[float, float, float, float] = (0.0, 1.0, 0.0, 1.0)
     reason: str = ""
     study_uid: str = ""
     series_uid: str = ""
@@ -257,6 +259,11 @@ class _Context:
                     return self.finished(job, decision.status, decision.reason, **uids)
                 reason = decision.reason
             data = self.bundle.preprocessing({"image": str(job.path)})
+            meta = getattr(data["image"], "meta", {})
+            if lacks_content(str(meta.get("lung_crop", ""))):  # a blank film is never scored
+                status = str(meta["lung_crop"]).removeprefix("fallback: ")
+                return self.finished(job, ERROR, f"{status}: not scored", **uids)
+            box = _crop_fractions(meta)
             image = torch.as_tensor(data["image"]).as_subclass(torch.Tensor).detach()
             expected = (1, *self.bundle.spatial_size)
             if tuple(image.shape) != expected:
@@ -265,7 +272,16 @@ class _Context:
         except Exception as exc:  # a broken file is an error row, never the end of the run
             logger.debug("%s: %s", job.rel, type(exc).__name__, exc_info=True)
             return self.finished(job, ERROR, _root_cause_message(exc, job), **uids)
-        return _Item(job, image=image, reason=reason, **uids)
+        return _Item(job, image=image, box=box, reason=reason, **uids)
+
+
+def _crop_fractions(meta: Any) -> tuple[float, float, float, float]:
+    """The crop the network saw, as fractions of the film (the whole film where the meta does not say)."""
+    box, shape = meta.get("lung_box"), meta.get("film_shape")
+    if box is None or shape is None or len(box) != 4 or len(shape) != 2 or min(shape) < 1:
+        return (0.0, 1.0, 0.0, 1.0)
+    rows, cols = float(shape[0]), float(shape[1])
+    return (box[0] / rows, box[1] / rows, box[2] / cols, box[3] / cols)
 
 
 # ---------------------------------------------------------------------------------------- progress
@@ -639,7 +655,7 @@ class _Run:
                 **self.context.common,
                 **subtypes,
             )
-            done_heatmaps = self.heatmaps and self._heatmap(item, p)
+            done_heatmaps = self.heatmaps and self._heatmap(item, p, row)
             item.image = None  # no pixels are kept past this point
             self._done(item.job, StateEntry(row, heatmaps=done_heatmaps))
         self._write_srs_of_settled_studies({item.study_uid for item in batch if item.study_uid})
@@ -675,17 +691,33 @@ class _Run:
         self.heatmap_names.add(name)
         return self.out / HEATMAP_DIR / name
 
-    def _heatmap(self, item: _Item, probs: Any) -> bool:
-        """Write the PNG overlay (and the Secondary Capture for DICOM); return whether all was written."""
-        from pneumonia_monai.inference.heatmap import gradcam, overlay, save_png_atomic
+    def _heatmap(self, item: _Item, probs: Any, row: ResultRow) -> bool:
+        """Write the PNG overlay (and the Secondary Capture for DICOM); return whether all was written.
+
+        The Grad-CAM of the network input is laid over the whole film at its own geometry (the film
+        is loaded again, for display, only here).
+        """
+        from pneumonia_monai.inference.heatmap import film_heatmap, gradcam, save_png_atomic
+        from pneumonia_monai.transforms.io import load_film
 
         folder = self.out / HEATMAP_DIR
         folder.mkdir(exist_ok=True)
         job = item.job
         try:
             image = item.image.cpu()  # type: ignore[union-attr]
-            cam = gradcam(self.bundle.network, image, class_index=self.bundle.explained_class(probs))
-            rgb = overlay(image[0].clamp(0.0, 1.0).numpy(), cam)
+            cam = gradcam(
+                self.bundle.network,
+                image,
+                target_layer=self.bundle.heatmap_layer,
+                class_index=self.bundle.explained_class(probs),
+            )
+            film, _ = load_film(job.path)
+            caption = (
+                f"p(pneumonia) {row.prob_pneumonia:.2f}: {row.prediction} at threshold "
+                f"{self.bundle.threshold:.2f} ({self.bundle.model_name} {self.bundle.model_version})"
+            )
+            rgb = film_heatmap(film, cam, item.box, caption=caption)
+            del film
             png = self._png_path(job)
             save_png_atomic(rgb, png)
             self.summary.png_paths.append(png)
