@@ -219,7 +219,7 @@ def test_channels_last_follows_the_device_and_the_override(
     tree = _small_tree(sample_tree, tmp_path / "tree", per_class=4)
     common = {"dataset_dir": str(tree), "output_dir": str(tmp_path / "runs")}
     default = _workflow(repo_root / "bundle", "train.json", **common).parser
-    assert default.get_parsed_content("channels_last") is torch.cuda.is_available()  # with AMP, on CUDA only
+    assert default.get_parsed_content("channels_last") is True  # CUDA (AMP) and CPU (bf16) alike
     for flag in (False, True):
         net = _workflow(
             repo_root / "bundle", "train.json", channels_last=flag, **common
