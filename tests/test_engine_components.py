@@ -100,3 +100,20 @@ def test_network_state_reads_every_saved_form(tmp_path: Path, form: str) -> None
 def test_network_state_rejects_what_is_not_a_state_dict(raw: object) -> None:
     with pytest.raises(ValueError, match=r"checkpoint here\.pt does not hold a state dict of tensors"):
         network_state(raw, "here.pt")
+
+
+def test_stored_settings_follow_the_variant_overlay(tmp_path: Path) -> None:
+    """Evaluation reads the temperature and threshold inference uses, the variant's overlay winning."""
+    from pneumonia_monai.engine.components import stored_temperature
+
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "inference.json").write_text(json.dumps({"threshold": 0.4, "temperature": 1.5}))
+    (configs / "inference_subtype.json").write_text(json.dumps({"threshold": 0.3, "temperature": 2.0}))
+    assert (stored_threshold(tmp_path), stored_temperature(tmp_path)) == (0.4, 1.5)
+    assert (stored_threshold(tmp_path, "subtype"), stored_temperature(tmp_path, "subtype")) == (0.3, 2.0)
+    (configs / "inference.json").write_text(json.dumps({"threshold": 0.4}))
+    assert stored_temperature(tmp_path) == 1.0  # no calibration stored: softmax as it is
+    (configs / "inference.json").write_text(json.dumps({"threshold": 0.4, "temperature": -1}))
+    with pytest.raises(ValueError, match="temperature"):
+        stored_temperature(tmp_path)

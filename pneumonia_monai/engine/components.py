@@ -14,6 +14,7 @@ from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.networks.utils import copy_model_state
 
 from pneumonia_monai.engine.checkpoint import load_network_state
+from pneumonia_monai.transforms.temperature import check_temperature
 
 logger = logging.getLogger(__name__)
 
@@ -54,18 +55,55 @@ def key_metric_score(engine: Engine) -> float:
     return float(engine.state.metrics[engine.state.key_metric_name])
 
 
-def stored_threshold(bundle_root: str | Path) -> float:
-    """Return the operating threshold stored in the bundle's ``configs/inference.json``.
+def stored_setting(bundle_root: str | Path, key: str, variant: str | None = None) -> Any:
+    """Return ``key`` of the bundle's inference config: ``inference.json``, overlaid by a variant's.
+
+    ``variant`` ``"subtype"`` reads ``configs/inference_subtype.json`` over ``configs/inference.json``,
+    as :func:`pneumonia_monai.inference.bundle.load_bundle` does, so evaluation reads the very value
+    inference uses.
+
+    Raises:
+        KeyError: if neither file holds ``key``.
+    """
+    configs = Path(bundle_root) / "configs"
+    merged: dict[str, Any] = {}
+    for name in ("inference.json", *(() if variant is None else (f"inference_{variant}.json",))):
+        with (configs / name).open(encoding="utf-8") as fh:
+            merged.update(json.load(fh))
+    if key not in merged:
+        raise KeyError(
+            f"{configs}: no {key!r} in inference.json{'' if variant is None else ' or its overlay'}"
+        )
+    return merged[key]
+
+
+def stored_threshold(bundle_root: str | Path, variant: str | None = None) -> float:
+    """Return the operating threshold stored in the bundle's inference config (see :func:`stored_setting`).
 
     Raises:
         ValueError: if the stored threshold is missing or outside [0, 1].
     """
     path = Path(bundle_root) / "configs" / "inference.json"
-    with path.open(encoding="utf-8") as fh:
-        value = json.load(fh).get("threshold")
-    if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+    try:
+        value = stored_setting(bundle_root, "threshold", variant)
+    except KeyError:
+        value = None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"{path}: 'threshold' must be a number in [0, 1], got {value!r}")
     return float(value)
+
+
+def stored_temperature(bundle_root: str | Path, variant: str | None = None) -> float:
+    """Return the calibration temperature stored in the bundle's inference config (1 where none is).
+
+    Raises:
+        TypeError, ValueError: if the stored temperature is not a finite number > 0.
+    """
+    try:
+        value = stored_setting(bundle_root, "temperature", variant)
+    except KeyError:
+        return 1.0
+    return check_temperature(value)
 
 
 def init_from_checkpoint(network: torch.nn.Module, path: str | Path | None) -> torch.nn.Module:
