@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import io
+import logging
 import re
 import shutil
 import subprocess
@@ -144,11 +146,52 @@ def test_source_facts_decide_annotation_orientation_and_lossy_flag(
     assert "BurnedInAnnotation" not in rg1  # the caller's dataset is untouched
 
 
-def test_new_uids_each_time(rg1: pydicom.Dataset, film_overlay: np.ndarray) -> None:
+def test_uids_derive_from_study_model_version_and_source(
+    rg1: pydicom.Dataset, film_overlay: np.ndarray
+) -> None:
     first = build_heatmap_sc(rg1, film_overlay, **ALGORITHM)
-    second = build_heatmap_sc(rg1, film_overlay, **ALGORITHM)
-    assert first.SOPInstanceUID != second.SOPInstanceUID
-    assert first.SeriesInstanceUID != second.SeriesInstanceUID
+    again = build_heatmap_sc(rg1, film_overlay, **ALGORITHM)
+    assert (again.SOPInstanceUID, again.SeriesInstanceUID) == (first.SOPInstanceUID, first.SeriesInstanceUID)
+    assert first.SOPInstanceUID != first.SeriesInstanceUID
+    assert pydicom.uid.UID(first.SOPInstanceUID).is_valid
+    newer = build_heatmap_sc(
+        rg1, film_overlay, algorithm_name=ALGORITHM["algorithm_name"], algorithm_version="9"
+    )
+    other = copy.deepcopy(rg1)
+    other.SOPInstanceUID = pydicom.uid.generate_uid()
+    another = build_heatmap_sc(other, film_overlay, **ALGORITHM)
+    uids = {(sc.SOPInstanceUID, sc.SeriesInstanceUID) for sc in (first, newer, another)}
+    assert len(uids) == 3
+    assert not {first.SOPInstanceUID, first.SeriesInstanceUID} & {
+        newer.SOPInstanceUID,
+        another.SOPInstanceUID,
+    }
+
+
+def test_an_unreadable_patient_element_is_left_out_by_tag(
+    rg1: pydicom.Dataset, film_overlay: np.ndarray, tmp_path: Path, caplog
+) -> None:
+    source = with_unknown_vr(rg1, "Zorro^Xylophone")
+    with caplog.at_level(logging.DEBUG):
+        sc = build_heatmap_sc(source, film_overlay, **ALGORITHM)
+    _, back = write_and_read(sc, tmp_path)
+    assert "PatientName" not in back or back.PatientName in ("", None)
+    assert back.PatientID == rg1.PatientID
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("(0010,0010)" in m and "left out" in m for m in messages)
+    assert not any("Zorro" in m for m in messages)
+
+
+def with_unknown_vr(source: pydicom.Dataset, name: str) -> pydicom.Dataset:
+    """``source`` written and read back with Patient's Name ``name`` under the VR bytes ``ZZ``."""
+    ds = copy.deepcopy(source)
+    ds.PatientName = name
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    raw = buffer.getvalue()
+    at = raw.index(b"\x10\x00\x10\x00PN")
+    raw = raw[: at + 4] + b"ZZ" + raw[at + 6 :]
+    return pydicom.dcmread(io.BytesIO(raw), force=True)
 
 
 def test_rejects_bad_inputs(rg1: pydicom.Dataset) -> None:

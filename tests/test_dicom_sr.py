@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import logging
 import re
 import shutil
@@ -17,6 +18,7 @@ from highdicom.sr.utils import find_content_items
 from pydicom.data import get_testdata_file
 from pydicom.sr.codedict import codes
 from pydicom.uid import ComprehensiveSRStorage, DigitalXRayImageStorageForPresentation, generate_uid
+from test_dicom_secondary_capture import with_unknown_vr
 
 from pneumonia_monai.dicom.sr import (
     ABSENT,
@@ -307,6 +309,65 @@ def test_logs_carry_no_patient_identifiers(rg1: pydicom.Dataset, caplog) -> None
     for message in ours:  # ... without PHI
         for phi in (str(rg1.PatientName), rg1.PatientID, rg1.PatientBirthDate, rg1.OtherPatientIDs):
             assert phi not in message
+
+
+def test_an_unknown_vr_in_the_patient_module_is_left_out_not_fatal(
+    rg1: pydicom.Dataset, tmp_path: Path, caplog
+) -> None:
+    source = with_unknown_vr(rg1, "Zorro^Xylophone")
+    with caplog.at_level(logging.DEBUG):
+        sr = build_pneumonia_sr([source], [finding(source, 0.7, True)], threshold=0.5, **ALGORITHM)
+    path, report = write_and_read(sr, tmp_path)
+    assert_valid(path)
+    assert report.PatientName == ""  # Type 2: present, empty
+    assert report.PatientID == rg1.PatientID
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("(0010,0010)" in m and "PatientName" in m and "left out" in m for m in messages)
+    assert not any("Zorro" in m for m in messages)
+
+
+def test_an_invalid_birth_date_is_left_empty_and_never_logged(
+    rg1: pydicom.Dataset, tmp_path: Path, caplog
+) -> None:
+    ds = copy.deepcopy(rg1)
+    ds.PatientBirthDate = "1901-02-03"  # not a DA (YYYYMMDD)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    source = pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+    with caplog.at_level(logging.DEBUG, logger="pneumonia_monai"):
+        sr = build_pneumonia_sr([source], [finding(source, 0.7, True)], threshold=0.5, **ALGORITHM)
+    _, report = write_and_read(sr, tmp_path)
+    assert report.PatientBirthDate == ""
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("pneumonia_monai")]
+    assert any("(0010,0030)" in m for m in ours)
+    assert not any("1901" in m for m in ours)
+
+
+def test_sr_uids_derive_from_study_model_version_and_sorted_sources(rg1: pydicom.Dataset) -> None:
+    other = second_instance(rg1)
+    findings = [finding(rg1, 0.3, False), finding(other, 0.8, True)]
+    first = build_pneumonia_sr([rg1, other], findings, threshold=0.5, **ALGORITHM)
+    again = build_pneumonia_sr([other, rg1], findings[::-1], threshold=0.5, **ALGORITHM)
+    assert (again.SOPInstanceUID, again.SeriesInstanceUID) == (first.SOPInstanceUID, first.SeriesInstanceUID)
+    assert first.SOPInstanceUID != first.SeriesInstanceUID
+    tracking = sorted(
+        str(uid) for uid in find_content_items(first, name=codes.DCM.TrackingUniqueIdentifier, recursive=True)
+    )
+    assert tracking == sorted(
+        str(uid) for uid in find_content_items(again, name=codes.DCM.TrackingUniqueIdentifier, recursive=True)
+    )
+    only_one = build_pneumonia_sr([rg1], findings[:1], threshold=0.5, **ALGORITHM)
+    newer = build_pneumonia_sr(
+        [rg1, other],
+        findings,
+        threshold=0.5,
+        algorithm_name=ALGORITHM["algorithm_name"],
+        algorithm_version="2.0",
+    )
+    uids = {first.SOPInstanceUID, only_one.SOPInstanceUID, newer.SOPInstanceUID}
+    series = {first.SeriesInstanceUID, only_one.SeriesInstanceUID, newer.SeriesInstanceUID}
+    assert len(uids) == 3 and len(series) == 3
+    assert all(pydicom.uid.UID(uid).is_valid for uid in uids | series)
 
 
 def test_default_device_observer_uid_is_stable() -> None:

@@ -1,7 +1,10 @@
 """Grad-CAM overlays as DICOM Secondary Capture images, so that they reach PACS viewers next to the film.
 
 The SC image is built with highdicom from the source film: same patient and study (the Patient and
-Study modules are copied), a new series and SOP instance, RGB pixels, and everything a viewer shows
+Study modules are copied, each element only if it can be read), a series and SOP instance of its own
+whose UIDs derive from the study, the model version and the source image
+(:func:`pneumonia_monai.dicom.uids.result_uids`: the same heatmap built again is the same object), RGB
+pixels, and everything a viewer shows
 says what it is - Series Description, Image Comments and Derivation Description carry "NOT FOR
 DIAGNOSTIC USE", Image Type is DERIVED/SECONDARY/OTHER, Conversion Type is WSD (workstation).
 
@@ -25,7 +28,8 @@ import pydicom
 from highdicom.sc.enum import ConversionTypeValues
 from pydicom.sr.codedict import codes
 
-from pneumonia_monai.dicom.sr import NOT_FOR_DIAGNOSTIC_USE, SERIES_DESCRIPTION_PREFIX
+from pneumonia_monai.dicom.sr import NOT_FOR_DIAGNOSTIC_USE, SERIES_DESCRIPTION_PREFIX, readable_copy
+from pneumonia_monai.dicom.uids import result_uids
 from pneumonia_monai.dicom.values import check_long_string, check_positive_int
 
 logger = logging.getLogger(__name__)
@@ -39,6 +43,27 @@ SC_IMAGE_COMMENTS = f"{NOT_FOR_DIAGNOSTIC_USE} - AI heatmap (Grad-CAM)"
 _BIPED_LETTERS = frozenset("APRLHF")
 #: Attributes that record the lossy compression history of the pixels.
 _LOSSY_ATTRIBUTES = ("LossyImageCompressionRatio", "LossyImageCompressionMethod")
+#: Attributes of the source read here besides those :func:`~pneumonia_monai.dicom.sr.readable_copy` copies.
+_SOURCE_ATTRIBUTES = (
+    "PatientOrientation",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "DeviceSerialNumber",
+    "SoftwareVersions",
+    "InstitutionName",
+    "InstitutionAddress",
+    "InstitutionalDepartmentName",
+    "StationName",
+    "AcquisitionDateTime",
+    "AcquisitionDate",
+    "AcquisitionTime",
+    "BodyPartExamined",
+    "Laterality",
+    "ImageLaterality",
+    "BurnedInAnnotation",
+    "LossyImageCompression",
+    *_LOSSY_ATTRIBUTES,
+)
 
 
 def _patient_orientation(source: pydicom.Dataset) -> tuple[str, str] | None:
@@ -86,6 +111,9 @@ def build_heatmap_sc(
     """
     if not isinstance(source, pydicom.Dataset):
         raise TypeError(f"source must be a pydicom.Dataset, got {type(source).__name__}")
+    # Only the attributes needed, each only if readable (an unknown VR, a date that does not parse):
+    # an unreadable one is left out, logged by tag, instead of failing the heatmap.
+    source = readable_copy(source, "heatmap source", _SOURCE_ATTRIBUTES)
     for keyword in ("StudyInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         if not source.get(keyword):
             raise ValueError(f"source has no {keyword}")
@@ -102,6 +130,9 @@ def build_heatmap_sc(
     check_positive_int("series_number", series_number)
     check_positive_int("instance_number", instance_number)
 
+    series_uid, sop_uid = result_uids(
+        "sc", str(source.StudyInstanceUID), algorithm_version, [str(source.SOPInstanceUID)]
+    )
     orientation = _patient_orientation(source)
     acquisition = (
         [hd.ContributingEquipment.for_image_acquisition(source)] if source.get("Manufacturer") else None
@@ -115,9 +146,9 @@ def build_heatmap_sc(
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
         study_instance_uid=str(source.StudyInstanceUID),
-        series_instance_uid=hd.UID(),
+        series_instance_uid=series_uid,
         series_number=series_number,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=sop_uid,
         instance_number=instance_number,
         manufacturer=SERIES_DESCRIPTION_PREFIX,
         # highdicom requires an orientation for the PATIENT coordinate system; an unknown one is

@@ -53,6 +53,7 @@ of Measurement" and in the Current Requested Procedure Evidence Sequence.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -61,13 +62,20 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import pydicom
+from highdicom._standard_utils import get_iod_module_map, get_module_attribute_map, get_sop_class_iod_map
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from pydicom import config as pydicom_config
+from pydicom.datadict import tag_for_keyword
+from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from pydicom.tag import Tag
 from pydicom.uid import generate_uid
+from pydicom.valuerep import DA, DT, TM, validate_value
 
 from pneumonia_monai.atomic import atomic_open
 from pneumonia_monai.checks import check_probability
+from pneumonia_monai.dicom.uids import derived_uid, result_uids
 from pneumonia_monai.dicom.values import check_long_string, check_positive_int, check_uid
 
 logger = logging.getLogger(__name__)
@@ -113,8 +121,6 @@ _CROSS_SECTIONAL_DESCRIPTORS = (
     "SliceThickness",
 )
 
-#: (7FE0,0010) Pixel Data: the header is everything before it.
-_PIXEL_DATA_TAG = 0x7FE00010
 #: Type 2 attributes highdicom reads from the first source; empty (unknown) when the source lacks them.
 _TYPE2_PATIENT_STUDY = (
     "PatientID",
@@ -193,17 +199,109 @@ class ImageFinding:
         return self.prob_normal is not None
 
 
+#: Attributes of a source the report needs besides its Patient and Study modules: identification,
+#: the character set, and what highdicom's image library entry reads (TID 1602-1604).
+_NEEDED_ATTRIBUTES = (
+    "SpecificCharacterSet",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "Rows",
+    "Columns",
+    "FrameOfReferenceUID",
+    *_PROJECTION_DESCRIPTORS,
+    *_CROSS_SECTIONAL_DESCRIPTORS,
+)
+#: Value representations highdicom parses (and rejects when they do not parse).
+_TEMPORAL_VRS = {"DA": DA, "DT": DT, "TM": TM}
+
+
+@functools.lru_cache(maxsize=64)
+def _patient_study_keywords(sop_class_uid: str) -> tuple[str, ...]:
+    """Root attributes of the Patient and Study modules of ``sop_class_uid``'s IOD (what highdicom copies)."""
+    iod = get_sop_class_iod_map().get(sop_class_uid)
+    if iod is None:
+        return (*_TYPE2_PATIENT_STUDY, "ReferringPhysicianName")
+    attributes = get_module_attribute_map()
+    keywords: list[str] = []
+    for module in get_iod_module_map()[iod]:
+        if module["ie"] in ("Patient", "Study"):
+            keywords += [str(item["keyword"]) for item in attributes[module["key"]] if not item["path"]]
+    return tuple(dict.fromkeys(keywords))
+
+
+def _readable_element(ds: pydicom.Dataset, tag: int) -> pydicom.DataElement | None:
+    """A copy of element ``tag`` of ``ds`` if its value can be read and is valid for its VR, else None.
+
+    The value is never put in an exception or log message: a source's patient attributes are PHI.
+    """
+    try:
+        element = ds[tag]  # converts a raw element: an unknown VR raises here
+        value = element.value
+        if element.VR != "SQ" and value not in (None, ""):
+            for item in value if isinstance(value, MultiValue) else [value]:
+                if isinstance(item, str):  # numbers and person names were parsed already
+                    validate_value(element.VR, item, pydicom_config.RAISE)
+                if element.VR in _TEMPORAL_VRS and item not in (None, ""):
+                    _TEMPORAL_VRS[element.VR](item)
+        return copy.deepcopy(element)
+    except Exception:  # noqa: BLE001 - any failure to read a value leaves the element out (logged, by tag)
+        return None
+
+
+def readable_copy(ds: pydicom.Dataset, label: str, extra: Sequence[str] = ()) -> pydicom.Dataset:
+    """Copy the attributes of a source image that a result object needs, each only if it can be read.
+
+    The attributes are the source IOD's Patient and Study modules (what highdicom copies into a
+    derived object), the identifying UIDs, the image library descriptors and ``extra``. An element
+    that cannot be read (an unknown VR, a value that does not parse for its VR) is left out with a
+    warning naming ``label``, its tag and its keyword, never its value. ``ds`` is not modified.
+
+    Args:
+        ds: the source's header.
+        label: how the source is named in the log (``"source_datasets[0]"``).
+        extra: further keywords to copy.
+
+    Returns:
+        A new dataset with the readable attributes.
+    """
+    keywords = [*_NEEDED_ATTRIBUTES, *extra]
+    sop_class = _readable_element(ds, 0x00080016)
+    if sop_class is not None:
+        keywords += _patient_study_keywords(str(sop_class.value))
+    copied = pydicom.Dataset()
+    for keyword in dict.fromkeys(keywords):
+        tag = tag_for_keyword(keyword)
+        if tag is None or tag not in ds:
+            continue
+        element = _readable_element(ds, tag)
+        if element is None:
+            logger.warning(
+                "%s: element %s %s is unreadable or invalid; left out",
+                label,
+                Tag(tag),
+                keyword,
+            )
+            continue
+        copied[tag] = element
+    return copied
+
+
 def _validate_sources(source_datasets: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
     if isinstance(source_datasets, pydicom.Dataset) or not isinstance(source_datasets, Sequence):
         raise TypeError(
             f"source_datasets must be a sequence of datasets, got {type(source_datasets).__name__}"
         )
-    sources = list(source_datasets)
-    if not sources:
+    originals = list(source_datasets)
+    if not originals:
         raise ValueError("source_datasets is empty: a report needs at least one source image")
-    for index, ds in enumerate(sources):
+    for index, ds in enumerate(originals):
         if not isinstance(ds, pydicom.Dataset):
             raise TypeError(f"source_datasets[{index}] must be a pydicom.Dataset, got {type(ds).__name__}")
+    sources = [readable_copy(ds, f"source_datasets[{index}]") for index, ds in enumerate(originals)]
+    for index, ds in enumerate(sources):
         for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
             if not ds.get(keyword):
                 raise ValueError(f"source_datasets[{index}] has no {keyword}")
@@ -267,15 +365,12 @@ def _library_descriptors_missing(ds: pydicom.Dataset) -> list[str]:
 
 
 def _evidence_header(ds: pydicom.Dataset) -> pydicom.Dataset:
-    """A copy of the header of ``ds`` in which the Type 2 patient/study attributes highdicom reads exist.
+    """A copy of ``ds`` (a :func:`readable_copy`) in which the Type 2 patient/study attributes exist.
 
     A missing Type 2 attribute is added empty ("unknown"), and a Patient's Sex outside M/F/O (invalid
-    DICOM) is emptied, rather than failing the report. The caller's dataset is not modified, and its
-    pixel data (when present) is not copied.
+    DICOM) is emptied, rather than failing the report.
     """
-    header = pydicom.Dataset(
-        {tag: copy.deepcopy(element) for tag, element in ds.items() if tag < _PIXEL_DATA_TAG}
-    )
+    header = copy.deepcopy(ds)
     for keyword in _TYPE2_PATIENT_STUDY:
         if keyword not in header:
             setattr(header, keyword, None)
@@ -309,9 +404,12 @@ def _group(
     present: bool,
     algorithm_id: hd.sr.AlgorithmIdentification,
     source_images: list[hd.sr.SourceImageForMeasurementGroup] | None,
+    report_uid: str,
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    # The tracking UID is derived from the report's own UID: the same report has the same content.
+    tracking_uid = derived_uid("sr tracking", report_uid, identifier)
     return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=identifier),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=identifier),
         finding_type=PNEUMONIA,
         algorithm_id=algorithm_id,
         measurements=measurements,
@@ -349,8 +447,13 @@ def build_pneumonia_sr(
 ) -> hd.sr.ComprehensiveSR:
     """Build the TID 1500 Measurement Report of one study: a finding per image and one for the study.
 
-    The report is in the study of its sources, in a new series, with a new SOP Instance UID; its
-    Patient and Study modules are copied from the first source (highdicom). Completion Flag PARTIAL,
+    The report is in the study of its sources, in a series of its own. Its Series and SOP Instance
+    UIDs are derived from the Study Instance UID, ``algorithm_version`` and the sorted source SOP
+    Instance UIDs (:func:`pneumonia_monai.dicom.uids.result_uids`): building the report of the same
+    images with the same model again gives the same object. Its Patient and Study modules are copied
+    from the first source (highdicom), from a copy of only the attributes the report needs; an element
+    that cannot be read (an unknown VR, a date that does not parse) is left out with a warning that
+    names its tag, never its value. Completion Flag PARTIAL,
     Verification Flag UNVERIFIED, Preliminary Flag PRELIMINARY: the result of an algorithm that no
     person has verified. The study-level finding is the maximum probability over the images and is
     Present when any image is Present (see the module docstring for the concepts used).
@@ -389,6 +492,9 @@ def build_pneumonia_sr(
     else:
         check_uid("device_observer_uid", device_observer_uid)
 
+    series_uid, sop_uid = result_uids(
+        "sr", str(sources[0].StudyInstanceUID), algorithm_version, [str(ds.SOPInstanceUID) for ds in sources]
+    )
     algorithm_id = _algorithm_id(algorithm_name, algorithm_version, threshold)
     groups = []
     for number, finding in enumerate(ordered, start=1):
@@ -404,7 +510,9 @@ def build_pneumonia_sr(
             referenced_sop_instance_uid=finding.sop_instance_uid,
         )
         groups.append(
-            _group(f"pneumonia image {number}", measurements, finding.present, algorithm_id, [source])
+            _group(
+                f"pneumonia image {number}", measurements, finding.present, algorithm_id, [source], sop_uid
+            )
         )
 
     study_probability = max(finding.prob_pneumonia for finding in ordered)
@@ -412,7 +520,7 @@ def build_pneumonia_sr(
     study_measurement = _probability(
         PROB_PNEUMONIA, study_probability, algorithm_id, derivation=codes.SCT.Maximum
     )
-    groups.append(_group("pneumonia study", [study_measurement], study_present, algorithm_id, None))
+    groups.append(_group("pneumonia study", [study_measurement], study_present, algorithm_id, None, sop_uid))
 
     observer = hd.sr.ObserverContext(
         observer_type=codes.cid270.Device,
@@ -460,9 +568,9 @@ def build_pneumonia_sr(
     sr = hd.sr.ComprehensiveSR(
         evidence=[_evidence_header(sources[0]), *sources[1:]],
         content=report[0],
-        series_instance_uid=hd.UID(),
+        series_instance_uid=series_uid,
         series_number=series_number,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=sop_uid,
         instance_number=instance_number,
         manufacturer=manufacturer,
         is_complete=False,

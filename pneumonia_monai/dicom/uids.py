@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import json
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 from pydicom.uid import UID
@@ -54,6 +55,47 @@ def derived_uid(*parts: str) -> UID:
     _check_parts(parts, "derived_uid")
     name = json.dumps(list(parts), ensure_ascii=True, separators=(",", ":"))
     return UID(f"2.25.{uuid.uuid5(UID_NAMESPACE, name).int}")
+
+
+#: Kinds of result object :func:`result_uids` derives identifiers for.
+RESULT_KINDS: frozenset[str] = frozenset({"sr", "sc"})
+
+
+def result_uids(
+    kind: str, study_uid: str, model_version: str, source_sop_instance_uids: Iterable[str]
+) -> tuple[UID, UID]:
+    """Return the (Series Instance UID, SOP Instance UID) of a result object, derived from what it reports on.
+
+    The same study, model version and set of source images always give the same UIDs, so a resend, a
+    rerun or the same study pushed to the node and pulled with ``infer`` give the *same* object (a
+    PACS stores it once), while another model version or another set of images gives new ones. The
+    sources are sorted and de-duplicated first: their order does not matter.
+
+    Args:
+        kind: ``"sr"`` (the study's report) or ``"sc"`` (a heatmap Secondary Capture).
+        study_uid: Study Instance UID of the sources.
+        model_version: version of the model that produced the result.
+        source_sop_instance_uids: SOP Instance UIDs of the images the object reports on.
+
+    Returns:
+        Two distinct ``2.25`` UIDs (:func:`derived_uid`).
+
+    Raises:
+        ValueError: if ``kind`` is unknown, a value is empty, or no source is given.
+        TypeError: if a value is not a string.
+    """
+    if kind not in RESULT_KINDS:
+        raise ValueError(f"kind must be one of {sorted(RESULT_KINDS)}, got {kind!r}")
+    if isinstance(source_sop_instance_uids, str):
+        raise TypeError(
+            f"source_sop_instance_uids must be a collection of UIDs, got {source_sop_instance_uids!r}"
+        )
+    sources = sorted({str(uid) if isinstance(uid, UID) else uid for uid in source_sop_instance_uids})
+    if not sources:
+        raise ValueError("result_uids() needs at least one source SOP Instance UID")
+    parts = (str(study_uid) if isinstance(study_uid, UID) else study_uid, model_version, *sources)
+    _check_parts(parts, "result_uids")
+    return derived_uid(f"{kind} series", *parts), derived_uid(f"{kind} instance", *parts)
 
 
 def file_digest(path: str | Path) -> str:
