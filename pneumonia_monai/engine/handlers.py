@@ -11,8 +11,19 @@ import torch
 from ignite.engine import Engine, Events
 
 from pneumonia_monai.constants import class_names
+from pneumonia_monai.decision import explained_class, pneumonia_probability
 
 logger = logging.getLogger(__name__)
+
+
+def _film_of(image: Any) -> tuple[str, tuple[float, float, float, float]] | None:
+    """``(path, crop as film fractions)`` of a preprocessed film, from its meta; None if it does not say."""
+    meta = getattr(image, "meta", None) or {}
+    path, box, shape = meta.get("filename_or_obj"), meta.get("lung_box"), meta.get("film_shape")
+    if not path or box is None or shape is None:
+        return None
+    rows, cols = float(shape[0]), float(shape[1])
+    return str(path), (float(box[0]) / rows, float(box[1]) / rows, float(box[2]) / cols, float(box[3]) / cols)
 
 
 class MetricsReportHandler:
@@ -62,6 +73,7 @@ class MetricsReportHandler:
         self.labels: list[np.ndarray] = []
         self.groups: list[str] = []
         self.images: list[np.ndarray] = []
+        self.films: list[tuple[str, tuple[float, float, float, float]] | None] = []
 
     def attach(self, engine: Engine) -> None:
         """Collect on every iteration of ``engine`` and report when it completes."""
@@ -77,6 +89,7 @@ class MetricsReportHandler:
             label = torch.as_tensor(item["label"]).detach().cpu()
             self.labels.append(label.argmax().numpy() if label.numel() > 1 else label.reshape(()).numpy())
             self.images.append(torch.as_tensor(item["image"]).detach().float().cpu().numpy()[0])
+            self.films.append(_film_of(item["image"]))
         # MONAI engines decollate the batch after each iteration: a list of items; else a collated dict
         if isinstance(batch, dict):
             ids = list(batch.get("patient_id") or [""] * len(output))
@@ -97,11 +110,11 @@ class MetricsReportHandler:
         device = next(network.parameters()).device
 
         def cam_of(i: int) -> np.ndarray:
-            # Grad-CAM of the pneumonia class (two classes) or of the predicted class (three classes)
-            target = 1 if len(self.class_names) == 2 else int(np.argmax(probs[i]))
+            # the class inference explains: pneumonia, or the likelier pneumonia subtype
+            target = explained_class(probs[i], self.class_names)
             return gradcam(network, torch.from_numpy(images[i])[None, None].to(device), class_index=target)
 
-        prob_pneumonia = 1.0 - probs[:, 0]  # two classes: p(pneumonia); three: p(bacterial) + p(viral)
+        prob_pneumonia = np.array([pneumonia_probability(p, self.class_names) for p in probs])
         y_pneumonia = (y_true > 0).astype(int)
         extra: dict[str, Any] = {}
         if 0 < y_pneumonia.sum() < y_pneumonia.size:
@@ -122,6 +135,7 @@ class MetricsReportHandler:
             groups=groups,
             images=images,
             cams=cam_of,
+            films=self.films if all(f is not None for f in self.films) else None,
             split_name=self.split_name,
             extra=extra,
             n_resamples=self.n_resamples,

@@ -47,6 +47,7 @@ import numpy as np
 
 from pneumonia_monai import __version__
 from pneumonia_monai.atomic import write_json_atomic
+from pneumonia_monai.decision import pneumonia_probabilities
 from pneumonia_monai.evaluation.metrics import (
     binary_metrics,
     bootstrap_ci,
@@ -193,7 +194,13 @@ def select_montage_cases(
 
 
 def _write_montage(
-    out_dir: Path, y_bin: np.ndarray, prob: np.ndarray, threshold: float, images: Any, cams: Any
+    out_dir: Path,
+    y_bin: np.ndarray,
+    prob: np.ndarray,
+    threshold: float,
+    images: Any,
+    cams: Any,
+    films: Sequence[tuple[str, Sequence[float]]] | None = None,
 ) -> Path | None:
     n_cams = y_bin.size if callable(cams) else len(cams)
     if len(images) != y_bin.size or n_cams != y_bin.size:
@@ -204,18 +211,17 @@ def _write_montage(
     if not cases:
         return None
     # imported here: the heat-map module pulls in torch and MONAI, which the metrics do not need
-    from pneumonia_monai.inference.heatmap import montage, overlay
+    from pneumonia_monai.inference.heatmap import film_heatmap, montage, overlay
+    from pneumonia_monai.transforms.io import load_film
 
-    tiles = [
-        (
-            overlay(
-                _unit_2d(images[i], f"images[{i}]"),
-                _unit_2d(cams(i) if callable(cams) else cams[i], f"cams[{i}]"),
-            ),
-            f"{category} p={prob[i]:.2f}",
-        )
-        for category, i in cases
-    ]
+    def tile(category: str, i: int) -> np.ndarray:
+        cam = _unit_2d(cams(i) if callable(cams) else cams[i], f"cams[{i}]")
+        if films is None:
+            return overlay(_unit_2d(images[i], f"images[{i}]"), cam)
+        path, box = films[i]  # the whole film at its geometry, as inference draws it
+        return film_heatmap(load_film(path)[0], cam, box, caption=f"{category} p(pneumonia) {prob[i]:.2f}")
+
+    tiles = [(tile(category, i), f"{category} p={prob[i]:.2f}") for category, i in cases]
     path = out_dir / MONTAGE_FILE
     montage(tiles, path, columns=4)
     return path
@@ -231,6 +237,7 @@ def write_report(
     groups: Any | None = None,
     images: Any | None = None,
     cams: Any | None = None,
+    films: Sequence[tuple[str, Sequence[float]]] | None = None,
     split_name: str = "validation",
     extra: Mapping[str, Any] | None = None,
     n_resamples: int = 2000,
@@ -248,6 +255,8 @@ def write_report(
             :class:`~pneumonia_monai.evaluation.threshold.ThresholdChoice` recording its rule.
         groups: ``(n,)`` patient ids; intervals then resample patients (cluster bootstrap).
         images: ``n`` films (``(H, W)`` or ``(1, H, W)``) for the Grad-CAM montage.
+        films: per film, ``(path, crop)`` (the crop the network saw, as fractions of the film): the
+            montage then lays each map over its whole film, as inference does.
         cams: ``n`` class-activation maps of the same spatial shape as ``images``, or a callable that
             returns the map of film ``i``, so that maps are computed only for the films the montage shows.
         split_name: name of the evaluated set.
@@ -291,7 +300,7 @@ def write_report(
 
     multiclass = len(names) > 2
     y_bin = (y > 0).astype(np.int64)
-    prob_pneumonia = p[:, 1] if not multiclass else 1.0 - p[:, 0]
+    prob_pneumonia = pneumonia_probabilities(p, names)
     binary = binary_metrics(y_bin, prob_pneumonia, t)
     multi = None
     if multiclass:
@@ -357,7 +366,7 @@ def write_report(
         title = f"Confusion matrix at threshold {t:.3g} - {split_name}"
     plot_confusion_matrix(matrix, names, out / FIGURE_FILES["confusion_matrix"], title=title)
     figures = dict(FIGURE_FILES)
-    if images is not None and _write_montage(out, y_bin, prob_pneumonia, t, images, cams) is not None:
+    if images is not None and _write_montage(out, y_bin, prob_pneumonia, t, images, cams, films) is not None:
         figures["gradcam_montage"] = MONTAGE_FILE
 
     counts = np.bincount(y, minlength=len(names))

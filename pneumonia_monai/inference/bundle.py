@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pneumonia_monai import decision
+from pneumonia_monai.decision import BINARY_CLASSES, SUBTYPE_CLASSES
 from pneumonia_monai.engine.checkpoint import network_state
 from pneumonia_monai.inference.heatmap import DENSENET_TARGET_LAYER
 
@@ -47,10 +49,6 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "preprocessing",
     "postprocessing",
 )
-#: Two-class layout.
-BINARY_CLASSES: tuple[str, ...] = ("normal", "pneumonia")
-#: Three-class layout.
-SUBTYPE_CLASSES: tuple[str, ...] = ("normal", "bacterial", "viral")
 #: Algorithm name used when ``metadata.json`` has no usable ``name``.
 DEFAULT_MODEL_NAME = "pneumonia_monai"
 #: Largest deviation from 1 tolerated in the sum of one image's class probabilities.
@@ -181,16 +179,12 @@ class InferenceBundle:
         return np.clip(probs, 0.0, 1.0)
 
     def pneumonia_probability(self, probs: Sequence[float] | np.ndarray) -> float:
-        """Return the probability of pneumonia from one image's class probabilities."""
-        if self.three_class:
-            return float(min(1.0, max(0.0, 1.0 - float(probs[0]))))
-        return float(probs[1])
+        """Return p(pneumonia) from one image's class probabilities (:mod:`pneumonia_monai.decision`)."""
+        return decision.pneumonia_probability(probs, self.class_names)
 
     def explained_class(self, probs: Sequence[float] | np.ndarray) -> int:
-        """Return the output index a heatmap explains: pneumonia, or the likelier pneumonia subtype."""
-        if self.three_class:
-            return 1 if float(probs[1]) >= float(probs[2]) else 2
-        return 1
+        """Return the output index a heatmap explains (:func:`pneumonia_monai.decision.explained_class`)."""
+        return decision.explained_class(probs, self.class_names)
 
 
 def resolve_device(device: str) -> torch.device:
