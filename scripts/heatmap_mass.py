@@ -30,6 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("heatmap_mass")
 
 
+def _fractions(box: tuple[int, int, int, int], rows: int, cols: int) -> tuple[float, float, float, float]:
+    return (box[0] / rows, box[1] / rows, box[2] / cols, box[3] / cols)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the share; return 0, or 2 on bad usage."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -66,11 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             target_layer=bundle.heatmap_layer,
             class_index=bundle.explained_class(probs),
         )
-
-        def fractions(box: tuple[int, int, int, int]) -> tuple[float, float, float, float]:
-            return (box[0] / rows, box[1] / rows, box[2] / cols, box[3] / cols)
-
-        share = heat_inside(cam, fractions(lungs), fractions(crop))
+        share = heat_inside(cam, _fractions(lungs, rows, cols), _fractions(crop, rows, cols))
         if np.isfinite(share):
             shares.append(share)
     values = np.asarray(shares)
