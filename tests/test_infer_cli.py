@@ -662,7 +662,11 @@ def test_variant_subtype_reads_its_overlay_and_checkpoint(tmp_path, caplog):
     assert header == [*RESULT_COLUMNS, *THREE_CLASS_COLUMNS]
     (row,) = read_csv(tmp_path / "three" / "results.csv")
     assert float(row["prob_pneumonia"]) == pytest.approx(1.0 - float(row["prob_normal"]), abs=1e-6)
+    assert row["model_version"].endswith("+subtype") and row["subtype"] in ("normal", "bacterial", "viral")
     assert infer_cli.main([*base, "--output", str(tmp_path / "two")]) == 0
+    assert "+" not in read_csv(tmp_path / "two" / "results.csv")[0]["model_version"]
+    with caplog.at_level(logging.ERROR, logger="pneumonia_monai"):
+        assert infer_cli.main([*base, "--output", str(tmp_path / "bad"), "--variant", "../x"]) == 2
     assert (tmp_path / "two" / "results.csv").read_text().splitlines()[0].split(",") == [*RESULT_COLUMNS]
 
 
@@ -811,3 +815,112 @@ def test_blank_films_are_errors_never_scored_and_get_no_sr(tmp_path, level):
     assert bad["reason"].startswith("no usable image content") and "not scored" in bad["reason"]
     assert not (out / "sr" / f"{STUDY_B}.dcm").exists()  # no SR is ever sent for it
     assert (out / "sr" / f"{STUDY_A}.dcm").exists()
+
+
+# ------------------------------------------------------- hostile patient elements (issue 10, 1, 4, 9)
+
+#: Distinctive patient values of the hostile films: none may reach a log line.
+HOSTILE_PHI = {"PatientName": "Quokka^Brontosaurus", "PatientID": "PHIID5550199"}
+HOSTILE_STRINGS = ("Quokka", "Brontosaurus", "PHIID5550199", "1901-02-03", "Zorrino")
+
+
+def unknown_vr_film(path: Path, index: int, study: str) -> None:
+    """A good chest film whose Patient's Name (0010,0010) carries the VR bytes ``ZZ``."""
+    make_cr(path, pixels=film(index), StudyInstanceUID=study, PatientName="Zorrino^Xylophone")
+    data = path.read_bytes()
+    at = data.index(b"\x10\x00\x10\x00PN")
+    path.write_bytes(data[: at + 4] + b"ZZ" + data[at + 6 :])
+
+
+def test_hostile_patient_elements_never_abort_the_run_and_never_reach_the_log(tmp_path, bundle_dir):
+    """An unknown VR and an invalid birth date: each film still gets its SR (the element left out, named
+    by tag), and at DEBUG no patient value reaches stderr, pydicom's warnings included."""
+    data = tmp_path / "in"
+    chest(data / "good.dcm", 0, STUDY_A)
+    unknown_vr_film(data / "zz.dcm", 1, STUDY_B)
+    make_cr(
+        data / "birth.dcm",
+        pixels=film(2),
+        StudyInstanceUID=STUDY_C,
+        PatientName=HOSTILE_PHI["PatientName"],
+        PatientID=HOSTILE_PHI["PatientID"],
+        PatientBirthDate="1901-02-03",
+    )
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "pneumonia_monai", "infer", str(data), "--output", str(out)]
+    command += ["--bundle", str(bundle_dir), "--heatmaps", "-v"]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        cwd=tmp_path,
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    assert "Traceback" not in log
+    assert {r["path"]: r["status"] for r in read_csv(out / "results.csv")} == dict.fromkeys(
+        ["birth.dcm", "good.dcm", "zz.dcm"], "ok"
+    )
+    for study in (STUDY_A, STUDY_B, STUDY_C):
+        assert (out / "sr" / f"{study}.dcm").is_file()
+    assert pydicom.dcmread(out / "sr" / f"{STUDY_C}.dcm").PatientBirthDate == ""
+    assert pydicom.dcmread(out / "sr" / f"{STUDY_C}.dcm").PatientID == HOSTILE_PHI["PatientID"]
+    assert pydicom.dcmread(out / "sr" / f"{STUDY_B}.dcm").PatientName == ""
+    assert "(0010,0010) PatientName is unreadable or invalid; left out" in log
+    assert "(0010,0030) PatientBirthDate is unreadable or invalid; left out" in log
+    assert "DEBUG" in log  # the log was written at DEBUG ...
+    leaked = [value for value in HOSTILE_STRINGS if value in log]
+    assert leaked == []  # ... without a patient value
+
+
+def test_any_exception_while_building_an_sr_is_an_output_failure_not_an_aborted_run(
+    tmp_path, bundle_dir, monkeypatch, caplog
+):
+    from pneumonia_monai.dicom import sr as sr_module
+
+    data = tmp_path / "in"
+    chest(data / "a.dcm", 0, STUDY_A)
+    chest(data / "b.dcm", 1, STUDY_B)
+    real = sr_module.build_pneumonia_sr
+
+    def unknown_vr(sources, findings, **kwargs):
+        if str(sources[0].StudyInstanceUID) == STUDY_A:
+            raise NotImplementedError("Unknown Value Representation 'ZZ' in tag (0010,0010)")
+        return real(sources, findings, **kwargs)
+
+    monkeypatch.setattr(sr_module, "build_pneumonia_sr", unknown_vr)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="pneumonia_monai"):
+        status = infer_cli.main([str(data), "--output", str(out), "--bundle", str(bundle_dir), "-q"])
+    assert status == 1
+    assert [r["status"] for r in read_csv(out / "results.csv")] == ["ok", "ok"]
+    assert f"study {STUDY_A}: SR not written: NotImplementedError" in caplog.text
+    assert not (out / "sr" / f"{STUDY_A}.dcm").exists()
+    assert (out / "sr" / f"{STUDY_B}.dcm").is_file()
+
+
+def test_a_rerun_gives_the_same_result_uids_and_other_sources_new_ones(tmp_path, bundle_dir):
+    data = tmp_path / "in"
+    chest(data / "a1.dcm", 0, STUDY_A)
+    chest(data / "a2.dcm", 1, STUDY_A, view="AP")
+
+    def uids(out: Path) -> tuple[tuple[str, str], set[tuple[str, str]]]:
+        sr = pydicom.dcmread(out / "sr" / f"{STUDY_A}.dcm")
+        scs = {
+            (ds.SOPInstanceUID, ds.SeriesInstanceUID)
+            for ds in (pydicom.dcmread(path) for path in (out / "heatmaps").glob("*.dcm"))
+        }
+        return (sr.SOPInstanceUID, sr.SeriesInstanceUID), scs
+
+    for name in ("first", "second"):
+        run_inference([data], tmp_path / name, bundle=bundle_dir, heatmaps=True, workers=0, progress=False)
+    first, second = uids(tmp_path / "first"), uids(tmp_path / "second")
+    assert first == second
+    assert len(first[1]) == 2
+    chest(data / "a3.dcm", 2, STUDY_A)
+    run_inference([data], tmp_path / "third", bundle=bundle_dir, heatmaps=True, workers=0, progress=False)
+    third = uids(tmp_path / "third")
+    assert third[0][0] != first[0][0] and third[0][1] != first[0][1]
+    assert first[1] < third[1]  # the heatmaps of the same films are the same objects

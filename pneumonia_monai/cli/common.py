@@ -1,7 +1,9 @@
 """Pieces every command shares: verbosity flags, logging set-up and exit codes.
 
 The library only logs through ``logging.getLogger(__name__)``; handlers are configured here, by the
-command line, and nowhere else.
+command line, and nowhere else. Here too patient values are kept out of every log line
+(:mod:`pneumonia_monai.redaction`), and Python warnings (pydicom's, which quote values) go through
+the same handler.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
+
+from pneumonia_monai.redaction import PhiRedactingFilter, install_phi_redaction
 
 #: Exit status: every file was ``ok`` or ``skipped``.
 EXIT_OK = 0
@@ -34,13 +38,23 @@ def configure_logging(args: argparse.Namespace) -> None:
         level = logging.DEBUG
     elif getattr(args, "quiet", False):
         level = logging.WARNING
+    install_phi_redaction()
+    logging.captureWarnings(True)
     root = logging.getLogger("pneumonia_monai")
     root.setLevel(level)
-    if not any(getattr(h, "_pneumonia_monai", False) for h in root.handlers):
+    ours = [h for h in root.handlers if getattr(h, "_pneumonia_monai", False)]
+    if not ours:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(PhiRedactingFilter())
         handler._pneumonia_monai = True  # type: ignore[attr-defined]
         root.addHandler(handler)
+        ours = [handler]
+    warnings_logger = logging.getLogger("py.warnings")
+    for handler in ours:
+        if handler not in warnings_logger.handlers:
+            warnings_logger.addHandler(handler)
+    warnings_logger.propagate = False
     for handler in root.handlers:
         handler.setLevel(level)
 

@@ -725,7 +725,7 @@ class _Run:
                 sc_path = folder / f"{item.sop_uid}.dcm"
                 self._write_sc(job.path, rgb, sc_path)
                 self.summary.sc_paths.append(sc_path)
-        except (OSError, RuntimeError, ValueError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure to build an output is that file's failure
             self.summary.output_failures += 1
             logger.error("%s: heatmap not written: %s: %s", job.rel, type(exc).__name__, exc)
             return False
@@ -849,7 +849,7 @@ class _Run:
             )
             path.parent.mkdir(exist_ok=True)
             write_dataset_atomic(sr, path)
-        except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure to build an SR is its study's output failure
             self.sr_state.pop(study_uid, None)
             if not final:
                 logger.warning(

@@ -69,9 +69,11 @@ class InferenceProcessor:
     """The default processor: :func:`pneumonia_monai.inference.runner.run_inference` on the studies.
 
     A study's results are its SR (``OUT/sr/<StudyInstanceUID>.dcm``) and, with ``heatmaps``, the
-    heatmap Secondary Captures of its images. A study without SR fails (:class:`StudyProcessingError`
-    quoting the files' reasons) if one of its files ended in ``error``; when all of them were
-    ``skipped`` (no frontal chest film) it has nothing to report and the reasons are logged.
+    heatmap Secondary Captures of its images. A study without SR fails (:class:`StudyProcessingError`)
+    if one of its images was scored (its report could not be built: an output failure) or one of its
+    files ended in ``error`` (quoting the files' reasons); when all of them were ``skipped`` (no
+    frontal chest film) it has nothing to report and the reasons are logged. Such a failure is the
+    study's alone: the other studies of the batch get their results.
 
     Args:
         bundle: the MONAI bundle folder; ``None`` lets the runner find its default.
@@ -140,7 +142,12 @@ class InferenceProcessor:
                 outcomes[study_dir] = [srs[uid], *sorted(scs.get(uid, []))]
                 continue
             reasons = "; ".join(f"{row['path']}: {row['status']}: {row['reason']}" for row in mine)
-            if any(row.get("status") == "error" for row in mine) or not mine:
+            if any(row.get("status") == "ok" for row in mine):
+                # Scored, but its SR could not be built: an output failure of this study alone.
+                outcomes[study_dir] = StudyProcessingError(
+                    "no SR: the study was scored but its report could not be built (see the log)"
+                )
+            elif any(row.get("status") == "error" for row in mine) or not mine:
                 outcomes[study_dir] = StudyProcessingError(
                     f"no SR: {reasons or 'no file of the study was read'}"[:MAX_REASON_CHARS]
                 )
