@@ -288,6 +288,12 @@ def load_bundle(
     config = _read_json(config_path)
     config_files = [str(config_path)]
     if variant is not None:
+        if (
+            not isinstance(variant, str)
+            or not variant.replace("_", "").replace("-", "").isalnum()
+            or len(variant) > 32
+        ):
+            raise BundleError(f"bundle variant must be 1 to 32 letters, digits, '_' or '-', got {variant!r}")
         overlay_path = root / "configs" / f"inference_{variant}.json"
         if not overlay_path.is_file():
             raise BundleError(f"bundle variant {variant!r}: {overlay_path} not found")
@@ -415,7 +421,8 @@ def load_bundle(
         threshold=threshold,
         spatial_size=spatial_size,
         model_name=model_name,
-        model_version=version.strip(),
+        # a variant's results say which model made them: "0.3.0+subtype"
+        model_version=version.strip() if variant is None else f"{version.strip()}+{variant}",
         checkpoint=checkpoint,
         fingerprint=digest.hexdigest(),
         heatmap_layer=heatmap_layer,
