@@ -3,6 +3,14 @@
 Readers never see a partial file, and an interrupted write leaves the previous version in place. The
 temporary file is created in the target's folder (so the rename is atomic on the same file system)
 with mode ``"x"``, which gives it the umask's permissions (``tempfile.mkstemp`` would make it 0600).
+A process killed while writing (SIGKILL) leaves its ``.<name>.<32 hex digits>.tmp`` behind: the owner
+of a folder removes them with :func:`remove_stale_temporaries` when no writer can be running (the
+batch runner does, holding its output folder's lock).
+
+CSV cells are written through :func:`csv_cell`: a cell that a spreadsheet would take for a formula
+(starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return; OWASP "CSV injection") is
+written with a leading apostrophe, and so is a cell that starts with an apostrophe, so that
+:func:`csv_value` gives back exactly the original text. Plain numbers (``-0.5``) are left as they are.
 Importing this module imports neither torch nor MONAI.
 """
 
@@ -12,6 +20,7 @@ import csv
 import json
 import logging
 import os
+import re
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -19,6 +28,12 @@ from pathlib import Path
 from typing import IO, Any
 
 logger = logging.getLogger(__name__)
+
+#: Name of a temporary file of :func:`atomic_open`: ``.<target name>.<uuid4 hex>.tmp``.
+TEMPORARY_NAME = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")
+#: First characters that make a spreadsheet read a cell as a formula (OWASP), and the escape itself.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+_NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
 
 
 @contextmanager
@@ -74,7 +89,53 @@ def write_csv_atomic(
 ) -> Path:
     """Write a header and ``rows`` (dictionaries keyed by ``columns``) as CSV to ``path`` atomically."""
     with atomic_open(path, "w", fsync=fsync) as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(columns), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+        write_csv(fh, columns, rows)
     return Path(path)
+
+
+def csv_cell(value: Any) -> str:
+    """Return ``value`` as a CSV cell that no spreadsheet runs as a formula (see the module docstring)."""
+    text = "" if value is None else str(value)
+    if text.startswith(FORMULA_STARTS) and not _NUMBER.match(text):
+        return "'" + text
+    return text
+
+
+def csv_value(cell: str) -> str:
+    """Undo :func:`csv_cell`: drop the apostrophe it put before a cell."""
+    if cell.startswith("'") and cell[1:2] and cell[1:].startswith(FORMULA_STARTS):
+        return cell[1:]
+    return cell
+
+
+def write_csv(handle: IO[str], columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> None:
+    """Write a header and ``rows`` as CSV to an open text handle, every cell through :func:`csv_cell`.
+
+    The one CSV writer of the package (files, and ``select``'s standard output).
+    """
+    writer = csv.DictWriter(handle, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: csv_cell(value) for key, value in row.items()})
+
+
+def remove_stale_temporaries(*folders: str | Path) -> int:
+    """Remove the temporary files :func:`atomic_open` left in ``folders`` (not recursive); return how many.
+
+    Call it only where no other process can be writing into the folders (the caller holds their lock):
+    a live writer's temporary file looks the same.
+    """
+    removed = 0
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if TEMPORARY_NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
+                Path(entry.path).unlink(missing_ok=True)
+                removed += 1
+                logger.debug("removed the stale temporary file %s", entry.path)
+    if removed:
+        logger.info("removed %d temporary file(s) left by an interrupted run", removed)
+    return removed

@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydicom import dcmread, uid
+from pydicom import uid
 from pydicom.datadict import dictionary_has_tag
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
 from pydicom.pixels.utils import as_pixel_options
 
-from pneumonia_monai.dicom import codecs, pixels
+from pneumonia_monai.dicom import codecs, limits, pixels
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def is_dicom(path: str | Path) -> bool:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = dcmread(path, force=True, stop_before_pixels=True)
+            ds, _ = limits.read_dicom(path, force=True, stop_before_pixels=True)
         return any(tag.group == 0x0008 and dictionary_has_tag(tag) for tag in ds.keys())  # noqa: SIM118
     except Exception:  # noqa: BLE001 - any parse failure means "not DICOM"
         return False
@@ -190,6 +190,8 @@ def _decode_first_frame(ds: Dataset, tsyntax: uid.UID) -> tuple[np.ndarray, str]
         )
     if not tsyntax.is_encapsulated:
         _check_native_length(ds)
+    else:
+        limits.check_codestream(ds, tsyntax)  # before the decoder allocates what the codestream claims
     options = as_pixel_options(ds)
     try:
         arr, changes = _decode_with(decoder, ds, options, codecs.preferred_plugin(tsyntax))
@@ -276,6 +278,11 @@ def read_image(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
         raise DicomReadError("not a regular file")
     if size == 0:
         raise DicomReadError("empty file (0 bytes)")
+    if size > limits.max_inflated_bytes():
+        raise DicomReadError(
+            f"file too large: {size} bytes, over the limit of {limits.max_inflated_bytes()} "
+            "(2 bytes per pixel of --max-pixels plus 16 MiB); not read"
+        )
     if not is_dicom(path):
         raise DicomReadError(
             "not a DICOM file: no 'DICM' marker at byte 128 and no data set with group 0008 elements"
@@ -285,6 +292,8 @@ def read_image(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
         return _read(path)
     except DicomReadError:
         raise
+    except (limits.SizeLimitError, limits.DeflateError) as exc:
+        raise DicomReadError(str(exc)) from exc
     except Exception as exc:  # a broken file must never end a batch with another exception type
         raise DicomReadError(f"cannot read the DICOM data set: {type(exc).__name__}: {exc}") from exc
 
@@ -301,8 +310,9 @@ def _read(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
 
 
 def _read_dataset(path: Path, caught: list[warnings.WarningMessage]) -> tuple[np.ndarray, dict[str, Any]]:
-    ds = dcmread(path, force=True)
+    ds, _ = limits.read_dicom(path, force=True)
     _check_attributes(ds, _warning_text(caught))
+    limits.check_dataset_size(ds)
     tsyntax = _transfer_syntax(ds)
     arr, photometric = _decode_first_frame(ds, tsyntax)
     frames = int(ds.get("NumberOfFrames") or 1)

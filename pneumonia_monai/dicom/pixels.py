@@ -53,7 +53,9 @@ Grayscale (MONOCHROME1 / MONOCHROME2) images go through the steps of the DICOM g
 
    A *Presentation LUT Sequence* (2050,0010) belongs to presentation states, not image objects, and is
    not applied.
-6. **Output**: float32 in [0, 1], padded pixels 0.
+6. **Output**: float32 in [0, 1], padded pixels 0. Steps 1 to 5 run on blocks of rows of
+   :data:`BLOCK_PIXELS` pixels, so that a large film needs its float32 output and a few small float64
+   blocks, not several float64 copies of itself.
 
 Colour secondary captures (RGB, YBR_FULL, YBR_FULL_422, and JPEG 2000's YBR_ICT / YBR_RCT that the
 decoders hand back as RGB) become gray by this rule: converted to RGB first (pydicom 3's decoders
@@ -84,6 +86,10 @@ COLOUR: frozenset[str] = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422"})
 BT601: tuple[float, float, float] = (0.299, 0.587, 0.114)
 #: VOI LUT Function (0028,1056) values defined by PS3.3 C.11.2.1.3.
 VOI_FUNCTIONS: frozenset[str] = frozenset({"LINEAR", "LINEAR_EXACT", "SIGMOID"})
+#: Pixels per block of rows that :func:`to_display` runs the grayscale steps on: their float64
+#: temporaries stay this size (8 MiB each) whatever the film's size; the steps are per pixel, so
+#: the result does not depend on it.
+BLOCK_PIXELS = 1 << 20
 
 
 # --------------------------------------------------------------------------------------------------
@@ -342,12 +348,14 @@ def apply_window(x: np.ndarray, center: float, width: float, function: str = "LI
 
 
 def apply_voi(
-    ds: Dataset, values: np.ndarray, value_range: tuple[float, float]
+    ds: Dataset, values: np.ndarray, value_range: tuple[float, float], *, log: bool = True
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Apply the VOI LUT step (PS3.3 C.11.2) to Modality LUT output; the result is in [0, 1].
 
     ``value_range`` is the range the Modality LUT output can take (see :func:`apply_modality_lut`);
-    it is only used when the data set has neither a VOI LUT Sequence nor a window.
+    it is only used when the data set has neither a VOI LUT Sequence nor a window. ``log=False``
+    leaves out the warnings about an unusable window or VOI LUT Function (for the second and later
+    blocks of one film, whose first block logged them).
 
     Returns:
         ``(v, info)``: float64 values in [0, 1] (in the sense of the stored data: for MONOCHROME1,
@@ -370,12 +378,14 @@ def apply_voi(
     if center not in (None, "") and width not in (None, ""):
         function = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
         if function not in VOI_FUNCTIONS:
-            logger.warning("unknown VOI LUT Function (0028,1056) %r, using LINEAR", function)
+            if log:
+                logger.warning("unknown VOI LUT Function (0028,1056) %r, using LINEAR", function)
             function = "LINEAR"
         try:
             out = apply_window(values, float(center), float(width), function)
         except ValueError as exc:
-            logger.warning("ignoring the first window (%s); using the full range", exc)
+            if log:
+                logger.warning("ignoring the first window (%s); using the full range", exc)
         else:
             info.update(voi_source="window[0]", voi_function=function, window=(float(center), float(width)))
             return out, info
@@ -490,15 +500,21 @@ def to_display(
     if arr.ndim != 2:
         raise ValueError(f"a {pi} frame must have shape (rows, columns), got {arr.shape}")
 
-    stored = mask_unused_bits(arr, _int_attr(ds, "BitsStored"), _int_attr(ds, "PixelRepresentation"))
-    padded = padding_mask(ds, stored)
-    values, value_range, info["modality_lut"] = apply_modality_lut(ds, stored)
-    out, voi_info = apply_voi(ds, values, value_range)
-    info.update(voi_info)
+    bits_stored, pixel_rep = _int_attr(ds, "BitsStored"), _int_attr(ds, "PixelRepresentation")
     info["inverted"], info["polarity"] = output_inverted(ds, pi)
-    if info["inverted"]:
-        np.subtract(1.0, out, out=out)  # apply_voi returns a new array: ours to change
-    if padded is not None:
-        out[padded] = 0.0
-        info["padded_pixels"] = int(padded.sum())
-    return out.astype(np.float32), info
+    image = np.empty(arr.shape, dtype=np.float32)
+    step = max(1, BLOCK_PIXELS // max(1, arr.shape[1]))
+    for first_row in range(0, arr.shape[0], step):
+        rows = slice(first_row, first_row + step)
+        stored = mask_unused_bits(arr[rows], bits_stored, pixel_rep)
+        padded = padding_mask(ds, stored)
+        values, value_range, info["modality_lut"] = apply_modality_lut(ds, stored)
+        out, voi_info = apply_voi(ds, values, value_range, log=first_row == 0)
+        info.update(voi_info)
+        if info["inverted"]:
+            np.subtract(1.0, out, out=out)  # apply_voi returns a new array: ours to change
+        if padded is not None:
+            out[padded] = 0.0
+            info["padded_pixels"] += int(padded.sum())
+        image[rows] = out
+    return image, info

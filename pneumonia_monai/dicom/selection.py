@@ -24,10 +24,13 @@ Decisions carry UIDs, modality, body part and view, never names, ids, dates or a
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
+import stat
 import struct
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
@@ -35,19 +38,19 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import yaml
-from pydicom import dcmread
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import (
     UID,
     ComputedRadiographyImageStorage,
-    DeflatedExplicitVRLittleEndian,
     DigitalXRayImageStorageForPresentation,
     DigitalXRayImageStorageForProcessing,
     KeyObjectSelectionDocumentStorage,
     MediaStorageDirectoryStorage,
 )
+
+from pneumonia_monai.dicom import limits
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +94,9 @@ DECISION_COLUMNS: tuple[str, ...] = (
     "view",
 )
 
+#: The longest path the system resolves, in bytes (Linux: 4096).
+_PATH_MAX = os.pathconf("/", "PC_PATH_MAX") if hasattr(os, "pathconf") else 4096
+
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
 _LONG_LENGTH_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
@@ -126,6 +132,8 @@ HEADER_READ_ERRORS: tuple[type[BaseException], ...] = (
     IndexError,
     TypeError,
     NotImplementedError,
+    RecursionError,
+    zlib.error,
 )
 
 
@@ -543,6 +551,100 @@ def _pixel_data_follows(fp: BinaryIO, little_endian: bool, implicit_vr: bool) ->
     return True, (None if length == 0xFFFFFFFF else start + header + length)
 
 
+def open_regular_file(path: str | Path) -> BinaryIO:
+    """Open ``path`` for reading only if it is a regular file: never through a link, never a pipe.
+
+    The file is opened with ``O_NOFOLLOW`` and ``O_NONBLOCK`` (so a named pipe does not block) and checked
+    with ``fstat`` on the open descriptor (no race between the check and the open).
+
+    Raises:
+        OSError: if it cannot be opened, is a symbolic link (``ELOOP``) or is not a regular file.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(f"not a regular file ({_kind(mode)})")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "folder"
+    if stat.S_ISLNK(mode):
+        return "symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "named pipe"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return "special file"
+
+
+def _dataset_start(fp: BinaryIO, force: bool) -> int:
+    """The offset of the data set in the file: after the preamble and file meta, as pydicom reads them."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    fp.seek(0)
+    read_preamble(fp, force)
+    _read_file_meta_info(fp)
+    return fp.tell()
+
+
+def _structure_problem(fp: BinaryIO, start: int, size: int, little_endian: bool, implicit_vr: bool) -> str:
+    """Walk the elements from ``start`` to the end, without reading values; say where the file is cut.
+
+    Nested sequences and items of undefined length are followed with a depth count, not recursion, so
+    any nesting is walked. Returns ``""`` when the data set ends at an element boundary at depth 0.
+    """
+    endian = "<" if little_endian else ">"
+    pos, depth = start, 0
+    while True:
+        fp.seek(pos)
+        head = fp.read(8)
+        if not head:
+            return "" if depth == 0 else f"the file ends inside a sequence (nesting depth {depth})"
+        if len(head) < 8:
+            return f"the file ends inside an element header at byte {pos}"
+        group, element = struct.unpack(f"{endian}HH", head[:4])
+        if group == 0xFFFE:  # items and delimiters: tag and 4-byte length, no VR
+            (length,) = struct.unpack(f"{endian}L", head[4:8])
+            if element in (0xE00D, 0xE0DD):
+                depth = max(depth - 1, 0)
+                pos += 8
+                continue
+            if length == 0xFFFFFFFF:
+                depth += 1
+                pos += 8
+                continue
+            header = 8
+        elif implicit_vr:
+            (length,) = struct.unpack(f"{endian}L", head[4:8])
+            header = 8
+        elif head[4:6] in _LONG_LENGTH_VRS:
+            more = fp.read(4)
+            if len(more) < 4:
+                return f"the file ends inside the header of element ({group:04X},{element:04X}) at byte {pos}"
+            (length,) = struct.unpack(f"{endian}L", more)
+            header = 12
+        else:
+            (length,) = struct.unpack(f"{endian}H", head[6:8])
+            header = 8
+        if length == 0xFFFFFFFF:
+            depth += 1
+            pos += header
+            continue
+        end = pos + header + length
+        if end > size:
+            return f"element ({group:04X},{element:04X}) at byte {pos} needs {end} bytes, file has {size}"
+        pos = end
+
+
 def read_header(path: str | Path, keywords: Sequence[str] | None = None) -> Header:
     """Read a DICOM file's header (never its pixel data) and tell whether it has pixel data.
 
@@ -565,14 +667,16 @@ def read_header(path: str | Path, keywords: Sequence[str] | None = None) -> Head
     if specific is not None and None in specific:
         bad = [k for k in keywords or () if tag_for_keyword(k) is None]
         raise ValueError(f"not DICOM keyword(s): {bad}")
-    with path.open("rb") as fp:
+    with open_regular_file(path) as fp:
         head = fp.read(132)
         has_preamble = len(head) == 132 and head[128:132] == b"DICM"
         if not has_preamble and not _looks_like_bare_dataset(head):
             raise NotDicomError(_describe_non_dicom(head))
         size = os.fstat(fp.fileno()).st_size
         fp.seek(0)
-        ds = dcmread(fp, force=not has_preamble, stop_before_pixels=True, specific_tags=specific)
+        ds, inflated = limits.read_dicom(
+            fp, force=not has_preamble, stop_before_pixels=True, specific_tags=specific
+        )
         meta_length = ds.file_meta.get("FileMetaInformationGroupLength")
         if has_preamble and isinstance(meta_length, int) and 144 + meta_length > size:
             raise TruncatedDicomError(
@@ -585,18 +689,21 @@ def read_header(path: str | Path, keywords: Sequence[str] | None = None) -> Head
         if not has_preamble and "SOPClassUID" not in ds and "SOPInstanceUID" not in ds and not ds.file_meta:
             raise NotDicomError("not a DICOM file (no DICM prefix and no SOP Class/Instance UID at byte 0)")
         implicit_vr, little_endian = ds.original_encoding
-        tsyntax = ds.file_meta.get("TransferSyntaxUID")
-        if tsyntax == DeflatedExplicitVRLittleEndian:
-            # The deflated data set was read from a decompressed copy: ask pydicom, deferring the value.
-            fp.seek(0)
-            full = dcmread(fp, force=not has_preamble, defer_size=64)
-            has_pixels = any(tag in full for tag in _PIXEL_TAGS)
-        else:
-            has_pixels, value_end = _pixel_data_follows(fp, bool(little_endian), bool(implicit_vr))
-            if value_end is not None and value_end > size:
-                raise TruncatedDicomError(
-                    f"truncated file (Pixel Data ends at byte {value_end}, file has {size})"
-                )
+        # A deflated data set was inflated into memory; the element after the header is read there.
+        stream: BinaryIO = inflated if inflated is not None else fp
+        stream_size = len(inflated.getvalue()) if inflated is not None else size  # type: ignore[attr-defined]
+        has_pixels, value_end = _pixel_data_follows(stream, bool(little_endian), bool(implicit_vr))
+        if value_end is not None and value_end > stream_size:
+            raise TruncatedDicomError(
+                f"truncated file (Pixel Data ends at byte {value_end}, file has {stream_size})"
+            )
+        if not has_pixels:
+            # pydicom stops quietly where a file cut inside its header ends: walk the elements to tell a
+            # data set without pixel data from a damaged one.
+            start = 0 if inflated is not None else _dataset_start(fp, not has_preamble)
+            problem = _structure_problem(stream, start, stream_size, bool(little_endian), bool(implicit_vr))
+            if problem:
+                raise TruncatedDicomError(f"truncated file ({problem}; no Pixel Data reached)")
     return Header(ds, has_pixels, has_preamble)
 
 
@@ -783,6 +890,9 @@ def decide_file(
     path = Path(path)
     rules = rules or SelectionRules.default()
     root_path = Path(root) if root is not None else path.parent
+    entry = entry_problem(path)
+    if entry is not None:
+        return _decision(path, root_path, *entry)
     try:
         if path.stat().st_size == 0:
             return _decision(path, root_path, SKIPPED, "zero-byte file")
@@ -792,6 +902,14 @@ def decide_file(
     except TruncatedDicomError as exc:
         logger.warning("%s is truncated", path)
         return _decision(path, root_path, ERROR, str(exc))
+    except (limits.SizeLimitError, limits.DeflateError) as exc:
+        logger.warning("%s: %s", path, type(exc).__name__)
+        return _decision(path, root_path, ERROR, str(exc))
+    except RecursionError:
+        logger.warning("cannot read the DICOM header of %s: RecursionError", path)
+        return _decision(
+            path, root_path, ERROR, "unreadable DICOM header (sequences nested too deeply to read)"
+        )
     except OSError as exc:
         logger.warning("cannot read %s: %s", path, type(exc).__name__)
         return _decision(
@@ -804,15 +922,62 @@ def decide_file(
     return _decision(path, root_path, status, reason, header.dataset)
 
 
-def iter_input_files(inputs: Sequence[str | Path]) -> Iterator[tuple[Path, Path]]:
-    """Yield ``(file, root)`` for every file under the inputs: inputs in order, files sorted within a folder.
+def entry_problem(path: str | Path) -> tuple[str, str] | None:
+    """Say why a folder entry is not a regular file to read: ``(status, reason)``, or ``None`` if it is one.
 
-    A file reached twice (overlapping inputs) is yielded once. Links to folders are not followed.
+    Judged by ``lstat``, so links are never followed: a symbolic link is ``skipped`` (not followed), a
+    dangling one or a loop is an ``error``, as are a folder that cannot be read and a path longer than
+    the system's ``PATH_MAX``; a named pipe, socket or device is ``skipped`` (never opened).
+    """
+    path = Path(path)
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError as exc:
+        return ERROR, _os_error_reason(exc, path)
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        try:
+            target = path.stat()
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return ERROR, "symbolic link loop (not followed)"
+            if exc.errno == errno.ENOENT:
+                return (
+                    ERROR,
+                    f"dangling symbolic link (target {os.fsdecode(path.readlink())!r} does not exist)",
+                )
+            return ERROR, f"symbolic link to an unreadable target ({_os_error_reason(exc, path)})"
+        return SKIPPED, f"symbolic link to a {_kind(target.st_mode)} (links are not followed)"
+    if stat.S_ISDIR(mode):
+        try:
+            with os.scandir(path):
+                pass
+        except OSError as exc:
+            return ERROR, f"cannot read folder ({_os_error_reason(exc, path)})"
+        return SKIPPED, "folder"
+    return SKIPPED, f"not a regular file ({_kind(mode)}; not opened)"
+
+
+def _os_error_reason(exc: OSError, path: str | Path) -> str:
+    if exc.errno == errno.ENAMETOOLONG or len(os.fsencode(Path(path).absolute())) >= _PATH_MAX:
+        return f"path longer than PATH_MAX ({_PATH_MAX} bytes)"
+    return f"{type(exc).__name__}: {exc.strerror or exc}"
+
+
+def iter_input_files(inputs: Sequence[str | Path]) -> Iterator[tuple[Path, Path]]:
+    """Yield ``(entry, root)`` for every entry under the inputs: inputs in order, sorted within a folder.
+
+    Every entry found is yielded, not only regular files, so that each gets a decision
+    (:func:`entry_problem`): symbolic links (to files or folders: not followed), named pipes and
+    other special files, and folders that cannot be read (or whose path is longer than ``PATH_MAX``).
+    An input named on the command line is taken as given, a link included. An entry reached twice
+    (overlapping inputs) is yielded once.
 
     Raises:
         FileNotFoundError: if an input does not exist.
     """
-    seen: set[Path] = set()
+    seen: set[str] = set()
     for item in inputs:
         top = Path(item)
         if not top.exists():
@@ -822,7 +987,8 @@ def iter_input_files(inputs: Sequence[str | Path]) -> Iterator[tuple[Path, Path]
         else:
             candidates = ((p, top) for p in _walk_sorted(top))
         for path, root in candidates:
-            key = path.resolve()
+            # The entry's own name is not resolved: a link or a loop is the entry itself.
+            key = str(Path(os.path.realpath(path.parent)) / path.name)
             if key in seen:
                 continue
             seen.add(key)
@@ -830,8 +996,18 @@ def iter_input_files(inputs: Sequence[str | Path]) -> Iterator[tuple[Path, Path]
 
 
 def _walk_sorted(root: Path) -> list[Path]:
-    found = [Path(folder) / name for folder, _, files in os.walk(root) for name in files]
-    return sorted((p for p in found if p.is_file()), key=lambda p: p.relative_to(root).parts)
+    found: list[Path] = []
+
+    def unreadable(exc: OSError) -> None:
+        if exc.filename is not None:
+            found.append(Path(os.fsdecode(exc.filename)))
+
+    for folder, dirs, files in os.walk(root, onerror=unreadable):
+        base = Path(folder)
+        found += [base / name for name in files]
+        # os.walk lists links to folders with the folders and does not enter them: they get a row too
+        found += [base / name for name in dirs if (base / name).is_symlink()]
+    return sorted(found, key=lambda p: p.relative_to(root).parts)
 
 
 def select_files(

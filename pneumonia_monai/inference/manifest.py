@@ -307,7 +307,7 @@ def file_key(path: str | Path) -> str:
     Raises:
         OSError: if the file cannot be examined.
     """
-    resolved = Path(path).resolve()
+    resolved = Path(os.path.realpath(path))  # a link loop raises OSError in stat, not RuntimeError here
     stat = resolved.stat()
     text = f"{resolved.as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}"
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()

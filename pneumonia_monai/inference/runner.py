@@ -57,8 +57,15 @@ from typing import IO, Any
 
 import torch
 
+from pneumonia_monai.atomic import remove_stale_temporaries
 from pneumonia_monai.data.kaggle import IMAGE_SUFFIXES, JUNK_NAMES
-from pneumonia_monai.dicom.selection import SELECTED, SelectionRules, decide_file, iter_input_files
+from pneumonia_monai.dicom.selection import (
+    SELECTED,
+    SelectionRules,
+    decide_file,
+    entry_problem,
+    iter_input_files,
+)
 from pneumonia_monai.inference.bundle import InferenceBundle, load_bundle
 from pneumonia_monai.inference.manifest import (
     ERROR,
@@ -215,7 +222,7 @@ def _root_cause_message(exc: BaseException, job: _Job) -> str:
             break
         current = current.__cause__
     # Readers quote the absolute path; the manifest names files relative to their input.
-    text = text.replace(str(job.path.resolve()), job.rel).replace(str(job.path), job.rel)
+    text = text.replace(os.path.realpath(job.path), job.rel).replace(str(job.path), job.rel)
     return " ".join(text.split())
 
 
@@ -241,6 +248,9 @@ class _Context:
 
         if _is_junk(job.rel):
             return self.finished(job, SKIPPED, "junk file (macOS/Windows metadata)")
+        entry = entry_problem(job.path)  # links, pipes, unreadable folders: never opened
+        if entry is not None:
+            return self.finished(job, *entry)
         uids: dict[str, str] = {}
         try:
             size = job.path.stat().st_size
@@ -365,7 +375,7 @@ def _check_arguments(inputs: Sequence[str | Path], batch_size: int, workers: int
 def _is_own_output(path: Path, out: Path) -> bool:
     """Whether ``path`` is one of the files a run writes into ``out`` (never read back as an input)."""
     try:
-        parts = path.resolve().relative_to(out).parts
+        parts = Path(os.path.realpath(path)).relative_to(out).parts  # a link loop does not raise
     except ValueError:
         return False
     top = parts[0] if parts else ""
@@ -421,11 +431,15 @@ def run_inference(
     if out.exists() and not out.is_dir():
         raise ValueError(f"output {out} exists and is not a folder")
     kill_after = _kill_after()
+    if (out / LOCK_NAME).is_file():
+        with _exclusive_lock(out):  # a busy folder is refused before the model is loaded (seconds)
+            pass
     loaded = load_bundle(bundle, device=device, variant=variant)
 
     out.mkdir(parents=True, exist_ok=True)
     out = out.resolve()
     with _exclusive_lock(out):
+        remove_stale_temporaries(out, out / STATE_DIR, out / SR_DIR, out / HEATMAP_DIR)
         return _Run(
             loaded, rules, out, batch_size, workers, heatmaps, write_sr, force, progress, kill_after
         ).run(input_paths)
@@ -544,7 +558,7 @@ class _Run:
             try:
                 key = file_key(path)
             except OSError:
-                key = hashlib.sha256(str(path.resolve()).encode("utf-8", "surrogateescape")).hexdigest()
+                key = hashlib.sha256(os.path.realpath(path).encode("utf-8", "surrogateescape")).hexdigest()
             jobs.append(_Job(len(jobs), path, root, rel, key))
         if excluded:
             logger.info("infer: %d output file(s) of this folder's runs are not inputs", excluded)

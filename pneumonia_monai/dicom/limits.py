@@ -1,0 +1,416 @@
+"""Size limits that keep a hostile or broken file from exhausting memory: decoded size and inflated size.
+
+A 17 KB JPEG 2000 file may claim a 40,000 x 40,000 image, and a 1 MB deflated data set may inflate to a
+gigabyte. Every reader of the package checks, before it allocates:
+
+- **decoded size**: *Rows* x *Columns* x *Number of Frames* (pixels) at most :func:`max_pixels`, and
+  that times *Samples per Pixel* x bytes per sample (*Bits Allocated* / 8) at most
+  :func:`max_decoded_bytes` (two bytes per pixel of the pixel budget: a 16-bit grey film). The header is
+  checked before the pixel data is read, and for the compressed syntaxes the codestream's own size too,
+  before decoding: the JPEG 2000 SIZ marker, the JPEG SOF marker, the JPEG-LS SOF55 marker of the first
+  frame (:func:`codestream_geometry`). A codestream larger than the header says is refused as well: a
+  decoder allocates what the codestream says.
+- **inflated size** of a Deflated Explicit VR Little Endian data set: inflated in chunks of
+  :data:`INFLATE_CHUNK` bytes, never in one piece, and refused once it passes :func:`max_inflated_bytes`
+  (the decoded-size budget plus :data:`HEADER_ALLOWANCE` for the header), in
+  :func:`read_dicom` (used by ``infer``, ``select`` and the node's C-STORE handler).
+- **Pillow**: ``PIL.Image.MAX_IMAGE_PIXELS`` is set to the same pixel budget, and JPEG/PNG files are
+  checked against it before they are decoded.
+
+The default budget, :data:`MAX_PIXELS` = 8192 x 8192 (67,108,864 pixels, about 64 megapixels), is above
+the largest real CR/DX films (a 43 x 43 cm detector at 100 um is 4,300 x 4,300; long-leg stitched DX
+stay under 30 megapixels). It is one process-wide setting (:func:`set_max_pixels`; the ``infer`` and
+``select`` commands' ``--max-pixels``), as Pillow's is.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+import zlib
+from collections.abc import Iterator, Sequence
+from io import BytesIO
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.uid import (
+    JPEG2000,
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Default pixel budget: Rows x Columns x Number of Frames of one object (8192 x 8192).
+MAX_PIXELS = 8192 * 8192
+#: Bytes per pixel of the decoded-size budget (a 16-bit grey film).
+BUDGET_BYTES_PER_PIXEL = 2
+#: Inflated bytes allowed beyond the decoded-size budget, for the header of a deflated data set.
+HEADER_ALLOWANCE = 16 * 1024 * 1024
+#: Compressed bytes read, and inflated bytes produced, per step of :func:`inflate_bounded`.
+INFLATE_CHUNK = 1024 * 1024
+#: Bytes of the first frame read to find the codestream's size marker.
+CODESTREAM_HEAD = 64 * 1024
+
+_JPEG2000_SYNTAXES = frozenset(
+    {JPEG2000Lossless, JPEG2000, "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202"}
+)
+_JPEGLS_SYNTAXES = frozenset({JPEGLSLossless, JPEGLSNearLossless})
+
+_lock = threading.Lock()
+_max_pixels = MAX_PIXELS
+
+
+class SizeLimitError(ValueError):
+    """A file whose decoded or inflated size is over the limit, or whose codestream claims so."""
+
+
+class DeflateError(ValueError):
+    """A deflated data set whose compressed stream is corrupt or cut short."""
+
+
+# --------------------------------------------------------------------------------------------------
+# the setting
+
+
+def max_pixels() -> int:
+    """Return the pixel budget in force (default :data:`MAX_PIXELS`)."""
+    return _max_pixels
+
+
+def max_decoded_bytes() -> int:
+    """Return the decoded-size budget in bytes: :func:`max_pixels` x :data:`BUDGET_BYTES_PER_PIXEL`."""
+    return _max_pixels * BUDGET_BYTES_PER_PIXEL
+
+
+def max_inflated_bytes() -> int:
+    """Return the most bytes a deflated data set may inflate to: the decoded budget plus the header's."""
+    return max_decoded_bytes() + HEADER_ALLOWANCE
+
+
+def set_max_pixels(pixels: int) -> int:
+    """Set the process-wide pixel budget (and Pillow's ``MAX_IMAGE_PIXELS``); return the previous value.
+
+    Raises:
+        TypeError: if ``pixels`` is not an int.
+        ValueError: if ``pixels`` is below 1.
+    """
+    global _max_pixels
+    if isinstance(pixels, bool) or not isinstance(pixels, int):
+        raise TypeError(f"max_pixels must be an int, got {type(pixels).__name__}")
+    if pixels < 1:
+        raise ValueError(f"max_pixels must be at least 1, got {pixels}")
+    from PIL import Image
+
+    with _lock:
+        previous, _max_pixels = _max_pixels, pixels
+        Image.MAX_IMAGE_PIXELS = pixels
+    if pixels != previous:
+        logger.debug("pixel budget set to %d (decoded-size budget %d bytes)", pixels, max_decoded_bytes())
+    return previous
+
+
+def _sync_pillow() -> None:
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = _max_pixels
+
+
+_sync_pillow()
+
+
+# --------------------------------------------------------------------------------------------------
+# decoded size
+
+
+def check_decoded_size(
+    rows: int, columns: int, *, frames: int = 1, samples: int = 1, bits_allocated: int = 16, source: str = ""
+) -> None:
+    """Refuse an image whose decoded size is over the budget.
+
+    Args:
+        rows: Rows (0028,0010).
+        columns: Columns (0028,0011).
+        frames: Number of Frames (0028,0008).
+        samples: Samples per Pixel (0028,0002).
+        bits_allocated: Bits Allocated (0028,0100).
+        source: where the geometry comes from, for the message (e.g. ``"header"``).
+
+    Raises:
+        SizeLimitError: if ``rows x columns x frames`` is over :func:`max_pixels` or the decoded bytes
+            are over :func:`max_decoded_bytes`.
+    """
+    pixels = rows * columns * frames
+    nbytes = pixels * samples * max(1, (bits_allocated + 7) // 8)
+    where = f" ({source})" if source else ""
+    frames_text = f" x {frames} frames" if frames != 1 else ""
+    if pixels > _max_pixels:
+        raise SizeLimitError(
+            f"image too large{where}: {rows} x {columns}{frames_text} = {pixels} pixels, over the limit of "
+            f"{_max_pixels} (--max-pixels)"
+        )
+    if nbytes > max_decoded_bytes():
+        raise SizeLimitError(
+            f"image too large{where}: {rows} x {columns}{frames_text} x {samples} sample(s) x "
+            f"{bits_allocated} bits = {nbytes} bytes decoded, over the limit of {max_decoded_bytes()} "
+            "(2 bytes per pixel of --max-pixels)"
+        )
+
+
+def check_dataset_size(ds: Dataset) -> None:
+    """Check the Image Pixel attributes of ``ds`` against the budget (before any pixel data is decoded).
+
+    Raises:
+        SizeLimitError: if the decoded size the header declares is over the budget.
+        ValueError: if Rows (0028,0010), Columns (0028,0011), Number of Frames (0028,0008), Samples per
+            Pixel (0028,0002) or Bits Allocated (0028,0100) is not an integer.
+    """
+    check_decoded_size(
+        int(ds.Rows),
+        int(ds.Columns),
+        frames=int(ds.get("NumberOfFrames") or 1),
+        samples=int(ds.get("SamplesPerPixel") or 1),
+        bits_allocated=int(ds.get("BitsAllocated") or 16),
+        source="Rows (0028,0010) x Columns (0028,0011) of the header",
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# codestream size
+
+
+def _first_fragment_head(pixel_data: bytes, limit: int = CODESTREAM_HEAD) -> bytes:
+    """Return the first ``limit`` bytes of frame 0's fragments (the Basic Offset Table item skipped)."""
+    view = memoryview(pixel_data)
+    offset, items, head = 0, 0, bytearray()
+    while offset + 8 <= len(view) and len(head) < limit:
+        group, element, length = struct.unpack_from("<HHL", view, offset)
+        offset += 8
+        if (group, element) != (0xFFFE, 0xE000) or length == 0xFFFFFFFF:
+            break
+        if items:  # item 0 is the Basic Offset Table
+            head += view[offset : offset + min(length, limit - len(head))]
+        items += 1
+        offset += length
+    return bytes(head)
+
+
+def _jpeg2000_siz(head: bytes) -> tuple[int, int, int, int] | None:
+    at = head.find(b"\xff\x4f\xff\x51")  # SOC then SIZ (a bare codestream, or inside a JP2 jp2c box)
+    if at < 0 or len(head) < at + 4 + 38:
+        return None
+    (_lsiz, _rsiz, xsiz, ysiz, xosiz, yosiz, _xt, _yt, _xto, _yto, csiz) = struct.unpack_from(
+        ">HHLLLLLLLLH", head, at + 4
+    )
+    bits = (head[at + 4 + 38] & 0x7F) + 1 if len(head) > at + 4 + 38 else 0
+    return max(ysiz - yosiz, 0), max(xsiz - xosiz, 0), csiz, bits
+
+
+def _jpeg_sof(head: bytes, wanted: frozenset[int]) -> tuple[int, int, int, int] | None:
+    if not head.startswith(b"\xff\xd8"):
+        return None
+    offset = 2
+    while offset + 4 <= len(head):
+        if head[offset] != 0xFF:
+            return None
+        marker = head[offset + 1]
+        if marker == 0xFF:  # fill byte
+            offset += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # TEM, RSTn: no length
+            offset += 2
+            continue
+        (length,) = struct.unpack_from(">H", head, offset + 2)
+        if marker in wanted:
+            if offset + 10 > len(head):
+                return None
+            precision, height, width, components = struct.unpack_from(">BHHB", head, offset + 4)
+            return height, width, components, precision
+        if marker in (0xDA, 0xD9):  # start of scan / end of image before any frame header
+            return None
+        offset += 2 + length
+    return None
+
+
+#: JPEG frame-header markers SOF0..SOF15 (not DHT C4, JPG C8, DAC CC), and JPEG-LS SOF55 (F7).
+_JPEG_SOF = frozenset(set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC})
+_JPEGLS_SOF = frozenset({0xF7})
+
+
+def codestream_geometry(transfer_syntax: str, pixel_data: bytes) -> tuple[str, int, int, int, int] | None:
+    """Return the size frame 0's codestream declares: ``(marker, rows, columns, components, bits)``.
+
+    Read from the first :data:`CODESTREAM_HEAD` bytes of the first fragment: the SIZ marker of JPEG 2000,
+    the SOF marker of the JPEG processes, the SOF55 marker of JPEG-LS. ``None`` for other syntaxes or
+    when no marker is found there (the decoder then reports the damage).
+    """
+    syntax = str(transfer_syntax)
+    if not UID(syntax).is_encapsulated:
+        return None
+    head = _first_fragment_head(pixel_data)
+    if syntax in _JPEG2000_SYNTAXES:
+        found = _jpeg2000_siz(head)
+        return None if found is None else ("JPEG 2000 SIZ marker", *found)
+    if syntax in _JPEGLS_SYNTAXES:
+        found = _jpeg_sof(head, _JPEGLS_SOF)
+        return None if found is None else ("JPEG-LS SOF55 marker", *found)
+    if syntax.startswith("1.2.840.10008.1.2.4."):
+        found = _jpeg_sof(head, _JPEG_SOF)
+        return None if found is None else ("JPEG SOF marker", *found)
+    return None
+
+
+def check_codestream(ds: Dataset, transfer_syntax: str) -> None:
+    """Refuse, before decoding, a codestream over the budget or larger than the header says.
+
+    Raises:
+        SizeLimitError: if frame 0's codestream declares more pixels than the budget, or other
+            dimensions than Rows (0028,0010) x Columns (0028,0011).
+    """
+    found = codestream_geometry(transfer_syntax, ds.PixelData)
+    if found is None:
+        return
+    marker, rows, columns, components, bits = found
+    header_rows, header_columns = int(ds.Rows), int(ds.Columns)
+    if rows * columns > _max_pixels or rows * columns * components * max(1, (bits + 7) // 8) > (
+        max_decoded_bytes()
+    ):
+        raise SizeLimitError(
+            f"codestream too large: its {marker} claims {rows} x {columns} x {components} component(s) "
+            f"of {bits} bits, over the limit of {_max_pixels} pixels (--max-pixels); the header says "
+            f"{header_rows} x {header_columns}; not decoded"
+        )
+    if rows and (rows, columns) != (header_rows, header_columns):
+        raise SizeLimitError(
+            f"codestream does not match the header: its {marker} says {rows} x {columns}, Rows "
+            f"(0028,0010) x Columns (0028,0011) say {header_rows} x {header_columns}; not decoded"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# inflated size
+
+
+def _inflate_chunks(read: Any, limit: int) -> Iterator[bytes]:
+    """Yield the inflated output of the raw deflate stream that ``read(n)`` returns, one chunk at a time.
+
+    Raises:
+        SizeLimitError: once the output passes ``limit``.
+        DeflateError: for a corrupt stream or one that ends before its last block.
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total, pending = 0, b""
+    try:
+        while not inflater.eof:
+            if pending:
+                chunk = inflater.decompress(pending, INFLATE_CHUNK)
+                pending = inflater.unconsumed_tail
+            else:
+                pending = read(INFLATE_CHUNK)
+                if pending:
+                    continue
+                chunk = inflater.flush()  # the input is spent: what zlib still holds, if anything
+                if not inflater.eof:
+                    raise DeflateError(
+                        "deflated data set is cut short: the compressed stream ends after "
+                        f"{total + len(chunk)} inflated bytes, before its last block"
+                    )
+            total += len(chunk)
+            if total > limit:
+                raise SizeLimitError(
+                    f"deflated data set inflates to more than {limit} bytes, over the limit "
+                    "(2 bytes per pixel of --max-pixels plus 16 MiB); not read"
+                )
+            yield chunk
+    except zlib.error as exc:
+        raise DeflateError(f"deflated data set is corrupt (zlib: {exc})") from None
+
+
+def inflate_bounded(fp: BinaryIO, limit: int | None = None) -> bytes:
+    """Inflate the raw deflate stream (RFC 1951, no zlib header) read from ``fp`` to its end, bounded.
+
+    Compressed data is read :data:`INFLATE_CHUNK` bytes at a time and each step produces at most
+    :data:`INFLATE_CHUNK` bytes, so at no time does more than ``limit`` plus one chunk exist.
+
+    Args:
+        fp: positioned at the start of the deflated data set.
+        limit: most inflated bytes (default :func:`max_inflated_bytes`).
+
+    Raises:
+        SizeLimitError: once the output passes ``limit``.
+        DeflateError: for a corrupt stream or one that ends before its last block.
+    """
+    out = bytearray()
+    for chunk in _inflate_chunks(fp.read, max_inflated_bytes() if limit is None else limit):
+        out += chunk
+    return bytes(out)
+
+
+def check_inflated_size(data: bytes, limit: int | None = None) -> int:
+    """Return the size the raw deflate stream ``data`` inflates to, without keeping the output.
+
+    Raises:
+        SizeLimitError, DeflateError: as :func:`inflate_bounded`.
+    """
+    stream = BytesIO(data)
+    return sum(len(c) for c in _inflate_chunks(stream.read, max_inflated_bytes() if limit is None else limit))
+
+
+def read_dicom(
+    path: str | Path | BinaryIO,
+    *,
+    force: bool = False,
+    stop_before_pixels: bool = False,
+    specific_tags: Sequence[Any] | None = None,
+) -> tuple[FileDataset, BinaryIO | None]:
+    """``pydicom.dcmread`` with the inflated-size limit for Deflated Explicit VR Little Endian files.
+
+    Other syntaxes are read by :func:`pydicom.dcmread` itself. A deflated data set is inflated by
+    :func:`inflate_bounded` and parsed from memory (pydicom would inflate it in one piece).
+
+    Returns:
+        ``(dataset, inflated)``: for a deflated file, ``inflated`` is the in-memory data set positioned
+        where pydicom stopped (at the Pixel Data element with ``stop_before_pixels``); else ``None``.
+
+    Raises:
+        SizeLimitError, DeflateError: for a deflated data set over the limit, corrupt or cut short.
+        Whatever :func:`pydicom.dcmread` raises for a damaged file.
+    """
+    if isinstance(path, str | Path):
+        with Path(path).open("rb") as fp:
+            ds, inflated = read_dicom(
+                fp, force=force, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags
+            )
+        ds.filename = str(path)
+        return ds, inflated
+    # Private pydicom 3 readers: the file meta is read as dcmread reads it, the data set from memory.
+    from pydicom.filereader import _at_pixel_data, _read_file_meta_info, read_dataset, read_preamble
+
+    fp = path
+    start = fp.tell()
+    preamble = read_preamble(fp, force)
+    file_meta = _read_file_meta_info(fp)
+    if file_meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        fp.seek(start)
+        return (
+            dcmread(fp, force=force, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags),
+            None,
+        )
+    buffer = DicomBytesIO(inflate_bounded(fp))
+    dataset = read_dataset(
+        buffer,
+        False,
+        True,
+        stop_when=_at_pixel_data if stop_before_pixels else None,
+        specific_tags=list(specific_tags) if specific_tags else None,
+    )
+    ds = FileDataset(getattr(fp, "name", "") or "", dataset, preamble, file_meta, False, True)
+    ds.set_original_encoding(False, True, dataset._character_set)
+    return ds, buffer
