@@ -10,11 +10,17 @@ the command line wins over the file). The file holds a mapping whose keys are th
     work_dir: /var/lib/pneumonia-node
     allowed_calling_aes: [PACS1, PACS2]
     stable_seconds: 10
+    max_study_wait: 600                      # process a study still receiving after this long
     queue_size: 16
     max_batch_studies: 8
     dest_ae: PACS1@pacs.example.org:104      # or: dest_stow: https://pacs.example.org/dicom-web
     send_attempts: 5
     retry_backoff_seconds: 2
+    request_timeout: 5                       # seconds to deliver an A-ASSOCIATE-RQ after connecting
+    max_pending_connections: 32              # connections without an association request yet
+    acse_timeout: 10
+    dimse_timeout: 30
+    network_timeout: 60
     heatmaps: false
     bundle: /opt/pneumonia/bundle
     device: auto
@@ -142,10 +148,19 @@ class NodeConfig:
         allowed_calling_aes: calling AE titles accepted; empty accepts any.
         require_called_ae: reject associations whose called AE title is not ``ae_title``.
         stable_seconds: a study is processed once no instance arrived for that long.
+        max_study_wait: ... or once this many seconds passed since its first instance arrived, even if
+            instances still come (a study fed continuously); later ones are late arrivals.
         queue_size: how many stable studies may wait for the worker; further ones wait in the inbox.
         max_batch_studies: how many ready studies the worker may give the processor at once (the model
             is loaded once per batch); each study still gets its own result.
-        max_associations: how many associations may be open at once.
+        max_associations: how many associations may be open at once (connections that have not sent
+            their A-ASSOCIATE-RQ yet do not count: see :mod:`pneumonia_monai.node.gate`).
+        request_timeout: seconds a new connection has to deliver its whole A-ASSOCIATE-RQ.
+        max_pending_connections: connections that may wait for their A-ASSOCIATE-RQ at once; one more
+            closes the oldest of them.
+        acse_timeout: seconds an association waits for an association or release reply.
+        dimse_timeout: seconds an association waits for a DIMSE message.
+        network_timeout: seconds an established association may stay silent before it is aborted.
         send_attempts: how many times the results of a study are offered to the destination.
         retry_backoff_seconds: wait before the second attempt, doubled before each further one.
         heatmaps: also send Grad-CAM heatmaps as Secondary Capture images.
@@ -161,9 +176,15 @@ class NodeConfig:
     allowed_calling_aes: tuple[str, ...] = ()
     require_called_ae: bool = False
     stable_seconds: float = 10.0
+    max_study_wait: float = 600.0
     queue_size: int = 16
     max_batch_studies: int = 8
     max_associations: int = 10
+    request_timeout: float = 5.0
+    max_pending_connections: int = 32
+    acse_timeout: float = 10.0
+    dimse_timeout: float = 30.0
+    network_timeout: float = 60.0
     send_attempts: int = 5
     retry_backoff_seconds: float = 2.0
     heatmaps: bool = False
@@ -197,7 +218,15 @@ class NodeConfig:
         object.__setattr__(
             self, "retry_backoff_seconds", _check_seconds("retry_backoff_seconds", self.retry_backoff_seconds)
         )
-        for name in ("queue_size", "max_batch_studies", "max_associations", "send_attempts"):
+        for name in ("max_study_wait", "request_timeout", "acse_timeout", "dimse_timeout", "network_timeout"):
+            object.__setattr__(self, name, _check_positive_seconds(name, getattr(self, name)))
+        for name in (
+            "queue_size",
+            "max_batch_studies",
+            "max_associations",
+            "max_pending_connections",
+            "send_attempts",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -212,6 +241,13 @@ class NodeConfig:
 def _check_bool(name: str, value: object) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be true or false, got {value!r}")
+
+
+def _check_positive_seconds(name: str, value: object) -> float:
+    seconds = _check_seconds(name, value)
+    if seconds <= 0:
+        raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+    return seconds
 
 
 def _check_seconds(name: str, value: object) -> float:

@@ -18,7 +18,14 @@ resources) and the sender keeps its copy; an instance without a usable Study or 
 refused with 0xC000 (cannot understand).
 
 Calling AE titles can be restricted: others are rejected at association (result "rejected permanent",
-diagnostic "calling AE title not recognised"), with the reason logged.
+diagnostic "calling AE title not recognised"), with the reason logged; so is a calling or called AE
+title that is not a valid AE (empty, a backslash, control characters), which pynetdicom aborts silently.
+
+Holding connections open starves nobody: a connection becomes an association (and counts against
+``max_associations``) only once its whole A-ASSOCIATE-RQ has arrived, within ``request_timeout``
+seconds, and the connections still waiting for theirs have a cap of their own
+(:mod:`pneumonia_monai.node.gate`). Established associations have the configuration's ACSE, DIMSE and
+network timeouts.
 """
 
 from __future__ import annotations
@@ -34,8 +41,9 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from pneumonia_monai.dicom import codecs
+from pneumonia_monai.dicom import codecs, limits
 from pneumonia_monai.node.config import NodeConfig
+from pneumonia_monai.node.gate import GatedAssociationServer, PreAssociationGate
 from pneumonia_monai.node.inbox import Inbox, StoreOutcome
 
 logger = logging.getLogger(__name__)
@@ -115,6 +123,9 @@ class StorageSCP:
             raise ValueError("transfer_syntaxes is empty")
         self.transfer_syntaxes = syntaxes
         self.ae = self._build_ae()
+        self.gate = PreAssociationGate(
+            request_timeout=config.request_timeout, max_pending=config.max_pending_connections
+        )
         self._server: ThreadedAssociationServer | None = None
         self._closed = False
         self._counts_lock = threading.Lock()
@@ -132,6 +143,9 @@ class StorageSCP:
         ae.require_calling_aet = list(self.config.allowed_calling_aes)
         ae.require_called_aet = self.config.require_called_ae
         ae.maximum_associations = self.config.max_associations
+        ae.acse_timeout = self.config.acse_timeout
+        ae.dimse_timeout = self.config.dimse_timeout
+        ae.network_timeout = self.config.network_timeout
         return ae
 
     @property
@@ -155,9 +169,16 @@ class StorageSCP:
             (evt.EVT_REJECTED, self._handle_rejected),
             (evt.EVT_ACCEPTED, self._handle_accepted),
         ]
-        self._server = self.ae.start_server(
-            (self.config.host, self.config.port), block=False, evt_handlers=handlers
+        server = self.ae.make_server(
+            (self.config.host, self.config.port),
+            evt_handlers=handlers,
+            server_class=GatedAssociationServer,
+            gate=self.gate,
         )
+        thread = threading.Thread(target=server.serve_forever, name="node-acceptor", daemon=True)
+        thread.start()
+        self.ae._servers.append(server)  # as AE.start_server does: AE.shutdown() and server.shutdown() use it
+        self._server = server
         logger.info(
             "Storage SCP %r listening on %s:%d (%d transfer syntaxes, calling AE titles: %s)",
             self.config.ae_title,
@@ -221,6 +242,9 @@ class StorageSCP:
 
     def _handle_store(self, event: Event) -> int:
         try:
+            if event.context.transfer_syntax == uids.DeflatedExplicitVRLittleEndian:
+                # pynetdicom inflates a deflated data set in one piece: its size is checked first
+                limits.check_inflated_size(event.request.DataSet.getvalue())
             ds = event.dataset
             study_uid = ds.get("StudyInstanceUID")
             sop_uid = ds.get("SOPInstanceUID")
