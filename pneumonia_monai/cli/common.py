@@ -59,6 +59,32 @@ def configure_logging(args: argparse.Namespace) -> None:
         handler.setLevel(level)
 
 
+#: Default of ``--max-pixels``: :data:`pneumonia_monai.dicom.limits.MAX_PIXELS` (not imported here, so that
+#: ``--help`` does not load pydicom; a test keeps the two equal).
+DEFAULT_MAX_PIXELS = 8192 * 8192
+
+
+def add_limit_args(parser: argparse.ArgumentParser) -> None:
+    """Add ``--max-pixels``: the decoded- and inflated-size budget of :mod:`pneumonia_monai.dicom.limits`."""
+    parser.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help="refuse, before decoding, an image of more than N pixels (rows x columns x frames, from the "
+        "DICOM header and from the JPEG / JPEG-LS / JPEG 2000 codestream; also Pillow's limit for "
+        "JPEG/PNG) or of more than 2 bytes per pixel decoded; a deflated DICOM data set may inflate "
+        f"to 2N bytes plus 16 MiB (default {DEFAULT_MAX_PIXELS} = 8192 x 8192)",
+    )
+
+
+def apply_limit_args(args: argparse.Namespace) -> None:
+    """Put the parsed ``--max-pixels`` in force for this process."""
+    from pneumonia_monai.dicom import limits
+
+    limits.set_max_pixels(int(args.max_pixels))
+
+
 def _number(text: str, kind: type[int] | type[float]) -> int | float:
     try:
         return kind(text)

@@ -27,7 +27,9 @@ from pneumonia_monai.cli.common import (
     EXIT_FAILURES,
     EXIT_OK,
     EXIT_USAGE,
+    add_limit_args,
     add_verbosity_args,
+    apply_limit_args,
     configure_logging,
     non_negative_int,
     positive_int,
@@ -101,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=positive_int, default=None, metavar="N", help="at most N studies from --query"
     )
     pull.add_argument("--stow", action="store_true", help="send the SRs (and heatmaps) back with STOW-RS")
+    add_limit_args(parser)
     add_verbosity_args(parser)
     return parser
 
@@ -144,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args)
+    apply_limit_args(args)
 
     from pneumonia_monai.dicom.selection import SelectionRules
     from pneumonia_monai.inference.bundle import BundleError

@@ -13,7 +13,6 @@ dates or accession numbers.
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import logging
 import sys
@@ -23,12 +22,14 @@ from typing import TypeVar
 
 from tqdm import tqdm
 
-from pneumonia_monai.atomic import write_csv_atomic
+from pneumonia_monai.atomic import write_csv, write_csv_atomic
 from pneumonia_monai.cli.common import (
     EXIT_FAILURES,
     EXIT_OK,
     EXIT_USAGE,
+    add_limit_args,
     add_verbosity_args,
+    apply_limit_args,
     configure_logging,
     returns_exit_status,
 )
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CSV",
         help="write the decisions here (default: print them as CSV on stdout)",
     )
+    add_limit_args(parser)
     add_verbosity_args(parser)
     return parser
 
@@ -105,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args)
+    apply_limit_args(args)
     try:
         rules = SelectionRules.from_file(args.rules) if args.rules is not None else SelectionRules.default()
         result = select_files(args.inputs, rules, progress=progress_wrapper("files", quiet=args.quiet))
@@ -121,9 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("wrote %d decision(s) to %s", len(rows), args.output)
     else:
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(DECISION_COLUMNS), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+        write_csv(buffer, DECISION_COLUMNS, rows)
         sys.stdout.write(buffer.getvalue())
     counts = result.counts()
     return EXIT_FAILURES if counts[ERROR] else EXIT_OK

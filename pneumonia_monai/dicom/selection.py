@@ -51,6 +51,7 @@ from pydicom.uid import (
 )
 
 from pneumonia_monai.dicom import limits
+from pneumonia_monai.names import escape_name, printable
 
 logger = logging.getLogger(__name__)
 
@@ -447,9 +448,13 @@ class Decision:
         return self.status == SELECTED
 
     def as_row(self) -> dict[str, str]:
-        """Return the decision as a flat row of :data:`DECISION_COLUMNS` (path relative to its root)."""
-        row = {k: str(v) for k, v in asdict(self).items() if k not in ("path", "root")}
-        row["path"] = self.relative_path
+        """Return the decision as a flat row of :data:`DECISION_COLUMNS` (path relative to its root).
+
+        The path is escaped by :func:`pneumonia_monai.names.escape_name`, so that a name that is not
+        UTF-8 can be written (and read back exactly); other cells by :func:`~pneumonia_monai.names.printable`.
+        """
+        row = {k: printable(str(v)) for k, v in asdict(self).items() if k not in ("path", "root")}
+        row["path"] = escape_name(self.relative_path)  # lossless for names that are not UTF-8
         return {column: row[column] for column in DECISION_COLUMNS}
 
 
@@ -573,6 +578,8 @@ def open_regular_file(path: str | Path) -> BinaryIO:
 
 
 def _kind(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "regular file"
     if stat.S_ISDIR(mode):
         return "folder"
     if stat.S_ISLNK(mode):
@@ -995,6 +1002,13 @@ def iter_input_files(inputs: Sequence[str | Path]) -> Iterator[tuple[Path, Path]
             yield path, root
 
 
+def _is_link(path: Path) -> bool:
+    try:
+        return path.is_symlink()
+    except OSError:  # a path longer than PATH_MAX: its folder gets the row
+        return False
+
+
 def _walk_sorted(root: Path) -> list[Path]:
     found: list[Path] = []
 
@@ -1006,7 +1020,7 @@ def _walk_sorted(root: Path) -> list[Path]:
         base = Path(folder)
         found += [base / name for name in files]
         # os.walk lists links to folders with the folders and does not enter them: they get a row too
-        found += [base / name for name in dirs if (base / name).is_symlink()]
+        found += [base / name for name in dirs if _is_link(base / name)]
     return sorted(found, key=lambda p: p.relative_to(root).parts)
 
 

@@ -1,4 +1,4 @@
-"""The results manifest of a batch inference run, its atomic writers and the state a run resumes from.
+r"""The results manifest of a batch inference run, its atomic writers and the state a run resumes from.
 
 Files of an output folder ``OUT`` (written by :func:`pneumonia_monai.inference.runner.run_inference`):
 
@@ -14,6 +14,11 @@ Files of an output folder ``OUT`` (written by :func:`pneumonia_monai.inference.r
 
 No patient name, id, birth date or accession number is ever part of a row: only paths, UIDs, the view,
 probabilities and reasons.
+
+Paths that are not valid UTF-8 are written escaped (``\xNN`` per undecodable byte, ``\\`` per
+backslash; :func:`pneumonia_monai.names.escape_name`, reversed by ``unescape_name``) in the CSV and the
+JSON alike. A CSV cell that a spreadsheet would run as a formula (``=1+2``) is written with a leading
+apostrophe (:func:`pneumonia_monai.atomic.csv_cell`), which :func:`read_results_csv` removes.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import IO, Any
 
 from pneumonia_monai import atomic
 from pneumonia_monai.checks import check_probability
+from pneumonia_monai.names import escape_name, printable
 
 logger = logging.getLogger(__name__)
 
@@ -173,14 +179,25 @@ class ResultRow:
     def _values(self) -> dict[str, Any]:
         return {**asdict(self), "subtype": self.subtype}
 
-    def as_csv_row(self, columns: Sequence[str] = RESULT_COLUMNS) -> dict[str, str]:
-        """Return the row as CSV cells (empty for ``None``; floats at full precision)."""
+    def _written(self) -> dict[str, Any]:
+        """The values as written: the path escaped losslessly, other text made printable (:mod:`names`)."""
         values = self._values()
+        for name, value in values.items():
+            if isinstance(value, str):
+                values[name] = escape_name(value) if name == "path" else printable(value)
+        return values
+
+    def as_csv_row(self, columns: Sequence[str] = RESULT_COLUMNS) -> dict[str, str]:
+        """Return the row as CSV cells (empty for ``None``; floats at full precision).
+
+        The path is escaped by :func:`pneumonia_monai.names.escape_name` (names that are not UTF-8).
+        """
+        values = self._written()
         return {column: _cell(values[column]) for column in columns}
 
     def as_json(self, columns: Sequence[str] = RESULT_COLUMNS) -> dict[str, Any]:
-        """Return the row as a JSON object (``None`` for cells that do not apply)."""
-        values = self._values()
+        """Return the row as a JSON object (``None`` for cells that do not apply; the path as in the CSV)."""
+        values = self._written()
         return {column: values[column] for column in columns}
 
     def to_state(self) -> dict[str, Any]:
@@ -291,9 +308,15 @@ def write_studies(out_dir: str | Path, studies: Sequence[StudyRow]) -> Path:
 
 
 def read_results_csv(path: str | Path) -> list[dict[str, str]]:
-    """Read ``results.csv`` (or ``studies.csv``) back as a list of ``{column: cell}`` dicts."""
+    """Read ``results.csv`` (or ``studies.csv``) back as a list of ``{column: cell}`` dicts.
+
+    The apostrophe the writer puts before a cell a spreadsheet would run as a formula
+    (:func:`pneumonia_monai.atomic.csv_cell`) is removed; paths stay escaped as written.
+    """
     with Path(path).open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+        return [
+            {key: atomic.csv_value(value) for key, value in row.items()} for row in csv.DictReader(handle)
+        ]
 
 
 # ------------------------------------------------------------------------------------ resume state

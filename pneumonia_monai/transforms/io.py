@@ -37,12 +37,23 @@ class ImageLoadError(ValueError):
 def load_raster(path: str | Path) -> np.ndarray:
     """Load a JPEG/PNG as a float32 ``(rows, columns)`` array in [0, 1].
 
+    The image's size is checked against the pixel budget (:func:`pneumonia_monai.dicom.limits.max_pixels`,
+    also Pillow's ``MAX_IMAGE_PIXELS``) from its header, before it is decoded.
+
     Raises:
-        ImageLoadError: if the file is missing, not an image, or of an unsupported mode.
+        ImageLoadError: if the file is missing, not an image, of an unsupported mode, or over the pixel
+            budget.
     """
+    from pneumonia_monai.dicom import limits  # sets Pillow's MAX_IMAGE_PIXELS to the pixel budget
+
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as img:  # reads the header only: the size is known before decoding
+            columns, rows = img.size
+            try:
+                limits.check_decoded_size(rows, columns, bits_allocated=8, source=f"{img.format} header")
+            except limits.SizeLimitError as exc:
+                raise ImageLoadError(f"{exc}; not decoded") from None
             img.load()
             mode = img.mode
             if mode in _EIGHT_BIT_MODES:
@@ -52,6 +63,10 @@ def load_raster(path: str | Path) -> np.ndarray:
                 return np.clip(arr / 65535.0, 0.0, 1.0)
     except FileNotFoundError:
         raise ImageLoadError(f"file not found: {path}") from None
+    except ImageLoadError:
+        raise
+    except Image.DecompressionBombError as exc:  # Pillow's own check, at twice MAX_IMAGE_PIXELS
+        raise ImageLoadError(f"image too large ({exc}); not decoded") from None
     except (OSError, SyntaxError, ValueError) as exc:  # PIL raises these for unreadable or truncated images
         raise ImageLoadError(f"not a readable image ({exc.__class__.__name__}: {exc})") from exc
     raise ImageLoadError(f"unsupported image mode {mode!r} (expected 8-bit grey/RGB or 16-bit grey)")
