@@ -6,8 +6,10 @@ Every server listens on 127.0.0.1 and takes its port from the server itself.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -23,6 +25,7 @@ from test_node_scp import NODE_AET, RecordingDestination, SrProcessor, dcmtk
 
 from pneumonia_monai.node.config import NodeConfig, StowDestination
 from pneumonia_monai.node.gate import PreAssociationGate
+from pneumonia_monai.node.inbox import Inbox
 from pneumonia_monai.node.service import DicomNode
 
 #: The issue's bound on a legitimate C-ECHO under the connection attack.
@@ -271,3 +274,314 @@ def test_an_established_association_gets_the_configured_timeouts(
     acceptor = node.scp.ae.active_associations[0]
     assert (acceptor.acse_timeout, acceptor.dimse_timeout, acceptor.network_timeout) == (7, 8, 9)
     assoc.release()
+
+
+# --------------------------------------------------------------------------------------------------
+# the node as a process, sending to a destination of the test's own
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundle's configs with a 64x64 input and a seeded random DenseNet121 checkpoint."""
+    import shutil
+
+    import torch
+    from monai.networks.nets import DenseNet121
+
+    root = tmp_path_factory.mktemp("bundle") / "bundle"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "bundle" / "configs", root / "configs")
+    config_path = root / "configs" / "inference.json"
+    config = json.loads(config_path.read_text())
+    config["spatial_size"] = [64, 64]
+    config_path.write_text(json.dumps(config, indent=2))
+    (root / "models").mkdir()
+    torch.manual_seed(0)
+    torch.save(
+        DenseNet121(spatial_dims=2, in_channels=1, out_channels=2).state_dict(), root / "models" / "model.pt"
+    )
+    return root
+
+
+class RecordingSCP:
+    """A Storage SCP on 127.0.0.1 (port from the server) keeping what it stores by SOP Instance UID.
+
+    With ``hold_first``, the first C-STORE is stored and then its reply held until :attr:`release` is set,
+    as a PACS that has the object but has not answered yet.
+    """
+
+    def __init__(self, *, hold_first: bool = False) -> None:
+        from pynetdicom import AllStoragePresentationContexts, evt
+
+        self.hold_first = hold_first
+        self.received: list[str] = []
+        self.stored: dict[str, object] = {}
+        self.holding = threading.Event()
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        ae = AE(ae_title="DEST")
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ALL_SYNTAXES)
+        self.server = ae.start_server(
+            ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
+        )
+        self.port = int(self.server.server_address[1])
+
+    def _store(self, event) -> int:
+        ds = event.dataset
+        uid = str(ds.SOPInstanceUID)
+        with self.lock:
+            self.received.append(uid)
+            self.stored[uid] = ds
+            first = len(self.received) == 1
+        if self.hold_first and first:
+            self.holding.set()
+            self.release.wait(120)
+        return 0x0000
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+
+
+ALL_SYNTAXES = [
+    "1.2.840.10008.1.2.1",  # explicit VR little endian, what the node's results are written in
+    "1.2.840.10008.1.2",
+]
+
+
+@pytest.fixture
+def recording_scp() -> Iterator[Callable[..., RecordingSCP]]:
+    servers: list[RecordingSCP] = []
+
+    def start(**kwargs: bool) -> RecordingSCP:
+        servers.append(RecordingSCP(**kwargs))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def test_sigkill_during_the_send_then_restart_gives_one_sr_with_the_same_uid(
+    tiny_bundle: Path, tmp_path: Path, recording_scp: Callable[..., RecordingSCP]
+) -> None:
+    from dicom_factory import make_cr
+    from pydicom.uid import generate_uid
+    from test_node_orthanc import ServeProcess, ramp_image, storescu
+
+    dest = recording_scp(hold_first=True)
+    work = tmp_path / "work"
+    study = generate_uid()
+    files = [tmp_path / f"im{i}.dcm" for i in range(2)]
+    for i, path in enumerate(files):
+        make_cr(path, StudyInstanceUID=study, InstanceNumber=i + 1, pixels=ramp_image(40 + i))
+    first = ServeProcess(work, f"DEST@127.0.0.1:{dest.port}", tiny_bundle)
+    try:
+        storescu(first.port, files)
+        assert dest.holding.wait(180), f"the SR never reached the destination:\n{first.log()[-3000:]}"
+    finally:
+        first.kill()  # SIGKILL while the destination holds its C-STORE reply
+    assert first.process.returncode == -signal.SIGKILL
+    assert not (work / "done" / study).exists()
+    dest.release.set()
+    second = ServeProcess(work, f"DEST@127.0.0.1:{dest.port}", tiny_bundle)
+    try:
+        status = second.wait_finished({study}, timeout=180)[study]
+    finally:
+        assert second.terminate() == 0, second.log()[-3000:]
+    assert status["status"] == "done", status
+    assert len(dest.received) == 2  # sent twice (the first reply was never read) ...
+    assert len(set(dest.received)) == 1 and len(dest.stored) == 1  # ... as the same object
+    (sr,) = dest.stored.values()
+    assert sr.StudyInstanceUID == study
+
+
+def test_serve_logs_no_patient_value_and_sends_the_sr_of_a_film_with_an_invalid_birth_date(
+    tiny_bundle: Path, tmp_path: Path, recording_scp: Callable[..., RecordingSCP]
+) -> None:
+    from dicom_factory import make_cr
+    from pydicom.uid import generate_uid
+    from test_node_orthanc import ServeProcess, ramp_image, storescu
+
+    dest = recording_scp()
+    birth, unknown_vr = generate_uid(), generate_uid()
+    make_cr(
+        tmp_path / "birth.dcm",
+        StudyInstanceUID=birth,
+        pixels=ramp_image(50),
+        PatientName="Quokka^Brontosaurus",
+        PatientID="PHIID5550199",
+        PatientBirthDate="1901-02-03",
+    )
+    make_cr(tmp_path / "zz.dcm", StudyInstanceUID=unknown_vr, pixels=ramp_image(51), PatientName="Zorrino^X")
+    data = (tmp_path / "zz.dcm").read_bytes()
+    at = data.index(b"\x10\x00\x10\x00PN")
+    (tmp_path / "zz.dcm").write_bytes(data[: at + 4] + b"ZZ" + data[at + 6 :])
+    serve = ServeProcess(tmp_path / "work", f"DEST@127.0.0.1:{dest.port}", tiny_bundle)
+    try:
+        storescu(serve.port, [tmp_path / "birth.dcm"])
+        # dcmtk cannot parse the unknown VR; pynetdicom sends the file's bytes as they are.
+        ae = AE(ae_title="SENDER")
+        ae.add_requested_context(ComputedRadiographyImageStorage, "1.2.840.10008.1.2.1")
+        assoc = ae.associate("127.0.0.1", serve.port, ae_title=NODE_AET)
+        assert assoc.is_established
+        try:
+            assert assoc.send_c_store(tmp_path / "zz.dcm").Status == 0x0000
+        finally:
+            assoc.release()
+        statuses = serve.wait_finished({birth, unknown_vr}, timeout=180)
+    finally:
+        assert serve.terminate() == 0
+    log = serve.log()
+    assert {study: s["status"] for study, s in statuses.items()} == {birth: "done", unknown_vr: "done"}, log
+    assert all(s["results"] for s in statuses.values())  # sent, not "nothing to report"
+    assert sorted(str(ds.StudyInstanceUID) for ds in dest.stored.values()) == sorted([birth, unknown_vr])
+    assert "(0010,0010) PatientName is unreadable or invalid; left out" in log  # the ZZ film was read
+    assert " DEBUG " in log
+    leaked = [v for v in ("Quokka", "Brontosaurus", "PHIID5550199", "1901-02-03", "Zorrino") if v in log]
+    assert leaked == []
+
+
+def test_an_sr_failure_fails_that_study_alone_in_a_batch(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """InferenceProcessor on two studies at once: one whose SR cannot be built is failed, the other gets
+    its SR; and the node moves the first to failed/, not done/."""
+    from dicom_factory import make_cr
+    from pydicom.uid import generate_uid
+    from test_node_orthanc import ramp_image
+
+    from pneumonia_monai.dicom import sr as sr_module
+    from pneumonia_monai.node.processor import InferenceProcessor, StudyProcessingError
+
+    good, bad = generate_uid(), generate_uid()
+    for study, seed in ((good, 60), (bad, 61)):
+        make_cr(tmp_path / "inbox" / study / "a.dcm", StudyInstanceUID=study, pixels=ramp_image(seed))
+    real = sr_module.build_pneumonia_sr
+
+    def unknown_vr(sources, findings, **kwargs):
+        if str(sources[0].StudyInstanceUID) == bad:
+            raise NotImplementedError("Unknown Value Representation 'ZZ' in tag (0010,0010)")
+        return real(sources, findings, **kwargs)
+
+    monkeypatch.setattr(sr_module, "build_pneumonia_sr", unknown_vr)
+    processor = InferenceProcessor(bundle=tiny_bundle, device="cpu")
+    out = tmp_path / "out"
+    out.mkdir()
+    outcomes = processor.process_many([tmp_path / "inbox" / good, tmp_path / "inbox" / bad], out)
+    assert isinstance(outcomes[tmp_path / "inbox" / bad], StudyProcessingError)
+    assert "report could not be built" in str(outcomes[tmp_path / "inbox" / bad])
+    (sr_path,) = outcomes[tmp_path / "inbox" / good]
+    assert sr_path.name == f"{good}.dcm" and sr_path.is_file()
+
+
+# --------------------------------------------------------------------------------------------------
+# the inbox: a corrupt outbox entry, a study that never goes quiet
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"", b"[1, 2]", b'{"status": "maybe"}', b"\xff\xfe\x00"])
+def test_a_corrupt_outbox_status_is_quarantined_and_the_node_carries_on(
+    tmp_path: Path, caplog, content: bytes
+) -> None:
+    work = tmp_path / "work"
+    first = Inbox(work, stable_seconds=0, queue_size=4)
+    first.open()
+    first.store("1.2.3", "1.2.3.1", b"data")
+    first.poll()
+    assert first.next_studies(1, timeout=0) == ["1.2.3"]
+    (work / "outbox" / "1.2.3" / "results" / "sr.dcm").write_bytes(b"sr")
+    (work / "outbox" / "1.2.3" / "status.json").write_bytes(content)
+    second = Inbox(work, stable_seconds=0, queue_size=4)
+    with caplog.at_level(logging.WARNING, logger="pneumonia_monai.node.inbox"):
+        assert second.open() == ["1.2.3"]  # no traceback: the study is pending again
+    assert "outbox entry 1.2.3: status.json is unreadable" in caplog.text
+    assert "quarantined in" in caplog.text
+    assert (work / "quarantine" / "1.2.3" / "status.json").read_bytes() == content
+    assert not (work / "outbox" / "1.2.3").exists()
+    assert (work / "inbox" / "1.2.3" / "1.2.3.1.dcm").is_file()
+
+
+def test_a_study_fed_continuously_is_processed_after_the_maximum_wait(tmp_path: Path, caplog) -> None:
+    clock = FakeClock()
+    inbox = Inbox(tmp_path, stable_seconds=10, queue_size=4, max_wait=60, clock=clock)
+    inbox.open()
+    with caplog.at_level(logging.WARNING, logger="pneumonia_monai.node.inbox"):
+        for i in range(59):  # an instance every second: never 10 s quiet
+            inbox.store("1.2.3", f"1.2.3.{i}", b"data")
+            assert inbox.poll() == []
+            clock.now += 1
+        inbox.store("1.2.3", "1.2.3.59", b"data")
+        clock.now += 1
+        assert inbox.poll() == ["1.2.3"]  # 60 s after its first instance
+    assert "still receiving 60 s after its first instance: queued (max wait)" in caplog.text
+    assert inbox.next_studies(1, timeout=0) == ["1.2.3"]
+    assert inbox.store("1.2.3", "1.2.3.60", b"data").value == "late"
+    with pytest.raises(ValueError, match="max_wait must be a positive number of seconds or None, got 0"):
+        Inbox(tmp_path, stable_seconds=1, queue_size=1, max_wait=0)
+
+
+def test_serve_takes_the_hardening_options(tmp_path: Path) -> None:
+    from pneumonia_monai.cli import serve
+
+    argv = ["--work-dir", "W", "--dest-ae", "A@h:1", "--max-study-wait", "120", "--request-timeout", "2"]
+    argv += ["--max-pending-connections", "9", "--acse-timeout", "3", "--dimse-timeout", "4"]
+    argv += ["--network-timeout", "5"]
+    args = serve.build_parser().parse_args(argv)
+    config = serve.config_from_args(args)
+    assert (config.max_study_wait, config.request_timeout, config.max_pending_connections) == (120, 2, 9)
+    assert (config.acse_timeout, config.dimse_timeout, config.network_timeout) == (3, 4, 5)
+    default = serve.config_from_args(
+        serve.build_parser().parse_args(["--work-dir", "W", "--dest-ae", "A@h:1"])
+    )
+    assert (default.max_study_wait, default.request_timeout, default.max_pending_connections) == (600, 5, 32)
+
+
+# --------------------------------------------------------------------------------------------------
+# trust gaps (item 11)
+
+
+@pytest.mark.parametrize("case", ["no checkpoint", "bad config", "checkpoint that does not fit"])
+def test_serve_refuses_an_unusable_bundle_with_exit_2(
+    bundle_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog, case: str
+) -> None:
+    from pneumonia_monai.cli import serve
+
+    if case == "bad config":
+        (bundle_copy / "models" / "model.pt").write_bytes(b"")
+        (bundle_copy / "configs" / "inference.json").write_text("{ not json", encoding="utf-8")
+    elif case == "checkpoint that does not fit":
+        import torch
+
+        torch.save({"weight": torch.zeros(3)}, bundle_copy / "models" / "model.pt")
+    monkeypatch.chdir(tmp_path)
+    argv = ["--work-dir", "W", "--dest-ae", "A@127.0.0.1:9", "--port", "0", "--bundle", str(bundle_copy)]
+    with caplog.at_level(logging.ERROR, logger="pneumonia_monai.cli.serve"):
+        assert serve.main(argv) == 2
+    assert "cannot start the node: unusable bundle:" in caplog.text
+    assert not (tmp_path / "W").exists()  # refused before the node touched its work folder
+
+
+def test_the_default_bundle_is_never_chosen_by_a_command_line_argument(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An input *named* ``--config_file=...`` beside a ``configs/`` folder must not select that bundle."""
+    from pneumonia_monai.engine import paths
+
+    evil = tmp_path / "evil"
+    (evil / "configs").mkdir(parents=True)
+    (evil / "configs" / "metadata.json").write_text("{}", encoding="utf-8")
+    (evil / "configs" / "inference.json").write_text('{"x": "$print(1)"}', encoding="utf-8")
+    name = f"--config_file={evil / 'configs' / 'inference.json'}"
+    monkeypatch.setattr("sys.argv", ["pneumonia-monai", "infer", "--", name])
+    monkeypatch.delenv(paths.BUNDLE_ENV, raising=False)
+    found = Path(paths.locate_bundle_root())
+    assert found != evil.resolve()
+    assert found == (Path(paths.__file__).resolve().parents[2] / "bundle").resolve()

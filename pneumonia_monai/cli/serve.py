@@ -25,8 +25,14 @@ node stops. This is how a supervisor or a test starts a node without guessing a 
 
 SIGTERM or SIGINT: stop accepting associations, let the open ones end (``--association-grace``),
 finish the study being processed (``--drain-timeout``), exit 0. Whatever is still in the inbox is
-resumed at the next start. Exit status 2: bad configuration, unusable bundle path or work folder, the
-port cannot be bound, or the port file cannot be written.
+resumed at the next start. Exit status 2: bad configuration, an unusable bundle (it is loaded once
+at start: no folder, a bad config, a missing or mismatched checkpoint) or work folder, the port cannot
+be bound, or the port file cannot be written.
+
+Hostile senders: a connection must deliver its A-ASSOCIATE-RQ within ``--request-timeout`` and only
+then counts against ``--max-associations`` (idle or trickling sockets starve nobody; see
+:mod:`pneumonia_monai.node.gate`); a study still receiving instances is processed
+``--max-study-wait`` seconds after its first one arrived.
 """
 
 from __future__ import annotations
@@ -64,9 +70,15 @@ _CONFIG_ARGS: dict[str, str] = {
     "allow_ae": "allowed_calling_aes",
     "require_called_ae": "require_called_ae",
     "stable_seconds": "stable_seconds",
+    "max_study_wait": "max_study_wait",
     "queue_size": "queue_size",
     "batch_studies": "max_batch_studies",
     "max_associations": "max_associations",
+    "request_timeout": "request_timeout",
+    "max_pending_connections": "max_pending_connections",
+    "acse_timeout": "acse_timeout",
+    "dimse_timeout": "dimse_timeout",
+    "network_timeout": "network_timeout",
     "dest_ae": "dest_ae",
     "dest_stow": "dest_stow",
     "send_attempts": "send_attempts",
@@ -113,6 +125,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-associations", type=positive_int, metavar="N", help="open associations at once (default 10)"
     )
     node.add_argument(
+        "--request-timeout",
+        type=positive_float,
+        metavar="S",
+        help="a new connection must deliver its whole A-ASSOCIATE-RQ within S seconds, or is closed "
+        "(default 5); until then it is not an association and does not count against --max-associations",
+    )
+    node.add_argument(
+        "--max-pending-connections",
+        type=positive_int,
+        metavar="N",
+        help="connections still waiting for their A-ASSOCIATE-RQ at once; one more closes the oldest "
+        "(default 32)",
+    )
+    node.add_argument(
+        "--acse-timeout", type=positive_float, metavar="S", help="ACSE timeout in seconds (default 10)"
+    )
+    node.add_argument(
+        "--dimse-timeout", type=positive_float, metavar="S", help="DIMSE timeout in seconds (default 30)"
+    )
+    node.add_argument(
+        "--network-timeout",
+        type=positive_float,
+        metavar="S",
+        help="an association silent for S seconds is aborted (default 60)",
+    )
+    node.add_argument(
         "--port-file",
         type=Path,
         metavar="FILE",
@@ -124,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_float,
         metavar="S",
         help="process a study once no instance arrived for S seconds (default 10)",
+    )
+    work.add_argument(
+        "--max-study-wait",
+        type=positive_float,
+        metavar="S",
+        help="process a study S seconds after its first instance arrived even if instances still come "
+        "(default 600); later instances are kept in WORK/late/",
     )
     work.add_argument(
         "--queue-size",
@@ -202,9 +247,17 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     return config_from_mapping(values)
 
 
-def _check_bundle(bundle: Path | None) -> None:
-    if bundle is not None and not (bundle / "configs" / "inference.json").is_file():
-        raise ValueError(f"{bundle} is not a bundle folder: it has no configs/inference.json")
+def _check_bundle(config: NodeConfig) -> None:
+    """Load the bundle the node will run, once, so that an unusable one stops the start (exit 2).
+
+    Raises:
+        ValueError: (:class:`~pneumonia_monai.inference.bundle.BundleError` included) naming what is wrong:
+            no bundle folder, a bad config, no or a mismatched checkpoint, an unknown device.
+    """
+    from pneumonia_monai.inference.bundle import load_bundle
+
+    bundle = load_bundle(config.bundle, device=config.device)
+    logger.info("bundle %s %s checked (%s)", bundle.model_name, bundle.model_version, bundle.device)
 
 
 @returns_exit_status
@@ -218,9 +271,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)!r}")
     try:
         config = config_from_args(args)
-        _check_bundle(config.bundle)
     except (OSError, ValueError, TypeError) as exc:
         logger.error("cannot start the node: %s", exc)
+        return EXIT_USAGE
+    try:
+        _check_bundle(config)
+    except (OSError, ValueError, TypeError) as exc:
+        logger.error("cannot start the node: unusable bundle: %s", exc)
         return EXIT_USAGE
 
     stop_requested = threading.Event()

@@ -12,8 +12,6 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -42,26 +40,14 @@ def _from_workflow() -> Path | None:
     return None
 
 
-def _from_argv(argv: Sequence[str]) -> Path | None:
-    """The folder of the first ``--config_file`` given on a ``monai.bundle`` command line."""
-    for i, arg in enumerate(argv):
-        value = None
-        if arg == "--config_file" and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith("--config_file="):
-            value = arg.split("=", 1)[1]
-        if value:
-            first = value.strip("[]()'\" ").split(",")[0].strip("'\" ")
-            return _bundle_of(Path(first).parent)
-    return None
-
-
 def locate_bundle_root() -> str:
     """Return the absolute path of the bundle whose config is being parsed.
 
     Looked up in order: the ``config_root_path`` of the :class:`~monai.bundle.ConfigWorkflow` that is
-    parsing the config; the ``--config_file`` of the command line; the ``PNEUMONIA_MONAI_BUNDLE``
-    environment variable; the ``bundle/`` folder of a source checkout. Override it like any key
+    parsing the config; the ``PNEUMONIA_MONAI_BUNDLE`` environment variable; the ``bundle/`` folder of
+    a source checkout. The command line is never read: an argument that merely *looks* like
+    ``--config_file=...`` (a file of that name given to ``infer``, say) must not choose which bundle,
+    and so which code, runs. Override it like any key
     (``--bundle_root /path/to/bundle``); MONAI Label and MONAI Deploy set it themselves.
 
     Raises:
@@ -71,7 +57,6 @@ def locate_bundle_root() -> str:
     env = os.environ.get(BUNDLE_ENV)
     for source, found in (
         ("ConfigWorkflow", _from_workflow()),
-        ("--config_file", _from_argv(sys.argv)),
         (BUNDLE_ENV, Path(env) if env else None),
         ("source checkout", here),
     ):

@@ -10,20 +10,26 @@ system)::
     WORK/done/<StudyInstanceUID>/status.json              {"status": "done", ...}
     WORK/failed/<StudyInstanceUID>/...                    same layout, status "failed", reason.txt
     WORK/late/<StudyInstanceUID>/<SOPInstanceUID>.dcm     instances received after processing began
+    WORK/quarantine/<StudyInstanceUID>/...                an outbox entry whose status.json was corrupt
 
 Durability: :meth:`Inbox.store` writes an instance to a temporary file in the study's folder, fsyncs
 it, renames it into place and fsyncs the folder (and ``inbox/`` when the study's folder is new) before
 it returns, so an instance whose C-STORE was acknowledged survives a crash or power loss.
 
 Stability: a study is *stable* once no instance arrived for ``stable_seconds`` and none is being
-written. :meth:`Inbox.poll` moves stable studies, oldest first, into a bounded queue that the worker
+written. A study that never goes quiet (a sender feeding it continuously) is taken anyway once
+``max_wait`` seconds passed since its first instance arrived; what comes after is a late arrival.
+:meth:`Inbox.poll` moves stable studies, oldest first, into a bounded queue that the worker
 takes them from (:meth:`Inbox.next_studies`). When the queue is full the study simply stays pending in
 the inbox and is offered again at the next poll: the C-STORE that brought it has already succeeded,
 since the instance is on disk, and nothing is held in memory but its UID.
 
 Restart recovery (:meth:`Inbox.open`): leftover temporary files are deleted; a study whose results
 were sent but whose move to ``done/`` was interrupted is moved now (no second result); results of an
-interrupted run that were not sent are deleted; every study left in ``inbox/`` is pending again and
+interrupted run that were not sent are deleted; an outbox entry whose ``status.json`` cannot be read
+(corrupt, truncated, not a record) is moved to ``quarantine/`` with a warning, and its study, still in
+the inbox, is processed again (its results have the same UIDs, so a resend is not a second report);
+every study left in ``inbox/`` is pending again and
 waits a full ``stable_seconds`` from the restart, so a sender that was interrupted too can send the
 rest of the study first.
 
@@ -69,6 +75,7 @@ OUTBOX = "outbox"
 DONE = "done"
 FAILED = "failed"
 LATE = "late"
+QUARANTINE = "quarantine"
 #: Marker written last into a study's outbox folder; its presence means the study is finished.
 STATUS_FILE = "status.json"
 #: Human-readable reason of a failed study.
@@ -166,6 +173,11 @@ class _Study:
     state: _State
     last_arrival: float
     writing: int = 0
+    first_arrival: float = -1.0
+
+    def __post_init__(self) -> None:
+        if self.first_arrival < 0:
+            self.first_arrival = self.last_arrival
 
 
 @dataclass(frozen=True)
@@ -193,6 +205,8 @@ class Inbox:
         work_dir: the node's work folder (created if missing, by :meth:`open`).
         stable_seconds: quiet time after the last instance before a study is ready.
         queue_size: capacity of the queue of ready studies.
+        max_wait: a study still receiving is ready this many seconds after its first instance arrived;
+            ``None``: only once it is stable.
         clock: monotonic clock in seconds (tests pass a fake one).
     """
 
@@ -202,6 +216,7 @@ class Inbox:
         *,
         stable_seconds: float,
         queue_size: int,
+        max_wait: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not isinstance(work_dir, str | Path):
@@ -214,8 +229,13 @@ class Inbox:
             raise ValueError(f"stable_seconds must be a number >= 0, got {stable_seconds!r}")
         if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
             raise ValueError(f"queue_size must be a positive int, got {queue_size!r}")
+        if max_wait is not None and (
+            isinstance(max_wait, bool) or not isinstance(max_wait, int | float) or not max_wait > 0
+        ):
+            raise ValueError(f"max_wait must be a positive number of seconds or None, got {max_wait!r}")
         self.root = Path(work_dir)
         self.stable_seconds = float(stable_seconds)
+        self.max_wait = None if max_wait is None else float(max_wait)
         self._clock = clock
         self._cond = threading.Condition()
         self._studies: dict[str, _Study] = {}
@@ -226,8 +246,8 @@ class Inbox:
     # folders
 
     def folder(self, name: str) -> Path:
-        """Return ``WORK/<name>`` for one of ``inbox``, ``outbox``, ``done``, ``failed``, ``late``."""
-        if name not in {INBOX, OUTBOX, DONE, FAILED, LATE}:
+        """Return ``WORK/<name>``: ``inbox``, ``outbox``, ``done``, ``failed``, ``late`` or ``quarantine``."""
+        if name not in {INBOX, OUTBOX, DONE, FAILED, LATE, QUARANTINE}:
             raise ValueError(f"unknown work folder {name!r}")
         return self.root / name
 
@@ -256,11 +276,24 @@ class Inbox:
         Returns:
             The Study Instance UIDs found pending in the inbox, sorted.
         """
-        for name in (INBOX, OUTBOX, DONE, FAILED, LATE):
+        for name in (INBOX, OUTBOX, DONE, FAILED, LATE, QUARANTINE):
             self.folder(name).mkdir(parents=True, exist_ok=True)
         for outbox in sorted(p for p in self.folder(OUTBOX).iterdir() if p.is_dir()):
             if (outbox / STATUS_FILE).is_file():
-                status = json.loads((outbox / STATUS_FILE).read_text(encoding="utf-8"))["status"]
+                try:
+                    status = _recorded_status(outbox / STATUS_FILE)
+                except (OSError, ValueError) as exc:
+                    target = _free_name(self.folder(QUARANTINE), outbox.name)
+                    outbox.replace(target)
+                    logger.warning(
+                        "outbox entry %s: %s is unreadable (%s); quarantined in %s, the study is processed "
+                        "again",
+                        outbox.name,
+                        STATUS_FILE,
+                        exc,
+                        target,
+                    )
+                    continue
                 logger.info("completing the interrupted move of study %s to %s/", outbox.name, status)
                 self._complete(outbox.name, status)
             else:
@@ -370,14 +403,18 @@ class Inbox:
         now = self._clock()
         queued: list[str] = []
         waiting = 0
+        overdue: list[str] = []
         with self._cond:
-            ready = sorted(
-                (study.last_arrival, uid)
-                for uid, study in self._studies.items()
-                if study.state is _State.PENDING
-                and study.writing == 0
-                and now - study.last_arrival >= self.stable_seconds
-            )
+            ready = []
+            for uid, study in self._studies.items():
+                if study.state is not _State.PENDING:
+                    continue
+                if study.writing == 0 and now - study.last_arrival >= self.stable_seconds:
+                    ready.append((study.last_arrival, uid))
+                elif self.max_wait is not None and now - study.first_arrival >= self.max_wait:
+                    ready.append((study.first_arrival, uid))
+                    overdue.append(uid)
+            ready.sort()
             for _, uid in ready:
                 try:
                     self._queue.put_nowait(uid)
@@ -389,7 +426,15 @@ class Inbox:
             log_full = waiting > 0 and not self._queue_full_logged
             self._queue_full_logged = waiting > 0
         for uid in queued:
-            logger.info("study %s is stable: queued", uid)
+            if uid in overdue:
+                logger.warning(
+                    "study %s still receiving %.0f s after its first instance: queued (max wait); "
+                    "instances arriving from now on are late",
+                    uid,
+                    self.max_wait,
+                )
+            else:
+                logger.info("study %s is stable: queued", uid)
         if log_full:
             logger.info(
                 "work queue full (%d): %d stable study(ies) wait in the inbox", self._queue.maxsize, waiting
@@ -522,6 +567,33 @@ class Inbox:
             logger.warning("study %s was finished before; this run's record is %s", study_uid, target)
         logger.info("study %s %s: %s", study_uid, status, target)
         return FinishedStudy(study_uid, status, target)
+
+
+def _recorded_status(path: Path) -> str:
+    """The ``status`` of a ``status.json`` marker.
+
+    Raises:
+        OSError: if it cannot be read.
+        ValueError: if it is not JSON, not an object, or its status is not ``done`` or ``failed``.
+    """
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"not a JSON record: {type(exc).__name__}") from exc
+    status = record.get("status") if isinstance(record, dict) else None
+    if status not in (DONE, FAILED):
+        raise ValueError(f"no status 'done' or 'failed' in it (got {type(record).__name__})")
+    return str(status)
+
+
+def _free_name(folder: Path, name: str) -> Path:
+    """``folder/name``, or ``folder/name-2``, ``-3``... the first that does not exist."""
+    target = folder / name
+    suffix = 2
+    while target.exists():
+        target = folder / f"{name}-{suffix}"
+        suffix += 1
+    return target
 
 
 def _relative(path: Path, start: Path) -> str:

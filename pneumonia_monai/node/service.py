@@ -73,7 +73,10 @@ class DicomNode:
             raise ValueError(f"poll_interval must be a positive number of seconds, got {poll_interval!r}")
         self.config = config
         self.inbox = Inbox(
-            config.work_dir, stable_seconds=config.stable_seconds, queue_size=config.queue_size
+            config.work_dir,
+            stable_seconds=config.stable_seconds,
+            queue_size=config.queue_size,
+            max_wait=config.max_study_wait,
         )
         self.processor: StudyProcessor = processor or InferenceProcessor(
             bundle=config.bundle, device=config.device, heatmaps=config.heatmaps
