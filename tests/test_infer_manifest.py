@@ -57,7 +57,7 @@ def test_columns_are_the_published_contract():
         "threshold",
         "model_version",
     )
-    assert result_columns(True) == (*RESULT_COLUMNS, "prob_normal", "prob_bacterial", "prob_viral")
+    assert result_columns(True) == (*RESULT_COLUMNS, "prob_normal", "prob_bacterial", "prob_viral", "subtype")
     assert STUDY_COLUMNS == (
         "study_uid",
         "n_images",
@@ -159,8 +159,9 @@ def test_three_class_rows_add_the_subtype_columns(tmp_path):
     row = ok_row("a.dcm", 0.75, prob_normal=0.25, prob_bacterial=0.5, prob_viral=0.25)
     csv_path, json_path = write_results(tmp_path, [row], three_class=True)
     (cells,) = read_results_csv(csv_path)
-    assert list(cells) == [*RESULT_COLUMNS, *SUBTYPE_COLUMNS]
+    assert list(cells) == [*RESULT_COLUMNS, *SUBTYPE_COLUMNS, "subtype"]
     assert (cells["prob_normal"], cells["prob_bacterial"], cells["prob_viral"]) == ("0.25", "0.5", "0.25")
+    assert cells["subtype"] == "bacterial"
     assert json.loads(json_path.read_text())[0]["prob_viral"] == 0.25
 
 

@@ -309,17 +309,41 @@ def _read(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
                 logger.debug("%s: pydicom warned: %s", path, _warning_text(caught))
 
 
-def _read_dataset(path: Path, caught: list[warnings.WarningMessage]) -> tuple[np.ndarray, dict[str, Any]]:
-    ds, _ = limits.read_dicom(path, force=True)
-    _check_attributes(ds, _warning_text(caught))
-    limits.check_dataset_size(ds)
-    tsyntax = _transfer_syntax(ds)
-    arr, photometric = _decode_first_frame(ds, tsyntax)
-    frames = int(ds.get("NumberOfFrames") or 1)
-    if frames > 1:
-        logger.debug("%s: %d frames, using frame 0", path, frames)
+#: Attributes read first, without the pixel data, to size the film before it is read.
+_GEOMETRY = ("Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated")
+
+
+def _header_pixels(path: Path) -> int:
+    """Check the decoded size the header declares; return its pixels (1 when it cannot say)."""
+    header, _ = limits.read_dicom(path, force=True, stop_before_pixels=True, specific_tags=list(_GEOMETRY))
     try:
-        image, info = pixels.to_display(ds, arr, photometric=photometric)
-    except ValueError as exc:
-        raise DicomReadError(f"cannot display the pixel data: {exc}") from exc
-    return image, _meta(ds, tsyntax, info)
+        count = int(header.Rows) * int(header.Columns) * int(header.get("NumberOfFrames") or 1)
+    except (AttributeError, TypeError, ValueError):
+        return 1  # the whole read says what is wrong
+    limits.check_dataset_size(header)
+    return count
+
+
+def _read_dataset(path: Path, caught: list[warnings.WarningMessage]) -> tuple[np.ndarray, dict[str, Any]]:
+    # The film's share of the memory budget is taken before its pixel data is read (when batch
+    # inference turned the budget on; see limits.enable_film_budget), and given back once the image
+    # returned is garbage, or at once on failure.
+    ticket = limits.film_ticket(_header_pixels(path))
+    try:
+        ds, _ = limits.read_dicom(path, force=True)
+        _check_attributes(ds, _warning_text(caught))
+        limits.check_dataset_size(ds)
+        tsyntax = _transfer_syntax(ds)
+        arr, photometric = _decode_first_frame(ds, tsyntax)
+        del ds.PixelData  # the encoded frames are not needed past here (a film at the budget: 128 MiB)
+        frames = int(ds.get("NumberOfFrames") or 1)
+        if frames > 1:
+            logger.debug("%s: %d frames, using frame 0", path, frames)
+        try:
+            image, info = pixels.to_display(ds, arr, photometric=photometric)
+        except ValueError as exc:
+            raise DicomReadError(f"cannot display the pixel data: {exc}") from exc
+    except BaseException:
+        ticket.release()
+        raise
+    return ticket.attach(image), _meta(ds, tsyntax, info)

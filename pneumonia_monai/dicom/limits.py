@@ -25,9 +25,12 @@ stay under 30 megapixels). It is one process-wide setting (:func:`set_max_pixels
 
 from __future__ import annotations
 
+import gc
 import logging
 import struct
 import threading
+import time
+import weakref
 import zlib
 from collections.abc import Iterator, Sequence
 from io import BytesIO
@@ -36,7 +39,7 @@ from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileDataset
-from pydicom.filebase import DicomBytesIO
+from pydicom.tag import Tag
 from pydicom.uid import (
     JPEG2000,
     UID,
@@ -56,6 +59,12 @@ BUDGET_BYTES_PER_PIXEL = 2
 HEADER_ALLOWANCE = 16 * 1024 * 1024
 #: Compressed bytes read, and inflated bytes produced, per step of :func:`inflate_bounded`.
 INFLATE_CHUNK = 1024 * 1024
+#: Bytes a film takes per pixel while it is decoded and preprocessed (measured: a 16-bit film at the
+#: budget adds about 400 MiB to the process, 6 bytes per pixel; encoded and decoded samples and the
+#: float32 image, with room for the inflated copy of a deflated data set).
+FILM_BYTES_PER_PIXEL = 10
+#: Seconds a film waits for its share of the film budget before it goes on regardless (logged).
+FILM_BUDGET_WAIT = 120.0
 #: Bytes of the first frame read to find the codestream's size marker.
 CODESTREAM_HEAD = 64 * 1024
 
@@ -124,6 +133,121 @@ def _sync_pillow() -> None:
 
 
 _sync_pillow()
+
+
+# --------------------------------------------------------------------------------------------------
+# films in memory at once
+
+
+class FilmTicket:
+    """A share of the film budget (:func:`film_ticket`).
+
+    It is given back once: by :meth:`release`, or when the array it was attached to (:meth:`attach`) is
+    garbage.
+    """
+
+    def __init__(self, budget: _FilmBudget | None, nbytes: int) -> None:
+        self._budget = budget
+        self.nbytes = nbytes
+        self._released = budget is None
+
+    def release(self) -> None:
+        """Give the share back (idempotent)."""
+        if not self._released and self._budget is not None:
+            self._released = True
+            self._budget.give_back(self.nbytes)
+
+    def attach(self, array: Any) -> Any:
+        """Give the share back when ``array`` (the film, or what keeps its memory) is garbage; return it."""
+        if not self._released:
+            weakref.finalize(array, self.release)
+        return array
+
+
+class _FilmBudget:
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self._free = threading.Condition()
+
+    def take(self, nbytes: int, timeout: float) -> int:
+        nbytes = min(nbytes, self.capacity)  # one film alone always fits
+        deadline = time.monotonic() + timeout
+        collected = False
+        with self._free:
+            while self.used + nbytes > self.capacity:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    logger.warning(
+                        "film budget: waited %.0f s for %d bytes (%d of %d in use); going on",
+                        timeout,
+                        nbytes,
+                        self.used,
+                        self.capacity,
+                    )
+                    break
+                if not collected and timeout - left > 2.0:  # films kept only by reference cycles
+                    collected = True
+                    self._free.release()
+                    try:
+                        gc.collect()
+                    finally:
+                        self._free.acquire()
+                    continue
+                self._free.wait(min(left, 1.0))
+            self.used += nbytes
+        return nbytes
+
+    def give_back(self, nbytes: int) -> None:
+        with self._free:
+            self.used = max(self.used - nbytes, 0)
+            self._free.notify_all()
+
+
+_film_budget: _FilmBudget | None = None
+
+
+def enable_film_budget(capacity: int | None = None) -> None:
+    """Bound the memory of the films being decoded and preprocessed at once, in this process.
+
+    Each film read by :func:`pneumonia_monai.dicom.io.read_image` or
+    :func:`pneumonia_monai.transforms.io.load_raster` takes ``rows x columns x frames x``
+    :data:`FILM_BYTES_PER_PIXEL` bytes of ``capacity`` (default: one film at the pixel budget,
+    :func:`max_pixels` x :data:`FILM_BYTES_PER_PIXEL`) until its image is garbage, and waits while they do
+    not fit: two films at the budget are never in memory at once, ten small ones are. A wait longer than
+    :data:`FILM_BUDGET_WAIT` seconds goes on with a warning, so that nothing ever deadlocks.
+
+    Off by default: a training ``CacheDataset`` keeps its films, which would hold the budget. Batch
+    inference (:func:`pneumonia_monai.inference.runner.run_inference`) turns it on.
+
+    Raises:
+        ValueError: if ``capacity`` is below 1.
+    """
+    global _film_budget
+    capacity = max_pixels() * FILM_BYTES_PER_PIXEL if capacity is None else int(capacity)
+    if capacity < 1:
+        raise ValueError(f"capacity must be at least 1 byte, got {capacity}")
+    with _lock:
+        if _film_budget is None or _film_budget.capacity != capacity:
+            _film_budget = _FilmBudget(capacity)
+
+
+def disable_film_budget() -> None:
+    """Turn :func:`enable_film_budget` off (tickets already given keep working)."""
+    global _film_budget
+    with _lock:
+        _film_budget = None
+
+
+def film_ticket(pixels: int) -> FilmTicket:
+    """Take the share of the film budget of a film of ``pixels`` pixels (waiting while it does not fit).
+
+    A no-op ticket when the budget is off.
+    """
+    budget = _film_budget
+    if budget is None:
+        return FilmTicket(None, 0)
+    return FilmTicket(budget, budget.take(max(int(pixels), 1) * FILM_BYTES_PER_PIXEL, FILM_BUDGET_WAIT))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -363,21 +487,85 @@ def check_inflated_size(data: bytes, limit: int | None = None) -> int:
     return sum(len(c) for c in _inflate_chunks(stream.read, max_inflated_bytes() if limit is None else limit))
 
 
+class InflatingReader:
+    """A read-only, seekable view of a raw deflate stream, inflated lazily as far as it is read.
+
+    pydicom reads a data set through ``read``, ``seek`` and ``tell``; this inflates only as far as it
+    goes (a header read that stops before the pixel data inflates the header, not the pixel data),
+    :data:`INFLATE_CHUNK` bytes at a time, and never past ``limit``. What was inflated is kept, so
+    pydicom may seek back. :meth:`drain` measures the rest without keeping it.
+
+    Args:
+        fp: positioned at the start of the deflated data set; must stay open while this is read.
+        limit: most inflated bytes (default :func:`max_inflated_bytes`).
+    """
+
+    def __init__(self, fp: BinaryIO, limit: int | None = None) -> None:
+        self._chunks = _inflate_chunks(fp.read, max_inflated_bytes() if limit is None else limit)
+        self._data = bytearray()
+        self._pos = 0
+        self._done = False
+        self._drained = 0
+        self.name = getattr(fp, "name", "")
+
+    def _fill(self, end: int | None) -> None:
+        while not self._done and (end is None or len(self._data) < end):
+            try:
+                self._data += next(self._chunks)
+            except StopIteration:
+                self._done = True
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Return up to ``size`` bytes (all that is left for ``-1``), inflating as needed."""
+        end = None if size is None or size < 0 else self._pos + size
+        self._fill(end)
+        with memoryview(self._data) as view:  # one copy, not a bytearray slice and then its bytes
+            data = bytes(view[self._pos : end])
+        self._pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        """Move to ``offset`` (from the start, the current position or the end); return the position."""
+        if whence == 2:
+            self._fill(None)
+            base = len(self._data)
+        else:
+            base = self._pos if whence == 1 else 0
+        self._pos = max(base + offset, 0)
+        return self._pos
+
+    def tell(self) -> int:
+        """Return the position."""
+        return self._pos
+
+    def drain(self) -> int:
+        """Inflate the rest, counting it without keeping it; return the whole inflated size.
+
+        After this only the bytes inflated before it can be read.
+        """
+        if not self._done:
+            self._drained += sum(len(chunk) for chunk in self._chunks)
+            self._done = True
+        return len(self._data) + self._drained
+
+
 def read_dicom(
     path: str | Path | BinaryIO,
     *,
     force: bool = False,
     stop_before_pixels: bool = False,
     specific_tags: Sequence[Any] | None = None,
-) -> tuple[FileDataset, BinaryIO | None]:
+) -> tuple[FileDataset, InflatingReader | None]:
     """``pydicom.dcmread`` with the inflated-size limit for Deflated Explicit VR Little Endian files.
 
-    Other syntaxes are read by :func:`pydicom.dcmread` itself. A deflated data set is inflated by
-    :func:`inflate_bounded` and parsed from memory (pydicom would inflate it in one piece).
+    Other syntaxes are read by :func:`pydicom.dcmread` itself. A deflated data set is parsed through an
+    :class:`InflatingReader` (pydicom would inflate it in one piece), so a header read inflates only the
+    header.
 
     Returns:
-        ``(dataset, inflated)``: for a deflated file, ``inflated`` is the in-memory data set positioned
-        where pydicom stopped (at the Pixel Data element with ``stop_before_pixels``); else ``None``.
+        ``(dataset, inflated)``: for a deflated data set read from an open file, ``inflated`` is the
+        reader, positioned where pydicom stopped (at the Pixel Data element with
+        ``stop_before_pixels``), to be used while the file is open; else ``None``.
 
     Raises:
         SizeLimitError, DeflateError: for a deflated data set over the limit, corrupt or cut short.
@@ -385,11 +573,11 @@ def read_dicom(
     """
     if isinstance(path, str | Path):
         with Path(path).open("rb") as fp:
-            ds, inflated = read_dicom(
+            ds, _ = read_dicom(
                 fp, force=force, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags
             )
         ds.filename = str(path)
-        return ds, inflated
+        return ds, None
     # Private pydicom 3 readers: the file meta is read as dcmread reads it, the data set from memory.
     from pydicom.filereader import _at_pixel_data, _read_file_meta_info, read_dataset, read_preamble
 
@@ -403,13 +591,13 @@ def read_dicom(
             dcmread(fp, force=force, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags),
             None,
         )
-    buffer = DicomBytesIO(inflate_bounded(fp))
+    buffer = InflatingReader(fp)
     dataset = read_dataset(
-        buffer,
+        buffer,  # type: ignore[arg-type]
         False,
         True,
         stop_when=_at_pixel_data if stop_before_pixels else None,
-        specific_tags=list(specific_tags) if specific_tags else None,
+        specific_tags=[Tag(t) for t in specific_tags] if specific_tags else None,
     )
     ds = FileDataset(getattr(fp, "name", "") or "", dataset, preamble, file_meta, False, True)
     ds.set_original_encoding(False, True, dataset._character_set)

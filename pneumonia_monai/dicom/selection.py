@@ -696,10 +696,12 @@ def read_header(path: str | Path, keywords: Sequence[str] | None = None) -> Head
         if not has_preamble and "SOPClassUID" not in ds and "SOPInstanceUID" not in ds and not ds.file_meta:
             raise NotDicomError("not a DICOM file (no DICM prefix and no SOP Class/Instance UID at byte 0)")
         implicit_vr, little_endian = ds.original_encoding
-        # A deflated data set was inflated into memory; the element after the header is read there.
-        stream: BinaryIO = inflated if inflated is not None else fp
-        stream_size = len(inflated.getvalue()) if inflated is not None else size  # type: ignore[attr-defined]
+        # A deflated data set is read through its inflating reader, inflated only as far as the header.
+        stream: Any = inflated if inflated is not None else fp
         has_pixels, value_end = _pixel_data_follows(stream, bool(little_endian), bool(implicit_vr))
+        if not has_pixels and inflated is not None:
+            inflated.seek(0, os.SEEK_END)  # the walk below reads to the end: inflate it (bounded)
+        stream_size = size if inflated is None else inflated.drain()  # counted, not kept
         if value_end is not None and value_end > stream_size:
             raise TruncatedDicomError(
                 f"truncated file (Pixel Data ends at byte {value_end}, file has {stream_size})"

@@ -59,6 +59,7 @@ import torch
 
 from pneumonia_monai.atomic import remove_stale_temporaries
 from pneumonia_monai.data.kaggle import IMAGE_SUFFIXES, JUNK_NAMES
+from pneumonia_monai.dicom import limits
 from pneumonia_monai.dicom.selection import (
     SELECTED,
     SelectionRules,
@@ -440,6 +441,7 @@ def run_inference(
     out = out.resolve()
     with _exclusive_lock(out):
         remove_stale_temporaries(out, out / STATE_DIR, out / SR_DIR, out / HEATMAP_DIR)
+        limits.enable_film_budget()  # two films at the pixel budget are never decoded at once
         return _Run(
             loaded, rules, out, batch_size, workers, heatmaps, write_sr, force, progress, kill_after
         ).run(input_paths)

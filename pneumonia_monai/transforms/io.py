@@ -54,13 +54,19 @@ def load_raster(path: str | Path) -> np.ndarray:
                 limits.check_decoded_size(rows, columns, bits_allocated=8, source=f"{img.format} header")
             except limits.SizeLimitError as exc:
                 raise ImageLoadError(f"{exc}; not decoded") from None
-            img.load()
-            mode = img.mode
-            if mode in _EIGHT_BIT_MODES:
-                return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
-            if mode in _SIXTEEN_BIT_MODES:
-                arr = np.asarray(img, dtype=np.float32)
-                return np.clip(arr / 65535.0, 0.0, 1.0)
+            ticket = limits.film_ticket(rows * columns)  # given back when the array returned is garbage
+            try:
+                img.load()
+                mode = img.mode
+                if mode in _EIGHT_BIT_MODES:
+                    return ticket.attach(np.asarray(img.convert("L"), dtype=np.float32) / 255.0)
+                if mode in _SIXTEEN_BIT_MODES:
+                    arr = np.asarray(img, dtype=np.float32)
+                    return ticket.attach(np.clip(arr / 65535.0, 0.0, 1.0))
+            except BaseException:
+                ticket.release()
+                raise
+            ticket.release()
     except FileNotFoundError:
         raise ImageLoadError(f"file not found: {path}") from None
     except ImageLoadError:
