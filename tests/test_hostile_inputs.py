@@ -382,20 +382,50 @@ def test_the_store_handler_refuses_a_deflate_bomb_before_decoding(small_budget):
     raw = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
     data = raw.compress(b"\0" * (4 * limit)) + raw.flush()
 
+    inflated_whole = []
+
     class Event:
         context = SimpleNamespace(transfer_syntax=DeflatedExplicitVRLittleEndian)
         request = SimpleNamespace(DataSet=io.BytesIO(data))
         assoc = SimpleNamespace(requestor=SimpleNamespace(ae_title="SENDER", address="127.0.0.1", port=1))
 
         @property
-        def dataset(self):
-            raise AssertionError("the data set was inflated whole")
+        def dataset(self):  # pynetdicom's decode: zlib.decompress of the whole data set
+            inflated_whole.append(True)
+            return pydicom.Dataset()
 
     handler = scp.StorageSCP.__new__(scp.StorageSCP)
     handler._counts_lock = threading.Lock()
     handler.counts = {"refused": 0, "error": 0}
     assert handler._handle_store(Event()) == scp.STATUS_CANNOT_UNDERSTAND
     assert handler.counts["refused"] == 1
+    assert not inflated_whole
+
+
+def test_two_films_at_the_budget_are_never_in_memory_at_once(small_budget):
+    side = 512  # a film at the (small) pixel budget takes the whole film budget
+    assert limits.film_ticket(side * side).nbytes == 0  # outside film_budget(): nothing waits
+    with limits.film_budget():
+        first = limits.film_ticket(side * side).attach(np.zeros((side, side), np.float32))
+        taken = threading.Event()
+        held = []
+
+        def second() -> None:
+            held.append(limits.film_ticket(side * side))
+            taken.set()
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert not taken.wait(0.5)  # still waiting: the first film is alive
+        del first  # its image is garbage: its share comes back
+        assert taken.wait(30)
+        thread.join()
+        assert held[0].nbytes == side * side * limits.FILM_BYTES_PER_PIXEL
+        held[0].release()
+        small = [limits.film_ticket(32 * 32) for _ in range(10)]  # small films share it
+        assert sum(t.nbytes for t in small) == 10 * 32 * 32 * limits.FILM_BYTES_PER_PIXEL
+        for ticket in small:
+            ticket.release()
 
 
 # --------------------------------------------------------------------- item 5: names that are not UTF-8

@@ -326,7 +326,7 @@ def _header_pixels(path: Path) -> int:
 
 def _read_dataset(path: Path, caught: list[warnings.WarningMessage]) -> tuple[np.ndarray, dict[str, Any]]:
     # The film's share of the memory budget is taken before its pixel data is read (when batch
-    # inference turned the budget on; see limits.enable_film_budget), and given back once the image
+    # inference runs inside limits.film_budget), and given back once the image
     # returned is garbage, or at once on failure.
     ticket = limits.film_ticket(_header_pixels(path))
     try:

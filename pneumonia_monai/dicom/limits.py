@@ -33,6 +33,7 @@ import time
 import weakref
 import zlib
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -205,10 +206,12 @@ class _FilmBudget:
 
 
 _film_budget: _FilmBudget | None = None
+_film_budget_users = 0
 
 
-def enable_film_budget(capacity: int | None = None) -> None:
-    """Bound the memory of the films being decoded and preprocessed at once, in this process.
+@contextmanager
+def film_budget(capacity: int | None = None) -> Iterator[None]:
+    """Bound the memory of the films decoded and preprocessed at once in this process, while in the block.
 
     Each film read by :func:`pneumonia_monai.dicom.io.read_image` or
     :func:`pneumonia_monai.transforms.io.load_raster` takes ``rows x columns x frames x``
@@ -217,32 +220,34 @@ def enable_film_budget(capacity: int | None = None) -> None:
     not fit: two films at the budget are never in memory at once, ten small ones are. A wait longer than
     :data:`FILM_BUDGET_WAIT` seconds goes on with a warning, so that nothing ever deadlocks.
 
-    Off by default: a training ``CacheDataset`` keeps its films, which would hold the budget. Batch
-    inference (:func:`pneumonia_monai.inference.runner.run_inference`) turns it on.
+    Batch inference (:func:`pneumonia_monai.inference.runner.run_inference`) runs inside it; outside, no
+    film waits (a training ``CacheDataset`` keeps its films, which would hold the budget). Blocks may nest
+    or overlap (threads): the budget of the first is shared until the last ends.
 
     Raises:
         ValueError: if ``capacity`` is below 1.
     """
-    global _film_budget
+    global _film_budget, _film_budget_users
     capacity = max_pixels() * FILM_BYTES_PER_PIXEL if capacity is None else int(capacity)
     if capacity < 1:
         raise ValueError(f"capacity must be at least 1 byte, got {capacity}")
     with _lock:
-        if _film_budget is None or _film_budget.capacity != capacity:
+        if _film_budget is None:
             _film_budget = _FilmBudget(capacity)
-
-
-def disable_film_budget() -> None:
-    """Turn :func:`enable_film_budget` off (tickets already given keep working)."""
-    global _film_budget
-    with _lock:
-        _film_budget = None
+        _film_budget_users += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _film_budget_users -= 1
+            if _film_budget_users == 0:
+                _film_budget = None  # tickets still out give back to the budget they came from
 
 
 def film_ticket(pixels: int) -> FilmTicket:
     """Take the share of the film budget of a film of ``pixels`` pixels (waiting while it does not fit).
 
-    A no-op ticket when the budget is off.
+    A no-op ticket outside :func:`film_budget`.
     """
     budget = _film_budget
     if budget is None:

@@ -439,9 +439,8 @@ def run_inference(
 
     out.mkdir(parents=True, exist_ok=True)
     out = out.resolve()
-    with _exclusive_lock(out):
+    with _exclusive_lock(out), limits.film_budget():  # two films at --max-pixels are never in memory at once
         remove_stale_temporaries(out, out / STATE_DIR, out / SR_DIR, out / HEATMAP_DIR)
-        limits.enable_film_budget()  # two films at the pixel budget are never decoded at once
         return _Run(
             loaded, rules, out, batch_size, workers, heatmaps, write_sr, force, progress, kill_after
         ).run(input_paths)
