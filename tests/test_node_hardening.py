@@ -61,11 +61,13 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., DicomNode]]:
         node.stop(association_grace=2, drain_timeout=30)
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str, state: Callable[[], object] = str
+) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+            pytest.fail(f"timed out after {timeout} s waiting for {what} ({state()})")
         time.sleep(0.02)
 
 
@@ -142,7 +144,8 @@ class Attack:
             with sock:
                 try:
                     sock.sendall(struct.pack(">BBL", 0x01, 0, 4096))
-                    while not self.stop.wait(5):
+                    # a byte every 5 s, reconnecting as soon as the server closes the connection
+                    while not self.stop.is_set() and not self._closed_by_peer(sock, 5):
                         sock.sendall(b"\0")
                 except OSError:
                     continue
@@ -169,16 +172,26 @@ def test_idle_and_trickling_connections_do_not_starve_a_real_echo(
     gate = node.scp.gate
     latencies = []
     with Attack(node.port, idle=12, trickle=4) as attack:
-        wait_until(lambda: gate.pending >= 16, 20, "the 16 attack connections to be pending")
-        deadline = time.monotonic() + gate.request_timeout + 3  # attack sockets time out and come back
+        wait_until(
+            lambda: gate.pending >= 16,
+            20,
+            "the 16 attack connections to be pending",
+            lambda: (gate.pending, gate.counts, attack.connections),
+        )
+        pending = []  # the attack connections held at each echo (they time out and come back)
+        deadline = time.monotonic() + gate.request_timeout + 3
         while time.monotonic() < deadline or len(latencies) < 5:
+            pending.append(gate.pending)
             elapsed, result = echo(node.port)
             assert result.returncode == 0, result.stdout + result.stderr
             latencies.append(elapsed)
         assert gate.counts["timeout"] >= 16  # each attack socket was closed at the deadline ...
         assert attack.connections > 16  # ... and came back
     assert max(latencies) < ECHO_BOUND_S, latencies
-    print(f"echo under 12 idle + 4 trickling: n={len(latencies)} max={max(latencies):.3f} s")
+    assert sum(pending) / len(pending) >= 12, pending  # the attack held on while the echoes went through
+    print(
+        f"echo under 12 idle + 4 trickling: n={len(latencies)} max={max(latencies):.3f} s, pending {pending}"
+    )
 
 
 def test_the_gate_evicts_the_oldest_pending_connection_when_full() -> None:

@@ -235,6 +235,9 @@ class GatedAssociationServer(ThreadedAssociationServer):
     """
 
     daemon_threads = True
+    #: The listen backlog (socketserver's default is 5): a burst of connections, such as attack sockets
+    #: re-opened together after their deadline, must not fill it and delay a real requestor's SYN.
+    request_queue_size = 128
 
     def __init__(self, *args: Any, gate: PreAssociationGate, **kwargs: Any) -> None:
         if not isinstance(gate, PreAssociationGate):
