@@ -11,11 +11,15 @@ gigabyte. Every reader of the package checks, before it allocates:
   frame (:func:`codestream_geometry`). A codestream larger than the header says is refused as well: a
   decoder allocates what the codestream says.
 - **inflated size** of a Deflated Explicit VR Little Endian data set: inflated in chunks of
-  :data:`INFLATE_CHUNK` bytes, never in one piece, and refused once it passes :func:`max_inflated_bytes`
-  (the decoded-size budget plus :data:`HEADER_ALLOWANCE` for the header), in
-  :func:`read_dicom` (used by ``infer``, ``select`` and the node's C-STORE handler).
+  :data:`INFLATE_CHUNK` bytes, as far as it is read (:class:`InflatingReader`; a header read inflates
+  the header only), never in one piece, and refused once it passes :func:`max_inflated_bytes` (the
+  decoded-size budget plus :data:`HEADER_ALLOWANCE` for the header), in :func:`read_dicom` (used by
+  ``infer`` and ``select``) and :func:`check_inflated_size` (the node's C-STORE handler, before
+  pynetdicom inflates the data set).
 - **Pillow**: ``PIL.Image.MAX_IMAGE_PIXELS`` is set to the same pixel budget, and JPEG/PNG files are
   checked against it before they are decoded.
+- **films in memory at once**: inside :func:`film_budget` (batch inference), each film being decoded
+  and preprocessed holds a share of a budget of one film at the pixel budget (:func:`film_ticket`).
 
 The default budget, :data:`MAX_PIXELS` = 8192 x 8192 (67,108,864 pixels, about 64 megapixels), is above
 the largest real CR/DX films (a 43 x 43 cm detector at 100 um is 4,300 x 4,300; long-leg stitched DX
@@ -58,7 +62,7 @@ MAX_PIXELS = 8192 * 8192
 BUDGET_BYTES_PER_PIXEL = 2
 #: Inflated bytes allowed beyond the decoded-size budget, for the header of a deflated data set.
 HEADER_ALLOWANCE = 16 * 1024 * 1024
-#: Compressed bytes read, and inflated bytes produced, per step of :func:`inflate_bounded`.
+#: Compressed bytes read, and inflated bytes produced, per step of the inflation (:class:`InflatingReader`).
 INFLATE_CHUNK = 1024 * 1024
 #: Bytes a film takes per pixel while it is decoded and preprocessed (measured: a 16-bit film at the
 #: budget adds about 400 MiB to the process, 6 bytes per pixel; encoded and decoded samples and the
@@ -462,31 +466,12 @@ def _inflate_chunks(read: Any, limit: int) -> Iterator[bytes]:
         raise DeflateError(f"deflated data set is corrupt (zlib: {exc})") from None
 
 
-def inflate_bounded(fp: BinaryIO, limit: int | None = None) -> bytes:
-    """Inflate the raw deflate stream (RFC 1951, no zlib header) read from ``fp`` to its end, bounded.
-
-    Compressed data is read :data:`INFLATE_CHUNK` bytes at a time and each step produces at most
-    :data:`INFLATE_CHUNK` bytes, so at no time does more than ``limit`` plus one chunk exist.
-
-    Args:
-        fp: positioned at the start of the deflated data set.
-        limit: most inflated bytes (default :func:`max_inflated_bytes`).
-
-    Raises:
-        SizeLimitError: once the output passes ``limit``.
-        DeflateError: for a corrupt stream or one that ends before its last block.
-    """
-    out = bytearray()
-    for chunk in _inflate_chunks(fp.read, max_inflated_bytes() if limit is None else limit):
-        out += chunk
-    return bytes(out)
-
-
 def check_inflated_size(data: bytes, limit: int | None = None) -> int:
     """Return the size the raw deflate stream ``data`` inflates to, without keeping the output.
 
     Raises:
-        SizeLimitError, DeflateError: as :func:`inflate_bounded`.
+        SizeLimitError: once the output passes ``limit`` (default :func:`max_inflated_bytes`).
+        DeflateError: for a corrupt stream or one that ends before its last block.
     """
     stream = BytesIO(data)
     return sum(len(c) for c in _inflate_chunks(stream.read, max_inflated_bytes() if limit is None else limit))

@@ -1,14 +1,20 @@
 """Triage a DICOM folder: which files are chest frontal CR/DX films for presentation, and why.
 
 Files are recognised as DICOM by their header, never by their name, and only headers are read: the pixel
-data is neither read nor decoded. Every file found under the inputs gets exactly one :class:`Decision`
-(``selected``, ``skipped`` or ``error``) with a reason that names the attribute that decided it, e.g.
-``lateral view (ViewPosition=LL)`` or ``not chest (BodyPartExamined=ABDOMEN)``.
+data is neither read nor decoded (a deflated data set is inflated only as far as its header, within the
+limits of :mod:`pneumonia_monai.dicom.limits`). Every entry found under the inputs gets exactly one
+:class:`Decision` (``selected``, ``skipped`` or ``error``) with a reason that names the attribute that
+decided it, e.g. ``lateral view (ViewPosition=LL)`` or ``not chest (BodyPartExamined=ABDOMEN)``.
 
 The rules are data (:class:`SelectionRules`, loaded from ``selection_rules.yaml`` shipped with the package,
 or a site's own file). They are applied in this order, the first that matches decides:
 
-1. zero-byte file or not a DICOM file (``skipped``); truncated file or unreadable header (``error``);
+0. entries that are not regular files (:func:`entry_problem`): links (never followed) and named pipes
+   (never opened) are ``skipped``; dangling links, link loops, unreadable folders and paths longer than
+   ``PATH_MAX`` are ``error``;
+1. zero-byte file or not a DICOM file (``skipped``); truncated file (also cut inside its header),
+   unreadable header, sequences nested too deeply, a deflated data set that is corrupt, cut short or
+   over the inflated-size limit (``error``);
 2. DICOMDIR;
 3. our own output (``own_output_markers``);
 4. structured reports, key object selections, presentation states;
