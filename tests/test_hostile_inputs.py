@@ -528,6 +528,9 @@ def test_every_entry_found_gets_a_row_and_links_and_pipes_are_never_opened(tmp_p
     output = tmp_path / "decisions.csv"
     assert select_cli.main([str(root), "--output", str(output), "-q"]) == 1  # errors: exit 1
     assert len(read_rows(output)) == len(expected) + 1
+    # a link named as an input is the user's choice: its target is read
+    (named,) = select_files([root / "link_to_good.dcm"]).decisions
+    assert (named.relative_path, named.status) == ("good.dcm", "selected")
 
 
 # ---------------------------------------------------------------- item 7: a file cut inside its header

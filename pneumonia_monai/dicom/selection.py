@@ -986,8 +986,8 @@ def iter_input_files(inputs: Sequence[str | Path]) -> Iterator[tuple[Path, Path]
     Every entry found is yielded, not only regular files, so that each gets a decision
     (:func:`entry_problem`): symbolic links (to files or folders: not followed), named pipes and
     other special files, and folders that cannot be read (or whose path is longer than ``PATH_MAX``).
-    An input named on the command line is taken as given, a link included. An entry reached twice
-    (overlapping inputs) is yielded once.
+    An input named on the command line is followed when it is a link (a file input is replaced by its
+    target). An entry reached twice (overlapping inputs) is yielded once.
 
     Raises:
         FileNotFoundError: if an input does not exist.
@@ -998,6 +998,8 @@ def iter_input_files(inputs: Sequence[str | Path]) -> Iterator[tuple[Path, Path]
         if not top.exists():
             raise FileNotFoundError(f"input not found: {top}")
         if top.is_file():
+            if top.is_symlink():  # named by the user: its target is the input
+                top = Path(os.path.realpath(top))
             candidates: Iterable[tuple[Path, Path]] = [(top, top.parent)]
         else:
             candidates = ((p, top) for p in _walk_sorted(top))
