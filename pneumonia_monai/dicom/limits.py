@@ -73,8 +73,15 @@ FILM_BUDGET_WAIT = 120.0
 #: Bytes of the first frame read to find the codestream's size marker.
 CODESTREAM_HEAD = 64 * 1024
 
+#: JPEG 2000 and High-Throughput JPEG 2000 (its codestreams have the same SIZ marker).
 _JPEG2000_SYNTAXES = frozenset(
-    {JPEG2000Lossless, JPEG2000, "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202"}
+    {
+        JPEG2000Lossless,
+        JPEG2000,
+        "1.2.840.10008.1.2.4.201",
+        "1.2.840.10008.1.2.4.202",
+        "1.2.840.10008.1.2.4.203",
+    }
 )
 _JPEGLS_SYNTAXES = frozenset({JPEGLSLossless, JPEGLSNearLossless})
 
