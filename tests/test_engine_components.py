@@ -117,3 +117,25 @@ def test_stored_settings_follow_the_variant_overlay(tmp_path: Path) -> None:
     (configs / "inference.json").write_text(json.dumps({"threshold": 0.4, "temperature": -1}))
     with pytest.raises(ValueError, match="temperature"):
         stored_temperature(tmp_path)
+
+
+def test_precise_batch_norm_re_estimates_running_statistics() -> None:
+    """After re-estimation the running statistics are the plain mean and variance of the clean batches."""
+    from pneumonia_monai.engine.components import PreciseBatchNorm, bn_subset
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 1, bias=False), torch.nn.BatchNorm2d(3))
+    net[1].running_mean.fill_(7.0)  # stale statistics, as after augmented training
+    net.eval()
+    batches = [{"image": torch.rand(4, 1, 5, 5) * 2.0 + 1.0} for _ in range(3)]
+    PreciseBatchNorm(net, batches, "cpu")()
+    with torch.no_grad():
+        acts = torch.cat([net[0](b["image"]) for b in batches])
+    mean = acts.mean(dim=(0, 2, 3))
+    torch.testing.assert_close(net[1].running_mean, mean, rtol=1e-5, atol=1e-5)
+    assert not net.training and net[1].momentum == 0.1  # mode and momentum restored
+    items = [{"image": str(i)} for i in range(10)]
+    assert bn_subset(items, 4, seed=1) == bn_subset(items, 4, seed=1)
+    assert len(bn_subset(items, 40)) == 10
+    with pytest.raises(ValueError, match="size"):
+        bn_subset(items, 0)
