@@ -332,6 +332,13 @@ def display_scale(shape: tuple[int, int], sides: tuple[int, int] = FILM_HEATMAP_
     return 1.0
 
 
+def _block_mean(image: np.ndarray, k: int) -> np.ndarray:
+    """Mean over ``k`` x ``k`` blocks (the last ``rows % k`` rows and ``cols % k`` columns left out)."""
+    rows, cols = (image.shape[0] // k) * k, (image.shape[1] // k) * k
+    blocks = image[:rows, :cols].reshape(rows // k, k, cols // k, k)
+    return blocks.mean(axis=(1, 3), dtype=np.float32)
+
+
 def film_heatmap(
     film01: np.ndarray,
     cam: np.ndarray,
@@ -369,8 +376,15 @@ def film_heatmap(
     import matplotlib
     from PIL import Image, ImageDraw, ImageFont
 
-    grey = _check_unit_array("film01", film01)
     heat = _check_unit_array("cam", cam)
+    shape = np.shape(film01)
+    if len(shape) != 2 or min(shape) < 1:
+        raise ValueError(f"film01 must be a non-empty 2-D array, got shape {shape}")
+    # A hospital film may be 8,000 pixels a side: block-average it to at most twice the display size
+    # first (a view and one small array), so the float64 checks and drawing below stay small.
+    k = max(1, max(shape) // (2 * sides[1]))
+    grey = _check_unit_array("film01", _block_mean(np.asarray(film01), k) if k > 1 else np.asarray(film01))
+    scale = display_scale(shape, sides)
     if len(box) != 4:
         raise ValueError(f"box must be (row0, row1, col0, col1) fractions, got {box!r}")
     f_r0, f_r1, f_c0, f_c1 = (float(v) for v in box)
@@ -382,8 +396,7 @@ def film_heatmap(
         cmap = matplotlib.colormaps[colormap]
     except KeyError:
         raise ValueError(f"unknown matplotlib colormap {colormap!r}") from None
-    scale = display_scale(grey.shape, sides)
-    rows, cols = (max(1, round(n * scale)) for n in grey.shape)
+    rows, cols = (max(1, round(n * scale)) for n in shape)
     levels = Image.fromarray(np.round(grey * 255.0).astype(np.uint8))
     if (rows, cols) != grey.shape:
         resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BICUBIC
