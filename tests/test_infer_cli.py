@@ -470,7 +470,8 @@ def test_a_killed_run_resumes_without_redoing_finished_files(
         [dataset], out, bundle=bundle_dir, batch_size=4, workers=0, force=True, progress=False
     )
     assert sum(inferred) == forced.n_inferred == 5 and forced.n_reused == 0
-    assert pydicom.dcmread(sr_a).SOPInstanceUID != sr_uid
+    # rebuilt, but of the same images by the same model: the same object (issue 10, item 4)
+    assert pydicom.dcmread(sr_a).SOPInstanceUID == sr_uid
 
 
 def test_a_changed_input_file_is_recomputed(tmp_path, bundle_dir):

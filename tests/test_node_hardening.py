@@ -575,10 +575,21 @@ def test_serve_refuses_an_unusable_bundle_with_exit_2(
 
         torch.save({"weight": torch.zeros(3)}, bundle_copy / "models" / "model.pt")
     monkeypatch.chdir(tmp_path)
+    started: list[object] = []
+
+    class NeverStarted:  # bounds the test: had the bundle passed, serve would run until a signal
+        def __init__(self, config: NodeConfig) -> None:
+            started.append(config)
+
+        def start(self) -> None:
+            raise OSError("the node was started with an unusable bundle")
+
+    monkeypatch.setattr(serve, "DicomNode", NeverStarted)
     argv = ["--work-dir", "W", "--dest-ae", "A@127.0.0.1:9", "--port", "0", "--bundle", str(bundle_copy)]
     with caplog.at_level(logging.ERROR, logger="pneumonia_monai.cli.serve"):
         assert serve.main(argv) == 2
     assert "cannot start the node: unusable bundle:" in caplog.text
+    assert started == []
     assert not (tmp_path / "W").exists()  # refused before the node touched its work folder
 
 
