@@ -102,12 +102,28 @@ def test_the_bundle_applies_its_stored_temperature(bundle_copy: Path, repo_root:
     config = json.loads(config_path.read_text())
     assert config["postprocessing"]["transforms"][0]["_target_"].endswith("TemperatureScaled")
     config["temperature"] = 2.5
+    config["logit_bias"] = [0.0, -1.5]
     config_path.write_text(json.dumps(config))
     bundle = load_bundle(bundle_copy, device="cpu")
     images = torch.rand(2, 1, *bundle.spatial_size)
     logits = bundle.logits(images)
-    expected = torch.softmax(logits / 2.5, dim=1).double().numpy()
+    expected = torch.softmax(logits / 2.5 + torch.tensor([0.0, -1.5]), dim=1).double().numpy()
     np.testing.assert_allclose(bundle.predict(images), expected, atol=1e-6)
     config["temperature"] = 1.0
     config_path.write_text(json.dumps(config))
     assert load_bundle(bundle_copy, device="cpu").fingerprint != bundle.fingerprint
+
+
+def test_bias_fit_on_a_hand_computed_case() -> None:
+    """Class-weighted training biases the logits; the fitted offset undoes a pure prior shift."""
+    from pneumonia_monai.evaluation.calibration import fit_temperature_and_bias
+
+    # equal logits, three films of four pneumonia: softmax(z / T + b) = 3/4 needs b = ln 3 whatever T
+    logits = np.zeros((4, 2))
+    temperature, bias = fit_temperature_and_bias(logits, np.array([1, 1, 1, 0]))
+    assert bias[0] == 0.0 and bias[1] == pytest.approx(math.log(3.0), abs=1e-4)
+    assert softmax_probs(logits, temperature, bias)[:, 1] == pytest.approx([0.75] * 4, abs=1e-4)
+    out = TemperatureScaled("pred", temperature=2.0, bias=[0.0, 1.0])({"pred": torch.tensor([2.0, 4.0])})
+    torch.testing.assert_close(out["pred"], torch.tensor([1.0, 3.0]))
+    with pytest.raises(ValueError, match="bias has 2 values"):
+        TemperatureScaled("pred", bias=[0.0, 1.0])({"pred": torch.zeros(3)})

@@ -199,5 +199,16 @@ def prepare_datalist(
             fold=fold,
         )
     if output is not None:
-        write_json_atomic(output, datalist)
+        # a datalist file's relative paths are relative to its own folder (as resolve_items reads them)
+        base = Path(output).resolve().parent
+        write_json_atomic(
+            output, {key: [_relative_to(item, base) for item in items] for key, items in datalist.items()}
+        )
     return datalist
+
+
+def _relative_to(item: dict[str, Any], base: Path) -> dict[str, Any]:
+    image = Path(item["image"]).resolve()
+    with contextlib.suppress(ValueError):  # on another drive (Windows): keep the absolute path
+        image = Path(os.path.relpath(image, base))
+    return {**item, "image": str(image)}

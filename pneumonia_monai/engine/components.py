@@ -14,7 +14,7 @@ from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.networks.utils import copy_model_state
 
 from pneumonia_monai.engine.checkpoint import load_network_state
-from pneumonia_monai.transforms.temperature import check_temperature
+from pneumonia_monai.transforms.temperature import check_bias, check_temperature
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +104,19 @@ def stored_temperature(bundle_root: str | Path, variant: str | None = None) -> f
     except KeyError:
         return 1.0
     return check_temperature(value)
+
+
+def stored_logit_bias(bundle_root: str | Path, variant: str | None = None) -> list[float] | None:
+    """Return the per-class logit offsets of the stored calibration (None where none is stored).
+
+    Raises:
+        TypeError, ValueError: if the stored value is not a list of finite numbers.
+    """
+    try:
+        value = stored_setting(bundle_root, "logit_bias", variant)
+    except KeyError:
+        return None
+    return None if value is None else check_bias(value)
 
 
 def init_from_checkpoint(network: torch.nn.Module, path: str | Path | None) -> torch.nn.Module:

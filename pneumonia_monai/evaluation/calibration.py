@@ -1,10 +1,15 @@
-"""Fit the bundle's temperature on validation logits, and report calibration before and after.
+"""Fit the bundle's calibration on validation logits, and report calibration before and after.
 
-Temperature scaling (Guo et al., 2017, "On Calibration of Modern Neural Networks") has one parameter,
-so it cannot overfit a validation split of a thousand films, and it leaves the ranking untouched: the
-ROC AUC is the same, only the probabilities move. The temperature minimises the negative
-log-likelihood of the labels under ``softmax(logits / T)``; it is found by a bounded scalar search
-over ``log T`` (deterministic, no learning rate), in float64.
+Temperature scaling (Guo et al., 2017, "On Calibration of Modern Neural Networks") has one parameter
+and leaves the ranking untouched: the ROC AUC is the same, only the probabilities move. The
+temperature minimises the negative log-likelihood of the labels under ``softmax(logits / T)``; it is
+found by a bounded scalar search over ``log T`` (deterministic, no learning rate), in float64.
+
+A model trained with class-weighted cross-entropy (as this bundle's is) is also biased toward the
+up-weighted class; one temperature cannot undo a bias. :func:`fit_temperature_and_bias` adds one logit
+offset per class (the first fixed at 0): Platt scaling for two classes (Platt, 1999), the
+"temperature + bias" form of vector scaling for three. It has ``classes`` parameters, still few enough
+for a validation split of a thousand films, and it too keeps the two-class ranking.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import logging
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax
 
 logger = logging.getLogger(__name__)
@@ -73,7 +78,36 @@ def fit_temperature(logits: Any, labels: Any) -> float:
     return temperature
 
 
-def softmax_probs(logits: Any, temperature: float = 1.0) -> np.ndarray:
-    """``softmax(logits / temperature)`` in float64."""
-    z = np.asarray(logits, dtype=np.float64)
-    return np.exp(log_softmax(z / temperature, axis=1))
+def softmax_probs(logits: Any, temperature: float = 1.0, bias: Any = None) -> np.ndarray:
+    """``softmax(logits / temperature + bias)`` in float64."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    if bias is not None:
+        z = z + np.asarray(bias, dtype=np.float64)
+    return np.exp(log_softmax(z, axis=1))
+
+
+def fit_temperature_and_bias(logits: Any, labels: Any) -> tuple[float, list[float]]:
+    """The temperature and per-class logit offsets (first 0) minimising the validation NLL.
+
+    Returns:
+        ``(temperature, bias)``: calibrated probabilities are ``softmax(logits / temperature + bias)``.
+
+    Raises:
+        ValueError: on shapes, non-finite logits or labels out of range.
+    """
+    z, y = _check(logits, labels)
+    k = z.shape[1]
+
+    def nll(params: np.ndarray) -> float:
+        logp = log_softmax(z / np.exp(params[0]) + np.concatenate([[0.0], params[1:]]), axis=1)
+        return float(-logp[np.arange(len(y)), y].mean())
+
+    start = np.concatenate([[np.log(fit_temperature(z, y))], np.zeros(k - 1)])
+    bounds = [LOG_T_BOUNDS] + [(-10.0, 10.0)] * (k - 1)
+    result = minimize(nll, start, method="L-BFGS-B", bounds=bounds)
+    temperature = float(np.exp(result.x[0]))
+    bias = [0.0, *(float(b) for b in result.x[1:])]
+    logger.info(
+        "temperature %.4f, bias %s: validation NLL %.4f (n=%d)", temperature, bias, result.fun, len(y)
+    )
+    return temperature, bias

@@ -405,6 +405,7 @@ def load_bundle(
         "spatial_size": list(spatial_size),
         "lung_crop": config.get("lung_crop"),
         "temperature": config.get("temperature"),
+        "logit_bias": config.get("logit_bias"),
         "preprocessing": config.get("preprocessing"),
         "postprocessing": config.get("postprocessing"),
         "version": version,

@@ -10,7 +10,7 @@ positive number keeps the ranking (ROC AUC) and the arg-max of every film.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -32,23 +32,49 @@ def check_temperature(temperature: Any) -> float:
     return float(temperature)
 
 
+def check_bias(bias: Any) -> list[float]:
+    """Return ``bias`` as a list of finite floats, or raise naming it."""
+    if isinstance(bias, str | bytes) or not isinstance(bias, Sequence) or not bias:
+        raise TypeError(f"logit bias must be a non-empty list of numbers, got {bias!r}")
+    values = []
+    for value in bias:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(float(value)):
+            raise ValueError(f"logit bias must hold finite numbers, got {bias!r}")
+        values.append(float(value))
+    return values
+
+
 class TemperatureScaled(MapTransform):
-    """Divide the logits under ``keys`` by ``temperature`` (float32 out).
+    """Scale the channel-first logits under ``keys``: ``logits / temperature + bias`` (float32 out).
 
     Args:
-        keys: keys of the logits (usually ``"pred"``).
+        keys: keys of the logits (usually ``"pred"``), ``(C,)`` or ``(C, ...)``.
         temperature: the fitted temperature, > 0 (1 leaves the logits as they are).
+        bias: per-class logit offsets (Platt / vector-scaling bias), or None for none.
     """
 
     def __init__(
-        self, keys: KeysCollection, temperature: float = 1.0, allow_missing_keys: bool = False
+        self,
+        keys: KeysCollection,
+        temperature: float = 1.0,
+        bias: Sequence[float] | None = None,
+        allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.temperature = check_temperature(temperature)
+        self.bias = None if bias is None else check_bias(bias)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         """Return a copy of ``data`` with the logits scaled."""
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = torch.as_tensor(d[key]).float() / self.temperature
+            logits = torch.as_tensor(d[key]).float() / self.temperature
+            if self.bias is not None:
+                if logits.ndim < 1 or logits.shape[0] != len(self.bias):
+                    raise ValueError(
+                        f"bias has {len(self.bias)} values for logits of shape {tuple(logits.shape)}"
+                    )
+                offset = torch.tensor(self.bias, dtype=torch.float32)
+                logits = logits + offset.reshape(-1, *([1] * (logits.ndim - 1)))
+            d[key] = logits
         return d
