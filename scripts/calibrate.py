@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -119,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         t_k, b_k = fit_temperature_and_bias(logits[~part], labels[~part])
         crossed[part] = pneumonia_probs(bundle, softmax_probs(logits[part], t_k, b_k))
     choice = choose_threshold(y, cal, min_sensitivity=args.min_sensitivity)
-    threshold = round(float(choice.threshold), 6)
+    # rounded down, so that every film the rule counted as called stays called
+    threshold = math.floor(float(choice.threshold) * 1e6) / 1e6
     report = {
         "split": args.split,
         "n": len(items),

@@ -326,3 +326,11 @@ def test_bundle_inference_run_writes_class_probabilities(tmp_path: Path, bundle_
     for row in rows:
         probs = [float(v) for v in row.split(",")[1:]]
         assert len(probs) == 2 and abs(sum(probs) - 1) < 1e-4
+
+
+def test_one_version_for_package_and_bundle(repo_root: Path) -> None:
+    import pneumonia_monai
+
+    meta = json.loads((repo_root / "bundle/configs/metadata.json").read_text())
+    assert pneumonia_monai.__version__ == meta["version"]
+    assert meta["required_packages_version"]["pneumonia-monai"] == meta["version"]
