@@ -925,3 +925,24 @@ def test_a_rerun_gives_the_same_result_uids_and_other_sources_new_ones(tmp_path,
     third = uids(tmp_path / "third")
     assert third[0][0] != first[0][0] and third[0][1] != first[0][1]
     assert first[1] < third[1]  # the heatmaps of the same films are the same objects
+
+
+def test_three_class_variant_end_to_end_from_the_committed_checkpoint(tmp_path, repo_root):
+    """``infer --variant subtype`` with the shipped bundle: its own checkpoint, calibration and threshold."""
+    out = tmp_path / "out"
+    status = infer_cli.main(
+        [str(repo_root / "bundle/sample_data/dicom"), "--output", str(out), "--variant", "subtype", "-q"]
+    )
+    assert status == 0
+    overlay = json.loads((repo_root / "bundle/configs/inference_subtype.json").read_text())
+    rows = [r for r in read_csv(out / "results.csv") if r["status"] == "ok"]
+    assert len(rows) == 4
+    for row in rows:
+        assert row["model_version"].endswith("+subtype")
+        assert float(row["threshold"]) == overlay["threshold"]
+        normal = float(row["prob_normal"])
+        assert float(row["prob_pneumonia"]) == pytest.approx(1.0 - normal, abs=1e-9)
+        assert row["subtype"] in ("normal", "bacterial", "viral")
+        assert (row["subtype"] == "normal") == (row["prediction"] == "normal")
+    assert {r["prediction"] for r in rows} == {"normal", "pneumonia"}  # the sample holds both
+    assert list((out / "sr").glob("*.dcm"))
