@@ -50,6 +50,9 @@ def configure_logging(args: argparse.Namespace) -> None:
         handler._pneumonia_monai = True  # type: ignore[attr-defined]
         root.addHandler(handler)
         ours = [handler]
+    for handler in ours:  # a later command in the same process writes to the stderr of its own time
+        if isinstance(handler, logging.StreamHandler) and handler.stream is not sys.stderr:
+            handler.setStream(sys.stderr)
     warnings_logger = logging.getLogger("py.warnings")
     for handler in ours:
         if handler not in warnings_logger.handlers:
