@@ -9,6 +9,7 @@ the same handler.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import sys
@@ -52,7 +53,8 @@ def configure_logging(args: argparse.Namespace) -> None:
         ours = [handler]
     for handler in ours:  # a later command in the same process writes to the stderr of its own time
         if isinstance(handler, logging.StreamHandler) and handler.stream is not sys.stderr:
-            handler.setStream(sys.stderr)
+            with handler.lock or contextlib.nullcontext():  # not setStream: it flushes the old, maybe closed
+                handler.stream = sys.stderr
     warnings_logger = logging.getLogger("py.warnings")
     for handler in ours:
         if handler not in warnings_logger.handlers:
