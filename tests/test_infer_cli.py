@@ -104,6 +104,7 @@ def write_bundle(
     config = json.loads(SHIPPED_CONFIG.read_text(encoding="utf-8"))
     config["spatial_size"] = [64, 64]
     config["threshold"] = 0.5  # random weights: the shipped model's operating point means nothing here
+    config["temperature"], config["logit_bias"] = 1.0, None  # nor does its calibration
     if network_def is not None:
         config["network_def"] = network_def
         config["heatmap_layer"] = "features.denseblock2"  # the small test network has two blocks
@@ -946,3 +947,13 @@ def test_three_class_variant_end_to_end_from_the_committed_checkpoint(tmp_path, 
         assert (row["subtype"] == "normal") == (row["prediction"] == "normal")
     assert {r["prediction"] for r in rows} == {"normal", "pneumonia"}  # the sample holds both
     assert list((out / "sr").glob("*.dcm"))
+
+
+def test_a_calibration_bias_of_another_class_count_is_an_unusable_bundle(tmp_path):
+    bundle = write_bundle(tmp_path / "bundle")
+    config_path = bundle / "configs" / "inference.json"
+    config = json.loads(config_path.read_text())
+    config["logit_bias"] = [0.0, 1.0, 2.0]  # three offsets for a two-class network
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(BundleError, match="logit_bias"):
+        load_bundle(bundle, device="cpu")

@@ -393,6 +393,11 @@ def load_bundle(
         )
     if not math.isfinite(float(out.float().abs().sum())):
         raise BundleError(f"checkpoint {checkpoint} gives non-finite outputs")
+    bias = config.get("logit_bias")
+    if bias is not None and (not isinstance(bias, list) or len(bias) != len(class_names)):
+        raise BundleError(
+            f"{config_path}: 'logit_bias' must be None or one number per class {class_names}, got {bias!r}"
+        )
     heatmap_layer = parsed("heatmap_layer") if "heatmap_layer" in config else DENSENET_TARGET_LAYER
     if not isinstance(heatmap_layer, str) or heatmap_layer not in dict(network.named_modules()):
         raise BundleError(
