@@ -150,17 +150,26 @@ def _thumbnail(image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
         shows (rows and columns from 0).
     """
     rows, cols = image.shape
-    levels = np.clip(image, 0.0, 1.0)  # a new array, then in place (films are millions of pixels)
-    levels *= 255.0
-    np.rint(levels, out=levels)
     k = max(rows, cols) // (2 * THUMBNAIL_SIZE)
     if k >= 2:
         rows, cols = rows - rows % k, cols - cols % k
-        blocks = levels[:rows, :cols].reshape(rows // k, k, cols // k, k)
-        # grey levels are integers <= 255, so float32 sums of up to 65,793 of them are exact
-        # (rows first: numpy reduces a long contiguous axis much faster than a short inner one)
-        sums = blocks.sum(axis=1, dtype=np.float32).sum(axis=-1, dtype=np.float32)
-        levels = sums.astype(np.float64) / (k * k)
+        levels = np.empty((rows // k, cols // k), dtype=np.float64)
+        # In bands of whole blocks, so that a hospital-size film never has a full-size copy (memory
+        # stays bounded); each block is summed exactly as it would be in one piece.
+        band = k * max(1, 512 // k)
+        for r in range(0, rows, band):
+            chunk = np.clip(image[r : min(r + band, rows), :cols], 0.0, 1.0)  # a copy of the band
+            chunk *= 255.0
+            np.rint(chunk, out=chunk)
+            blocks = chunk.reshape(chunk.shape[0] // k, k, cols // k, k)
+            # grey levels are integers <= 255, so float32 sums of up to 65,793 of them are exact
+            # (rows first: numpy reduces a long contiguous axis much faster than a short inner one)
+            sums = blocks.sum(axis=1, dtype=np.float32).sum(axis=-1, dtype=np.float32)
+            levels[r // k : r // k + sums.shape[0]] = sums.astype(np.float64) / (k * k)
+    else:
+        levels = np.clip(image, 0.0, 1.0)  # a new array, then in place
+        levels *= 255.0
+        np.rint(levels, out=levels)
     scale = THUMBNAIL_SIZE / max(levels.shape)
     if scale < 1.0:
         shape = (max(8, round(levels.shape[0] * scale)), max(8, round(levels.shape[1] * scale)))
