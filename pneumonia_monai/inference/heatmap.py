@@ -16,6 +16,7 @@ import logging
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -180,6 +181,22 @@ def _check_unit_array(name: str, array: np.ndarray) -> np.ndarray:
     return values
 
 
+def _blend_colormap(alpha: float, colormap: str) -> Any:
+    """Check a blend weight and return the named matplotlib colormap.
+
+    Raises:
+        ValueError: if ``alpha`` is not a number in [0, 1] or ``colormap`` is unknown.
+    """
+    import matplotlib  # imported when used: matplotlib is heavy and only the drawings need it
+
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    try:
+        return matplotlib.colormaps[colormap]
+    except KeyError:
+        raise ValueError(f"unknown matplotlib colormap {colormap!r}") from None
+
+
 def overlay(
     image01: np.ndarray,
     cam: np.ndarray,
@@ -205,16 +222,9 @@ def overlay(
         TypeError: if an array is not numeric.
         ValueError: if a shape, range, ``alpha`` or ``colormap`` is invalid.
     """
-    import matplotlib  # imported when used: matplotlib is heavy and only the reports need it
-
     grey = _check_unit_array("image01", image01)
     heat = _check_unit_array("cam", cam)
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
-    try:
-        cmap = matplotlib.colormaps[colormap]
-    except KeyError:
-        raise ValueError(f"unknown matplotlib colormap {colormap!r}") from None
+    cmap = _blend_colormap(alpha, colormap)
     if heat.shape != grey.shape:
         from skimage.transform import resize
 
@@ -373,7 +383,6 @@ def film_heatmap(
     Raises:
         TypeError, ValueError: on a malformed film, map, box or option.
     """
-    import matplotlib
     from PIL import Image, ImageDraw, ImageFont
 
     heat = _check_unit_array("cam", cam)
@@ -390,12 +399,7 @@ def film_heatmap(
     f_r0, f_r1, f_c0, f_c1 = (float(v) for v in box)
     if not (0.0 <= f_r0 < f_r1 <= 1.0 and 0.0 <= f_c0 < f_c1 <= 1.0):
         raise ValueError(f"box must be increasing fractions in [0, 1], got {box!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
-    try:
-        cmap = matplotlib.colormaps[colormap]
-    except KeyError:
-        raise ValueError(f"unknown matplotlib colormap {colormap!r}") from None
+    cmap = _blend_colormap(alpha, colormap)
     rows, cols = (max(1, round(n * scale)) for n in shape)
     levels = Image.fromarray(np.round(grey * 255.0).astype(np.uint8))
     if (rows, cols) != grey.shape:
