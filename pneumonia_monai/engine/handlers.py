@@ -12,6 +12,7 @@ from ignite.engine import Engine, Events
 
 from pneumonia_monai.constants import class_names
 from pneumonia_monai.decision import explained_class, pneumonia_probability
+from pneumonia_monai.transforms.lung_crop import crop_fractions
 
 logger = logging.getLogger(__name__)
 
@@ -19,11 +20,8 @@ logger = logging.getLogger(__name__)
 def _film_of(image: Any) -> tuple[str, tuple[float, float, float, float]] | None:
     """``(path, crop as film fractions)`` of a preprocessed film, from its meta; None if it does not say."""
     meta = getattr(image, "meta", None) or {}
-    path, box, shape = meta.get("filename_or_obj"), meta.get("lung_box"), meta.get("film_shape")
-    if not path or box is None or shape is None:
-        return None
-    rows, cols = float(shape[0]), float(shape[1])
-    return str(path), (float(box[0]) / rows, float(box[1]) / rows, float(box[2]) / cols, float(box[3]) / cols)
+    path, box = meta.get("filename_or_obj"), crop_fractions(meta)
+    return None if not path or box is None else (str(path), box)
 
 
 class MetricsReportHandler:

@@ -90,7 +90,7 @@ from pneumonia_monai.inference.manifest import (
     write_results,
     write_studies,
 )
-from pneumonia_monai.transforms.lung_crop import lacks_content
+from pneumonia_monai.transforms.lung_crop import crop_fractions, lacks_content
 
 logger = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ class _Context:
             if lacks_content(str(meta.get("lung_crop", ""))):  # a blank film is never scored
                 status = str(meta["lung_crop"]).removeprefix("fallback: ")
                 return self.finished(job, ERROR, f"{status}: not scored", **uids)
-            box = _crop_fractions(meta)
+            box = crop_fractions(meta) or (0.0, 1.0, 0.0, 1.0)  # the whole film where unsaid
             image = torch.as_tensor(data["image"]).as_subclass(torch.Tensor).detach()
             expected = (1, *self.bundle.spatial_size)
             if tuple(image.shape) != expected:
@@ -284,15 +284,6 @@ class _Context:
             logger.debug("%s: %s", job.rel, type(exc).__name__, exc_info=True)
             return self.finished(job, ERROR, _root_cause_message(exc, job), **uids)
         return _Item(job, image=image, box=box, reason=reason, **uids)
-
-
-def _crop_fractions(meta: Any) -> tuple[float, float, float, float]:
-    """The crop the network saw, as fractions of the film (the whole film where the meta does not say)."""
-    box, shape = meta.get("lung_box"), meta.get("film_shape")
-    if box is None or shape is None or len(box) != 4 or len(shape) != 2 or min(shape) < 1:
-        return (0.0, 1.0, 0.0, 1.0)
-    rows, cols = float(shape[0]), float(shape[1])
-    return (box[0] / rows, box[1] / rows, box[2] / cols, box[3] / cols)
 
 
 # ---------------------------------------------------------------------------------------- progress

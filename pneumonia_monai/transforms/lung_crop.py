@@ -285,6 +285,19 @@ def locate_crop(image: np.ndarray, margin: float = 0.05) -> tuple[tuple[int, int
     return (b_r0 + r0, b_r0 + r1, b_c0 + c0, b_c0 + c1), reason
 
 
+def crop_fractions(meta: Mapping[str, Any]) -> tuple[float, float, float, float] | None:
+    """The crop a preprocessed film's meta records (``lung_box`` over ``film_shape``), as film fractions.
+
+    Returns:
+        ``(row0, row1, col0, col1)`` fractions of the film, or None where the meta does not say.
+    """
+    box, shape = meta.get("lung_box"), meta.get("film_shape")
+    if box is None or shape is None or len(box) != 4 or len(shape) != 2 or min(shape) < 1:
+        return None
+    rows, cols = float(shape[0]), float(shape[1])
+    return (float(box[0]) / rows, float(box[1]) / rows, float(box[2]) / cols, float(box[3]) / cols)
+
+
 def _with_film_shape(cropped: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
     """Record the film's ``(rows, columns)`` before the crop as ``film_shape`` in the meta."""
     if isinstance(cropped, MetaTensor):
