@@ -17,7 +17,6 @@ import fcntl
 import io
 import json
 import os
-import resource
 import struct
 import subprocess
 import sys
@@ -734,16 +733,13 @@ def test_infer_over_every_hostile_input_beside_good_films(tmp_path, monkeypatch,
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.xfail(
-    strict=False,
-    reason="inside a full suite run the peak reached 1,544-1,608 MiB (about 1,000 alone): cause not found",
-)
 def test_peak_memory_of_infer_at_two_workers_stays_under_1_5_gb(tmp_path):
     """A subprocess runs ``infer`` over the bombs and two films at the pixel budget (8192 x 8192).
 
-    Alone this peaks at about 1,000 MiB; inside full-suite runs it reached 1,544-1,608 MiB (also with
-    ``MALLOC_ARENA_MAX=2``), for a reason not found yet: the 1.5 GB target of issue 10 is not shown
-    there, so the bound is a known failure (not strict) until it is; the figure is printed either way.
+    The peak is the child's ``VmHWM`` (``/proc/self/status``), the high-water mark of its own address
+    space. ``getrusage(RUSAGE_SELF).ru_maxrss`` is not: Linux folds the pre-``exec`` image's high-water
+    mark into it, and a child forked (or vforked) from pytest starts from pytest's resident size, which
+    is what made this read 1,544-1,608 MiB inside full-suite runs against about 1,000 alone.
     """
     bundle = write_bundle(tmp_path / "bundle", network_def=SMALL_NET)
     root = tmp_path / "in"
@@ -761,10 +757,11 @@ def test_peak_memory_of_infer_at_two_workers_stays_under_1_5_gb(tmp_path):
         )
     out = tmp_path / "out"
     driver = (
-        "import resource, sys\n"
+        "import sys\n"
         "from pneumonia_monai.cli import infer\n"
         "status = infer.main(sys.argv[1:])\n"
-        "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+        "hwm = [line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM:')]\n"
+        "print('PEAK_RSS_KB', hwm[0], file=sys.stderr)\n"
         "sys.exit(status)\n"
     )
     done = subprocess.run(
@@ -794,4 +791,3 @@ def test_peak_memory_of_infer_at_two_workers_stays_under_1_5_gb(tmp_path):
     assert rows["at_budget_0.dcm"]["status"] == rows["at_budget_1.dcm"]["status"] == "ok", rows
     assert {rows[k]["status"] for k in ("j2k_40000.dcm", "jpegls_40000.dcm", "deflate_1gb.dcm")} == {ERROR}
     assert peak <= PEAK_RSS_LIMIT, f"peak RSS {peak / 1024**2:.0f} MiB"
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
