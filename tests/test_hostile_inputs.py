@@ -791,3 +791,23 @@ def test_peak_memory_of_infer_at_two_workers_stays_under_1_5_gb(tmp_path):
     assert rows["at_budget_0.dcm"]["status"] == rows["at_budget_1.dcm"]["status"] == "ok", rows
     assert {rows[k]["status"] for k in ("j2k_40000.dcm", "jpegls_40000.dcm", "deflate_1gb.dcm")} == {ERROR}
     assert peak <= PEAK_RSS_LIMIT, f"peak RSS {peak / 1024**2:.0f} MiB"
+
+
+@pytest.mark.parametrize(
+    ("writer", "marker"),
+    [
+        (write_j2k_bomb, "JPEG 2000 SIZ marker"),
+        (write_jpeg_bomb, "JPEG SOF marker"),
+        (write_jpegls_bomb, "JPEG-LS SOF55 marker"),
+    ],
+)
+def test_select_refuses_a_codestream_bomb_from_its_first_bytes(tmp_path, writer, marker):
+    """``select`` reads headers only, yet reports the bomb ``infer`` would refuse, with the same reason."""
+    path = tmp_path / "bomb.dcm"
+    writer(path)
+    decision = decide_file(path)
+    assert decision.status == ERROR, decision
+    assert f"{marker} claims 40000 x 40000" in decision.reason
+    good = tmp_path / "good.dcm"
+    make_cr(good, pixels=film(1), StudyInstanceUID=STUDY)
+    assert decide_file(good).status == "selected"

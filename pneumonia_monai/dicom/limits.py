@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import struct
 import threading
 import time
@@ -407,18 +408,41 @@ def codestream_geometry(transfer_syntax: str, pixel_data: bytes) -> tuple[str, i
     return None
 
 
-def check_codestream(ds: Dataset, transfer_syntax: str) -> None:
+def read_encapsulated_head(fp: BinaryIO, limit: int = CODESTREAM_HEAD) -> bytes:
+    """Read, from the start of an encapsulated Pixel Data value, what :func:`check_codestream` needs.
+
+    Returns an empty Basic Offset Table item followed by the first fragment's item tag and at most
+    ``limit`` bytes of it (the table itself, 4 bytes a frame, is skipped, not read), so a header-only
+    reader such as ``select`` can check the codestream without reading the pixel data.
+    """
+    tag = fp.read(8)
+    if len(tag) < 8:
+        return b""
+    group, element, length = struct.unpack("<HHL", tag)
+    if (group, element) != (0xFFFE, 0xE000) or length == 0xFFFFFFFF:
+        return b""
+    fp.seek(length, os.SEEK_CUR)
+    return struct.pack("<HHL", 0xFFFE, 0xE000, 0) + fp.read(8 + limit)
+
+
+def check_codestream(ds: Dataset, transfer_syntax: str, pixel_data: bytes | None = None) -> None:
     """Refuse, before decoding, a codestream over the budget or larger than the header says.
+
+    Args:
+        ds: the data set (its Rows and Columns).
+        transfer_syntax: its Transfer Syntax UID.
+        pixel_data: the encapsulated Pixel Data, or as much of its start as holds the Basic Offset Table
+            item and :data:`CODESTREAM_HEAD` bytes of the first fragment (default: ``ds.PixelData``).
 
     Raises:
         SizeLimitError: if frame 0's codestream declares more pixels than the budget, or other
             dimensions than Rows (0028,0010) x Columns (0028,0011).
     """
-    found = codestream_geometry(transfer_syntax, ds.PixelData)
+    found = codestream_geometry(transfer_syntax, ds.PixelData if pixel_data is None else pixel_data)
     if found is None:
         return
     marker, rows, columns, components, bits = found
-    header_rows, header_columns = int(ds.Rows), int(ds.Columns)
+    header_rows, header_columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
     if rows * columns > _max_pixels or rows * columns * components * max(1, (bits + 7) // 8) > (
         max_decoded_bytes()
     ):
@@ -427,7 +451,7 @@ def check_codestream(ds: Dataset, transfer_syntax: str) -> None:
             f"of {bits} bits, over the limit of {_max_pixels} pixels (--max-pixels); the header says "
             f"{header_rows} x {header_columns}; not decoded"
         )
-    if rows and (rows, columns) != (header_rows, header_columns):
+    if rows and header_rows and (rows, columns) != (header_rows, header_columns):
         raise SizeLimitError(
             f"codestream does not match the header: its {marker} says {rows} x {columns}, Rows "
             f"(0028,0010) x Columns (0028,0011) say {header_rows} x {header_columns}; not decoded"

@@ -125,6 +125,8 @@ _BASE_KEYWORDS: tuple[str, ...] = (
     "AnatomicRegionSequence",
     "ViewPosition",
     "ViewCodeSequence",
+    "Rows",  # checked against an encapsulated codestream's own size
+    "Columns",
 )
 
 #: What reading a corrupt header can raise (pydicom raises a variety of errors on damaged files).
@@ -673,6 +675,9 @@ def read_header(path: str | Path, keywords: Sequence[str] | None = None) -> Head
     Raises:
         NotDicomError: if the file is not DICOM.
         TruncatedDicomError: if the file ends before its file meta, an element or its Pixel Data does.
+        SizeLimitError: if an encapsulated codestream claims more than the pixel budget or another size
+            than Rows x Columns (read from frame 0's first bytes, see :func:`limits.check_codestream`).
+        DeflateError: if a deflated data set is corrupt or inflates past its limit.
         InvalidDicomError, OSError, ValueError, EOFError, struct.error: if the header cannot be parsed.
     """
     path = Path(path)
@@ -705,6 +710,11 @@ def read_header(path: str | Path, keywords: Sequence[str] | None = None) -> Head
         # A deflated data set is read through its inflating reader, inflated only as far as the header.
         stream: Any = inflated if inflated is not None else fp
         has_pixels, value_end = _pixel_data_follows(stream, bool(little_endian), bool(implicit_vr))
+        if has_pixels and value_end is None and inflated is None and not implicit_vr:
+            # encapsulated: the codestream's own size, from frame 0's first bytes (as infer checks it)
+            syntax = ds.file_meta.get("TransferSyntaxUID")
+            if syntax is not None:
+                limits.check_codestream(ds, str(syntax), limits.read_encapsulated_head(fp))
         if not has_pixels and inflated is not None:
             inflated.seek(0, os.SEEK_END)  # the walk below reads to the end: inflate it (bounded)
         stream_size = size if inflated is None else inflated.drain()  # counted, not kept
