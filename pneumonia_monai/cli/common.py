@@ -123,6 +123,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """Argparse type: a finite number of 0 or more."""
+    value = float(_number(text, float))
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {value}")
+    return value
+
+
 def unit_interval(text: str) -> float:
     """Argparse type: a number in [0, 1] (a probability or a threshold)."""
     value = float(_number(text, float))

@@ -12,7 +12,9 @@ answered. Once no instance of a study arrived for ``--stable-seconds``, a worker
 and sends the study's SR (plus heatmap Secondary Captures with ``--heatmaps``) to the destination,
 retrying ``--send-attempts`` times with exponential backoff; the study then moves to ``WORK/done/``,
 or to ``WORK/failed/`` with a ``reason.txt``. One result per study: instances arriving after their study
-was processed are kept in ``WORK/late/`` and logged, not processed again. See
+was processed are kept in ``WORK/late/`` and logged, not processed again. Retention: the images and
+results of a processed study are deleted ``--keep-days`` (default 7) after it finished, 0 deleting them
+as soon as the results were sent; ``--keep-failed-days`` (default 30) for failed studies. See
 :mod:`pneumonia_monai.node.inbox` for the layout and the recovery rules.
 
 Options given on the command line win over those of ``--config`` (YAML or JSON, keys as in
@@ -52,11 +54,13 @@ from pneumonia_monai.cli.common import (
     EXIT_USAGE,
     add_verbosity_args,
     configure_logging,
+    non_negative_float,
     positive_float,
     positive_int,
     returns_exit_status,
 )
 from pneumonia_monai.node.config import NodeConfig, config_from_mapping, read_config_file
+from pneumonia_monai.node.processor import InferenceProcessor
 from pneumonia_monai.node.service import DicomNode
 
 logger = logging.getLogger(__name__)
@@ -83,6 +87,8 @@ _CONFIG_ARGS: dict[str, str] = {
     "dest_stow": "dest_stow",
     "send_attempts": "send_attempts",
     "retry_backoff": "retry_backoff_seconds",
+    "keep_days": "keep_days",
+    "keep_failed_days": "keep_failed_days",
     "heatmaps": "heatmaps",
     "bundle": "bundle",
     "device": "device",
@@ -210,6 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="wait before the 2nd try, doubled after (default 2)",
     )
+    keep = parser.add_argument_group("retention (the work folder holds patient images)")
+    keep.add_argument(
+        "--keep-days",
+        type=non_negative_float,
+        metavar="N",
+        help="delete a processed study's images and results from WORK/done/ (and late arrivals from "
+        "WORK/late/) N days after it finished (default 7; 0: as soon as its results were sent)",
+    )
+    keep.add_argument(
+        "--keep-failed-days",
+        type=non_negative_float,
+        metavar="N",
+        help="the same for WORK/failed/ and WORK/quarantine/ (default 30)",
+    )
     stop = parser.add_argument_group("stopping")
     stop.add_argument(
         "--association-grace",
@@ -247,17 +267,16 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     return config_from_mapping(values)
 
 
-def _check_bundle(config: NodeConfig) -> None:
-    """Load the bundle the node will run, once, so that an unusable one stops the start (exit 2).
+def _load_processor(config: NodeConfig) -> InferenceProcessor:
+    """The node's processor with its bundle loaded: once per process, and an unusable one stops the start.
 
     Raises:
         ValueError: (:class:`~pneumonia_monai.inference.bundle.BundleError` included) naming what is wrong:
             no bundle folder, a bad config, no or a mismatched checkpoint, an unknown device.
     """
-    from pneumonia_monai.inference.bundle import load_bundle
-
-    bundle = load_bundle(config.bundle, device=config.device)
-    logger.info("bundle %s %s checked (%s)", bundle.model_name, bundle.model_version, bundle.device)
+    processor = InferenceProcessor(bundle=config.bundle, device=config.device, heatmaps=config.heatmaps)
+    processor.load()
+    return processor
 
 
 @returns_exit_status
@@ -275,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("cannot start the node: %s", exc)
         return EXIT_USAGE
     try:
-        _check_bundle(config)
+        processor = _load_processor(config)
     except (OSError, ValueError, TypeError) as exc:
         logger.error("cannot start the node: unusable bundle: %s", exc)
         return EXIT_USAGE
@@ -290,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        node = DicomNode(config)
+        node = DicomNode(config, processor=processor)
         try:
             _remove_port_file(args.port_file)
             node.start()

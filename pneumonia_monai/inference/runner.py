@@ -378,7 +378,7 @@ def run_inference(
     inputs: Sequence[str | Path],
     output: str | Path,
     *,
-    bundle: str | Path | None = None,
+    bundle: str | Path | InferenceBundle | None = None,
     device: str = "auto",
     batch_size: int = 8,
     workers: int = 2,
@@ -394,7 +394,9 @@ def run_inference(
     Args:
         inputs: files and folders (searched recursively), DICOM and JPEG/PNG in any mix.
         output: the output folder (created); see :mod:`pneumonia_monai.inference.manifest` for its files.
-        bundle: the bundle folder; default: the package's bundle.
+        bundle: the bundle folder (default: the package's bundle), or a bundle already loaded with
+            :func:`~pneumonia_monai.inference.bundle.load_bundle` (a process that runs many times, the
+            node, loads it once); ``device`` and ``variant`` are then the loaded bundle's.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         batch_size: images per forward pass.
         workers: threads decoding and preprocessing files (0: in the calling thread).
@@ -426,7 +428,9 @@ def run_inference(
     if (out / LOCK_NAME).is_file():
         with _exclusive_lock(out):  # a busy folder is refused before the model is loaded (seconds)
             pass
-    loaded = load_bundle(bundle, device=device, variant=variant)
+    loaded = (
+        bundle if isinstance(bundle, InferenceBundle) else load_bundle(bundle, device=device, variant=variant)
+    )
 
     out.mkdir(parents=True, exist_ok=True)
     out = out.resolve()

@@ -16,6 +16,8 @@ the command line wins over the file). The file holds a mapping whose keys are th
     dest_ae: PACS1@pacs.example.org:104      # or: dest_stow: https://pacs.example.org/dicom-web
     send_attempts: 5
     retry_backoff_seconds: 2
+    keep_days: 7                             # done/ and late/ images (0: deleted once sent)
+    keep_failed_days: 30                     # failed/ and quarantine/
     request_timeout: 5                       # seconds to deliver an A-ASSOCIATE-RQ after connecting
     max_pending_connections: 32              # connections without an association request yet
     acse_timeout: 10
@@ -152,7 +154,7 @@ class NodeConfig:
             instances still come (a study fed continuously); later ones are late arrivals.
         queue_size: how many stable studies may wait for the worker; further ones wait in the inbox.
         max_batch_studies: how many ready studies the worker may give the processor at once (the model
-            is loaded once per batch); each study still gets its own result.
+            is loaded once per process); each study still gets its own result.
         max_associations: how many associations may be open at once (connections that have not sent
             their A-ASSOCIATE-RQ yet do not count: see :mod:`pneumonia_monai.node.gate`).
         request_timeout: seconds a new connection has to deliver its whole A-ASSOCIATE-RQ.
@@ -163,6 +165,11 @@ class NodeConfig:
         network_timeout: seconds an established association may stay silent before it is aborted.
         send_attempts: how many times the results of a study are offered to the destination.
         retry_backoff_seconds: wait before the second attempt, doubled before each further one.
+        keep_days: days a processed study's images and results are kept in ``done/`` (and late
+            arrivals in ``late/``) before the node deletes them; 0 deletes a study's data as soon as its
+            results were sent (see :meth:`pneumonia_monai.node.inbox.Inbox.purge`).
+        keep_failed_days: the same for ``failed/`` and ``quarantine/``, kept longer by default so that
+            someone can look at why a study failed.
         heatmaps: also send Grad-CAM heatmaps as Secondary Capture images.
         bundle: the MONAI bundle to run; ``None`` lets the inference code find its default.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
@@ -187,6 +194,8 @@ class NodeConfig:
     network_timeout: float = 60.0
     send_attempts: int = 5
     retry_backoff_seconds: float = 2.0
+    keep_days: float = 7.0
+    keep_failed_days: float = 30.0
     heatmaps: bool = False
     bundle: Path | None = None
     device: str = "auto"
@@ -218,6 +227,11 @@ class NodeConfig:
         object.__setattr__(
             self, "retry_backoff_seconds", _check_seconds("retry_backoff_seconds", self.retry_backoff_seconds)
         )
+        for name in ("keep_days", "keep_failed_days"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+                raise ValueError(f"{name} must be a finite number of days >= 0, got {value!r}")
+            object.__setattr__(self, name, float(value))
         for name in ("max_study_wait", "request_timeout", "acse_timeout", "dimse_timeout", "network_timeout"):
             object.__setattr__(self, name, _check_positive_seconds(name, getattr(self, name)))
         for name in (

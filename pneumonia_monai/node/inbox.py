@@ -41,8 +41,15 @@ sender's retry) is acknowledged and discarded. To have a study processed again, 
 ``instances/`` folder (plus the ``late/`` files) back to ``inbox/<StudyInstanceUID>/``, remove the
 ``done/`` (or ``failed/``) folder and restart the node.
 
-Retention: nothing is deleted from ``done/``, ``failed/`` and ``late/``; they hold patient images, so a
-site purges them according to its retention policy (a daily job removing folders older than N days).
+Retention (:meth:`Inbox.purge`, run by the node at start and every few minutes): ``done/``,
+``failed/``, ``late/`` and ``quarantine/`` hold patient images, so they are kept for a set time only. A
+finished study's patient data (its ``instances/`` and ``results/``) is deleted once its ``status.json``
+(written when it finished) is older than the retention of its folder; the marker itself
+(``status.json``, ``reason.txt``: UIDs, counts and reasons, no patient value) stays, so that a copy
+sent again later is still recognised as already processed (one result per study). A file of ``late/``
+goes once it is older than the retention of ``done/``; a ``quarantine/`` entry once its newest file is
+older than that of ``failed/``. A retention of 0 deletes at the next purge (and the node deletes a
+``done/`` study's data as soon as its results were sent).
 
 Exactly once: results are sent before ``status.json`` is written. A crash after the destination
 acknowledged the results and before that file reached the disk (a window of milliseconds) makes the
@@ -52,6 +59,7 @@ nothing.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import logging
@@ -547,6 +555,92 @@ class Inbox:
         write_durable(outbox / STATUS_FILE, (json.dumps(record, indent=2) + "\n").encode("utf-8"))
         return self._complete(study_uid, status)
 
+    # ---------------------------------------------------------------------------------------------
+    # retention
+
+    def purge(
+        self,
+        *,
+        keep_seconds: float,
+        keep_failed_seconds: float,
+        now: float | None = None,
+    ) -> PurgeReport:
+        """Delete the patient data older than the retention (see the module docstring).
+
+        Args:
+            keep_seconds: how long ``done/`` studies and ``late/`` files are kept.
+            keep_failed_seconds: how long ``failed/`` studies and ``quarantine/`` entries are kept.
+            now: the current time (seconds since the epoch, as file times are); default the clock's.
+
+        Returns:
+            What was deleted. An entry that cannot be read or deleted is logged and left for the next
+            purge.
+        """
+        for name, value in (("keep_seconds", keep_seconds), ("keep_failed_seconds", keep_failed_seconds)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
+                raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+        now = time.time() if now is None else float(now)
+        studies = late_files = quarantined = 0
+        for folder, keep in ((DONE, keep_seconds), (FAILED, keep_failed_seconds)):
+            root = self.folder(folder)
+            if not root.is_dir():
+                continue
+            for entry in sorted(root.iterdir()):
+                if not any((entry / part).exists() for part in (INSTANCES, RESULTS)):
+                    continue
+                try:
+                    finished = (entry / STATUS_FILE).stat().st_mtime
+                except OSError:
+                    continue  # not a finished study's folder (or not readable): never deleted blindly
+                if now - finished >= keep and self._delete_study_data(entry):
+                    studies += 1
+        late = self.folder(LATE)
+        if late.is_dir():
+            for study in sorted(p for p in late.iterdir() if p.is_dir()):
+                for path in sorted(study.iterdir()):
+                    try:
+                        if path.is_file() and now - path.stat().st_mtime >= keep_seconds:
+                            path.unlink()
+                            late_files += 1
+                    except OSError as exc:
+                        logger.warning("retention: cannot delete %s: %s", path, exc)
+                with contextlib.suppress(OSError):
+                    study.rmdir()  # only once empty
+        quarantine = self.folder(QUARANTINE)
+        if quarantine.is_dir():
+            for entry in sorted(p for p in quarantine.iterdir() if p.is_dir()):
+                if now - _newest_mtime(entry) >= keep_failed_seconds:
+                    try:
+                        shutil.rmtree(entry)
+                        quarantined += 1
+                    except OSError as exc:
+                        logger.warning("retention: cannot delete %s: %s", entry, exc)
+        report = PurgeReport(studies, late_files, quarantined)
+        if report.total:
+            logger.info(
+                "retention: deleted the images of %d finished study(ies), %d late file(s), %d quarantined "
+                "entry(ies)",
+                studies,
+                late_files,
+                quarantined,
+            )
+        return report
+
+    def delete_study_data(self, finished: FinishedStudy) -> bool:
+        """Delete a finished study's instances and results now (retention 0); keep its marker."""
+        return self._delete_study_data(finished.path)
+
+    def _delete_study_data(self, entry: Path) -> bool:
+        try:
+            for part in (INSTANCES, RESULTS):
+                if (entry / part).exists():
+                    shutil.rmtree(entry / part)
+        except OSError as exc:
+            logger.warning("retention: cannot delete the data of %s: %s", entry, exc)
+            return False
+        logger.debug("retention: deleted the instances and results of %s", entry)
+        return True
+
     def _complete(self, study_uid: str, status: str) -> FinishedStudy:
         outbox = self.folder(OUTBOX) / study_uid
         target_root = self.folder(DONE if status == DONE else FAILED)
@@ -569,6 +663,26 @@ class Inbox:
         return FinishedStudy(study_uid, status, target)
 
 
+@dataclass(frozen=True)
+class PurgeReport:
+    """What :meth:`Inbox.purge` deleted.
+
+    Attributes:
+        studies: ``done/`` and ``failed/`` entries whose instances and results were deleted.
+        late_files: files deleted from ``late/``.
+        quarantined: ``quarantine/`` entries deleted.
+    """
+
+    studies: int = 0
+    late_files: int = 0
+    quarantined: int = 0
+
+    @property
+    def total(self) -> int:
+        """Everything deleted."""
+        return self.studies + self.late_files + self.quarantined
+
+
 def _recorded_status(path: Path) -> str:
     """The ``status`` of a ``status.json`` marker.
 
@@ -584,6 +698,15 @@ def _recorded_status(path: Path) -> str:
     if status not in (DONE, FAILED):
         raise ValueError(f"no status 'done' or 'failed' in it (got {type(record).__name__})")
     return str(status)
+
+
+def _newest_mtime(folder: Path) -> float:
+    """The modification time of the newest file under ``folder`` (the folder's own if it has none)."""
+    newest = folder.stat().st_mtime
+    for path in folder.rglob("*"):
+        with contextlib.suppress(OSError):
+            newest = max(newest, path.stat().st_mtime)
+    return newest
 
 
 def _free_name(folder: Path, name: str) -> Path:

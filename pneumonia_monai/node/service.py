@@ -6,7 +6,10 @@ a scheduler thread moves studies that became stable into the bounded queue
 :class:`~pneumonia_monai.node.processor.StudyProcessor` (on every study ready at that moment, up to
 ``max_batch_studies``, when it is a :class:`~pneumonia_monai.node.processor.BatchStudyProcessor`); then,
 study by study, it sends the results with retries and moves the study to ``done/`` only once they were
-sent, or to ``failed/`` with the reason.
+sent, or to ``failed/`` with the reason. The scheduler also applies the retention
+(:meth:`~pneumonia_monai.node.inbox.Inbox.purge`, ``keep_days`` / ``keep_failed_days``) at start and
+every ``purge_interval`` seconds; with ``keep_days`` 0 the worker deletes a study's images as soon as
+its results were sent.
 
 Stopping (:meth:`DicomNode.stop`, what ``serve`` does on SIGTERM): the listening socket is closed
 first, open associations get a grace period to finish (then are aborted: an instance whose C-STORE
@@ -31,11 +34,13 @@ from pneumonia_monai.node.destinations import (
     make_destination,
     send_with_retries,
 )
-from pneumonia_monai.node.inbox import DONE, FAILED, FinishedStudy, Inbox
+from pneumonia_monai.node.inbox import DONE, FAILED, FinishedStudy, Inbox, PurgeReport
 from pneumonia_monai.node.processor import BatchStudyProcessor, InferenceProcessor, StudyProcessor
 from pneumonia_monai.node.scp import StorageSCP
 
 logger = logging.getLogger(__name__)
+
+SECONDS_PER_DAY = 86400.0
 
 
 class DicomNode:
@@ -48,6 +53,7 @@ class DicomNode:
         poll_interval: seconds between two looks for stable studies.
         transfer_syntaxes: the syntaxes the SCP accepts; default
             :func:`~pneumonia_monai.node.scp.accepted_transfer_syntaxes`.
+        purge_interval: seconds between two applications of the retention.
     """
 
     def __init__(
@@ -58,6 +64,7 @@ class DicomNode:
         destination: ResultDestination | None = None,
         poll_interval: float = 0.2,
         transfer_syntaxes: Sequence[str] | None = None,
+        purge_interval: float = 300.0,
     ) -> None:
         if not isinstance(config, NodeConfig):
             raise TypeError(f"config must be a NodeConfig, got {type(config).__name__}")
@@ -71,6 +78,12 @@ class DicomNode:
             or poll_interval <= 0
         ):
             raise ValueError(f"poll_interval must be a positive number of seconds, got {poll_interval!r}")
+        if (
+            isinstance(purge_interval, bool)
+            or not isinstance(purge_interval, int | float)
+            or not purge_interval > 0
+        ):
+            raise ValueError(f"purge_interval must be a positive number of seconds, got {purge_interval!r}")
         self.config = config
         self.inbox = Inbox(
             config.work_dir,
@@ -86,6 +99,7 @@ class DicomNode:
         )
         self.scp = StorageSCP(config, self.inbox, transfer_syntaxes=transfer_syntaxes)
         self.poll_interval = float(poll_interval)
+        self.purge_interval = float(purge_interval)
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._finished_lock = threading.Lock()
@@ -154,9 +168,23 @@ class DicomNode:
     # ---------------------------------------------------------------------------------------------
     # threads
 
+    def purge(self) -> PurgeReport:
+        """Apply the retention of the configuration now (:meth:`Inbox.purge`)."""
+        return self.inbox.purge(
+            keep_seconds=self.config.keep_days * SECONDS_PER_DAY,
+            keep_failed_seconds=self.config.keep_failed_days * SECONDS_PER_DAY,
+        )
+
     def _schedule_loop(self) -> None:
+        next_purge = time.monotonic()
         while not self._stopping.wait(self.poll_interval):
             self.inbox.poll()
+            if time.monotonic() >= next_purge:
+                try:
+                    self.purge()
+                except Exception:  # the scheduler must go on queueing studies
+                    logger.exception("retention: purge failed; trying again in %.0f s", self.purge_interval)
+                next_purge = time.monotonic() + self.purge_interval
 
     def _work_loop(self) -> None:
         batching = isinstance(self.processor, BatchStudyProcessor)
@@ -185,6 +213,8 @@ class DicomNode:
                     )
                     continue
                 if finished is not None:
+                    if finished.status == DONE and self.config.keep_days == 0:
+                        self.inbox.delete_study_data(finished)
                     with self._finished_lock:
                         self.finished.append(finished)
 
