@@ -75,7 +75,7 @@ from pydicom.valuerep import DA, DT, TM, validate_value
 
 from pneumonia_monai.atomic import atomic_open
 from pneumonia_monai.checks import check_probability
-from pneumonia_monai.dicom.uids import derived_uid, result_uids
+from pneumonia_monai.dicom.uids import derived_uid, result_uids, result_version
 from pneumonia_monai.dicom.values import check_long_string, check_positive_int, check_uid
 
 logger = logging.getLogger(__name__)
@@ -381,12 +381,13 @@ def _evidence_header(ds: pydicom.Dataset) -> pydicom.Dataset:
 
 
 def _algorithm_id(
-    algorithm_name: str, algorithm_version: str, threshold: float
+    algorithm_name: str, algorithm_version: str, threshold: float, operating_point: str | None = None
 ) -> hd.sr.AlgorithmIdentification:
+    parameters = [f"decision threshold on the probability of pneumonia={threshold!r}"]
+    if operating_point:
+        parameters.append(f"operating point={operating_point}")
     return hd.sr.AlgorithmIdentification(
-        name=algorithm_name,
-        version=algorithm_version,
-        parameters=[f"decision threshold on the probability of pneumonia={threshold!r}"],
+        name=algorithm_name, version=algorithm_version, parameters=parameters
     )
 
 
@@ -444,6 +445,7 @@ def build_pneumonia_sr(
     instance_number: int = 1,
     manufacturer: str = "pneumonia_monai",
     device_observer_uid: str | None = None,
+    operating_point: str | None = None,
 ) -> hd.sr.ComprehensiveSR:
     """Build the TID 1500 Measurement Report of one study: a finding per image and one for the study.
 
@@ -470,6 +472,10 @@ def build_pneumonia_sr(
         manufacturer: Manufacturer of the report and of the observing device.
         device_observer_uid: UID of the observing device; by default
             :func:`default_device_observer_uid` of the manufacturer, name and version.
+        operating_point: where ``threshold`` comes from (``"bundle"``, or a site overlay's label,
+            :mod:`pneumonia_monai.site_overlay`), recorded as a second algorithm parameter; a site
+            operating point also enters the report's UIDs
+            (:func:`~pneumonia_monai.dicom.uids.result_version`).
 
     Returns:
         The report; write it with :func:`write_dataset_atomic`.
@@ -492,10 +498,15 @@ def build_pneumonia_sr(
     else:
         check_uid("device_observer_uid", device_observer_uid)
 
+    if operating_point is not None and (not isinstance(operating_point, str) or not operating_point.strip()):
+        raise ValueError(f"operating_point must be a non-empty string or None, got {operating_point!r}")
     series_uid, sop_uid = result_uids(
-        "sr", str(sources[0].StudyInstanceUID), algorithm_version, [str(ds.SOPInstanceUID) for ds in sources]
+        "sr",
+        str(sources[0].StudyInstanceUID),
+        result_version(algorithm_version, operating_point),
+        [str(ds.SOPInstanceUID) for ds in sources],
     )
-    algorithm_id = _algorithm_id(algorithm_name, algorithm_version, threshold)
+    algorithm_id = _algorithm_id(algorithm_name, algorithm_version, threshold, operating_point)
     groups = []
     for number, finding in enumerate(ordered, start=1):
         measurements = [_probability(PROB_PNEUMONIA, finding.prob_pneumonia, algorithm_id)]

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from pydicom.uid import UID
 
+from pneumonia_monai.site_overlay import BUNDLE_OPERATING_POINT
+
 #: Namespace of every name-based UUID this package derives. Never change it: that would change every UID.
 UID_NAMESPACE: uuid.UUID = uuid.UUID("0400c9ff-e9f6-4b3d-8633-f2911517f619")
 
@@ -37,8 +39,23 @@ def _check_parts(parts: tuple[str, ...], what: str) -> None:
             raise ValueError(f"{what} parts must be non-empty strings, got {parts!r}")
 
 
+def derived_uuid(*parts: str) -> uuid.UUID:
+    """Return the name-based (version 5) UUID of ``parts`` in :data:`UID_NAMESPACE`.
+
+    The parts are serialised as a JSON list, so ``("ab", "c")`` and ``("a", "bc")`` differ. It is the
+    UUID behind :func:`derived_uid`, and the id of the FHIR resources (:mod:`pneumonia_monai.fhir`).
+
+    Raises:
+        ValueError: if no part is given or a part is empty.
+        TypeError: if a part is not a string.
+    """
+    _check_parts(parts, "derived_uuid")
+    name = json.dumps(list(parts), ensure_ascii=True, separators=(",", ":"))
+    return uuid.uuid5(UID_NAMESPACE, name)
+
+
 def derived_uid(*parts: str) -> UID:
-    """Return the ``2.25`` UID of a name-based UUID of ``parts``.
+    """Return the ``2.25`` UID of a name-based UUID of ``parts`` (:func:`derived_uuid`).
 
     The parts are serialised as a JSON list, so ``("ab", "c")`` and ``("a", "bc")`` give different UIDs.
 
@@ -53,8 +70,20 @@ def derived_uid(*parts: str) -> UID:
         TypeError: if a part is not a string.
     """
     _check_parts(parts, "derived_uid")
-    name = json.dumps(list(parts), ensure_ascii=True, separators=(",", ":"))
-    return UID(f"2.25.{uuid.uuid5(UID_NAMESPACE, name).int}")
+    return UID(f"2.25.{derived_uuid(*parts).int}")
+
+
+def result_version(model_version: str, operating_point: str | None = None) -> str:
+    """The version the identifiers of a result derive from: the model version, with a site's operating point.
+
+    With the bundle's own threshold (``operating_point`` ``None``, empty or ``"bundle"``) it is
+    ``model_version`` unchanged. A site's threshold can call a film differently, so results made at a
+    site operating point (:mod:`pneumonia_monai.site_overlay`) are other objects:
+    ``"<model_version> <operating point>"``.
+    """
+    if operating_point in (None, "", BUNDLE_OPERATING_POINT):
+        return model_version
+    return f"{model_version} {operating_point}"
 
 
 #: Kinds of result object :func:`result_uids` derives identifiers for.
