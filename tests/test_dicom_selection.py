@@ -15,6 +15,7 @@ from pydicom.uid import (
     JPEG2000Lossless,
     KeyObjectSelectionDocumentStorage,
     RLELossless,
+    SecondaryCaptureImageStorage,
 )
 
 from pneumonia_monai.cli import select as select_cli
@@ -82,7 +83,8 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "a/report_sr.dcm": ("skipped", "structured report (SOP Class Basic Text SR Storage)"),
     "a/secondary_capture.dcm": (
         "skipped",
-        "secondary capture not accepted (SOP Class Secondary Capture Image Storage)",
+        "secondary capture not of a radiograph (Modality=OT, ConversionType=-; "
+        "kept: Modality CR/Modality DX/ConversionType DF)",
     ),
     "b/IM000017": ("selected", "CR chest frontal (BodyPartExamined=CHEST; ViewPosition=PA)"),
     "b/bare_dataset.dcm": ("selected", "CR chest frontal (BodyPartExamined=CHEST; ViewPosition=PA)"),
@@ -256,7 +258,7 @@ def test_site_rules_accepting_abdomen_change_the_decision(messy: Path, tmp_path:
 
 def test_site_rules_partial_file_and_policies(messy: Path, tmp_path: Path) -> None:
     site = tmp_path / "partial.yaml"
-    site.write_text("unknown_view: skip\naccept_secondary_capture: true\n", encoding="utf-8")
+    site.write_text("unknown_view: skip\nsecondary_capture_modalities: [CR, DX, OT]\n", encoding="utf-8")
     rules = SelectionRules.from_file(site)
     assert rules.body_parts == SelectionRules.default().body_parts
     result = select_files([messy / "a/no_view.dcm", messy / "a/secondary_capture.dcm"], rules)
@@ -265,14 +267,115 @@ def test_site_rules_partial_file_and_policies(messy: Path, tmp_path: Path) -> No
             "skipped",
             "view unknown (no ViewPosition, no View Code Sequence, no unambiguous view keyword)",
         ),
-        ("selected", "OT chest frontal (BodyPartExamined=CHEST; ViewPosition=PA)"),
+        (
+            "selected",
+            "secondary capture chest frontal (Modality=OT; BodyPartExamined=CHEST; ViewPosition=PA)",
+        ),
     ]
+
+
+def siim_like(path: Path, **overrides: object) -> Path:
+    """A film shaped like the SIIM-ACR ones: Secondary Capture, Modality CR, chest PA, Patient's Age 062Y."""
+    values = {"ConversionType": "WSD", "PatientAge": "062Y", **overrides}
+    make_cr(path, modality="CR", sop_class=SecondaryCaptureImageStorage, **values)
+    return path
+
+
+def test_secondary_capture_chest_films_are_kept_by_default_and_say_so(tmp_path: Path) -> None:
+    siim = siim_like(tmp_path / "siim.dcm")
+    dx = siim_like(tmp_path / "sc_dx.dcm", Modality="DX", PatientAge=None)
+    scanned = siim_like(tmp_path / "scanned.dcm", Modality="OT", ConversionType="DF")
+    screenshot = siim_like(tmp_path / "screenshot.dcm", Modality="OT", ConversionType="WSD")
+    lateral = siim_like(tmp_path / "sc_lateral.dcm", ViewPosition="LL")
+    hand = siim_like(tmp_path / "sc_hand.dcm", BodyPartExamined="HAND")
+    result = select_files([siim, dx, scanned, screenshot, lateral, hand])
+    got = {d.path.name: (d.status, d.reason) for d in result.decisions}
+    assert got == {
+        "siim.dcm": (
+            "selected",
+            "secondary capture chest frontal (Modality=CR; BodyPartExamined=CHEST; ViewPosition=PA)",
+        ),
+        "sc_dx.dcm": (
+            "selected",
+            "secondary capture chest frontal (Modality=DX; BodyPartExamined=CHEST; ViewPosition=PA)",
+        ),
+        "scanned.dcm": (
+            "selected",
+            "secondary capture chest frontal (ConversionType=DF; BodyPartExamined=CHEST; ViewPosition=PA)",
+        ),
+        "screenshot.dcm": (
+            "skipped",
+            "secondary capture not of a radiograph (Modality=OT, ConversionType=WSD; "
+            "kept: Modality CR/Modality DX/ConversionType DF)",
+        ),
+        "sc_lateral.dcm": ("skipped", "lateral view (ViewPosition=LL)"),
+        "sc_hand.dcm": ("skipped", "not chest (BodyPartExamined=HAND)"),
+    }
+    decisions = {d.path.name: d for d in result.decisions}
+    assert decisions["siim.dcm"].intended_use == "no"  # 62 years: outside 1 to 5
+    assert decisions["sc_dx.dcm"].intended_use == "unknown"  # no age, no birth date
+    assert decisions["screenshot.dcm"].intended_use == ""  # not selected: not assessed
+    row = decisions["siim.dcm"].as_row()
+    assert row["intended_use"] == "no"
+    assert not any("062" in value for value in row.values())  # the age is in no cell
+
+
+def test_secondary_capture_can_be_switched_off(tmp_path: Path) -> None:
+    siim = siim_like(tmp_path / "siim.dcm")
+    site = tmp_path / "site.yaml"
+    site.write_text("accept_secondary_capture: false\n", encoding="utf-8")
+    decision = select_files([siim], SelectionRules.from_file(site)).decisions[0]
+    assert (decision.status, decision.reason) == (
+        "skipped",
+        "secondary capture not accepted (SOP Class Secondary Capture Image Storage)",
+    )
+    assert "accept_secondary_capture: true" in DEFAULT_RULES_TEXT
+
+
+def test_outside_intended_use_can_skip_instead_of_flag(tmp_path: Path) -> None:
+    siim = siim_like(tmp_path / "siim.dcm")
+    child = siim_like(tmp_path / "child.dcm", PatientAge="003Y")
+    site = tmp_path / "site.yaml"
+    site.write_text("outside_intended_use: skip\n", encoding="utf-8")
+    result = select_files([siim, child], SelectionRules.from_file(site))
+    got = {d.path.name: (d.status, d.reason, d.intended_use) for d in result.decisions}
+    assert got == {
+        "siim.dcm": (
+            "skipped",
+            "outside the intended use (outside patient age 1 to 5 years (from Patient's Age (0010,1010)))",
+            "no",
+        ),
+        "child.dcm": (
+            "selected",
+            "secondary capture chest frontal (Modality=CR; BodyPartExamined=CHEST; ViewPosition=PA)",
+            "yes",
+        ),
+    }
+    # a site widens the range: the same film is in it
+    site.write_text("intended_age_min_years: 0\nintended_age_max_years: 120\n", encoding="utf-8")
+    assert select_files([siim], SelectionRules.from_file(site)).decisions[0].intended_use == "yes"
+
+
+def test_rg1_is_flagged_from_its_birth_and_study_dates() -> None:
+    rg1 = get_testdata_file("RG1_UNCI.dcm")
+    decision = select_files([rg1]).decisions[0]
+    assert decision.status == "selected"
+    assert decision.intended_use == "no"
 
 
 @pytest.mark.parametrize(
     ("text", "error", "message"),
     [
         ("body_part: [CHEST]\n", ValueError, "unknown key 'body_part'"),
+        ("outside_intended_use: warn\n", ValueError, "'outside_intended_use' must be one of"),
+        ("intended_age_min_years: 6\n", ValueError, "is above max_years"),
+        ("intended_age_max_years: 5.5\n", TypeError, "'intended_age_max_years' must be a whole number"),
+        ("intended_age_max_years: 200\n", ValueError, "max_years must be in [0, 150], got 200"),
+        (
+            "secondary_capture_modalities: []\nsecondary_capture_conversion_types: []\n",
+            ValueError,
+            "no secondary capture can be kept",
+        ),
         ("unknown_view: maybe\n", ValueError, "'unknown_view' must be one of"),
         ("frontal_view_codes: [272479007]\n", ValueError, "holds 272479007, expected 'SCHEME:VALUE'"),
         ("modalities: [CT]\n", ValueError, "modality 'CT'"),

@@ -23,9 +23,17 @@ or a site's own file). They are applied in this order, the first that matches de
 7. no Pixel Data;
 8. body part (Body Part Examined, else Anatomic Region Sequence, else description keywords);
 9. view (View Position, else View Code Sequence, else series-level keywords);
-10. a second file with the SOP Instance UID of a file already selected.
+10. intended use (:mod:`pneumonia_monai.dicom.intended_use`): with ``outside_intended_use: skip``, a film
+    whose patient is outside the intended ages; otherwise such a film is selected and flagged
+    (:attr:`Decision.intended_use` ``no``);
+11. a second file with the SOP Instance UID of a file already selected.
 
-Decisions carry UIDs, modality, body part and view, never names, ids, dates or accession numbers.
+Secondary Capture images (step 6) are kept when ``accept_secondary_capture`` is on and their Modality is
+one of ``secondary_capture_modalities`` (CR, DX) or their Conversion Type one of
+``secondary_capture_conversion_types`` (DF, digitized film); steps 7 to 10 then apply as to CR and DX.
+
+Decisions carry UIDs, modality, body part, view and the intended-use verdict, never names, ids, ages,
+dates or accession numbers.
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ from pydicom.uid import (
     MediaStorageDirectoryStorage,
 )
 
+from pneumonia_monai.dicom import intended_use as intended
 from pneumonia_monai.dicom import limits
 from pneumonia_monai.names import escape_name, printable
 
@@ -99,6 +108,7 @@ DECISION_COLUMNS: tuple[str, ...] = (
     "modality",
     "body_part",
     "view",
+    "intended_use",
 )
 
 #: The longest path the system resolves, in bytes (Linux: 4096).
@@ -110,6 +120,9 @@ _LONG_LENGTH_VRS = frozenset(
 )
 _CODE = re.compile(r"^[A-Za-z0-9_.\-]+:\S+$")
 _POLICIES = ("keep", "skip")
+_OUTSIDE_POLICIES = ("flag", "skip")
+#: Start of the reason of a film skipped for its patient's age (``outside_intended_use: skip``).
+OUTSIDE_INTENDED_USE = "outside the intended use"
 _MATCHERS = ("equals", "startswith", "contains")
 
 #: Header attributes read for every file (marker and keyword attributes from the rules are added).
@@ -125,6 +138,8 @@ _BASE_KEYWORDS: tuple[str, ...] = (
     "AnatomicRegionSequence",
     "ViewPosition",
     "ViewCodeSequence",
+    "ConversionType",
+    *intended.KEYWORDS,
     "Rows",  # checked against an encapsulated codestream's own size
     "Columns",
 )
@@ -207,7 +222,9 @@ class SelectionRules:
     version: int = 1
     modalities: tuple[str, ...] = ()
     presentation_intents: tuple[str, ...] = ()
-    accept_secondary_capture: bool = False
+    accept_secondary_capture: bool = True
+    secondary_capture_modalities: tuple[str, ...] = ()
+    secondary_capture_conversion_types: tuple[str, ...] = ()
     body_parts: tuple[str, ...] = ()
     chest_region_codes: tuple[tuple[str, str], ...] = ()
     body_part_keywords: tuple[str, ...] = ()
@@ -221,6 +238,9 @@ class SelectionRules:
     lateral_view_keywords: tuple[str, ...] = ()
     view_keyword_attributes: tuple[str, ...] = ()
     unknown_view: str = "keep"
+    intended_age_min_years: int = 1
+    intended_age_max_years: int = 5
+    outside_intended_use: str = "flag"
     own_output_markers: tuple[OwnOutputMarker, ...] = ()
     source: str = field(default="", compare=False)
 
@@ -289,6 +309,24 @@ class SelectionRules:
             raise ValueError(
                 f"{source}: 'modalities' is empty and secondary capture is off: nothing can be kept"
             )
+        if (
+            self.accept_secondary_capture
+            and not self.secondary_capture_modalities
+            and not self.secondary_capture_conversion_types
+        ):
+            raise ValueError(
+                f"{source}: secondary capture is on but 'secondary_capture_modalities' and "
+                "'secondary_capture_conversion_types' are both empty: no secondary capture can be kept"
+            )
+        if self.outside_intended_use not in _OUTSIDE_POLICIES:
+            raise ValueError(
+                f"{source}: 'outside_intended_use' must be one of {_OUTSIDE_POLICIES}, "
+                f"got {self.outside_intended_use!r}"
+            )
+        try:
+            self.intended_age  # noqa: B018 - validates the two bounds together
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{source}: intended_age_min_years/intended_age_max_years: {exc}") from None
         for key in ("body_parts", "frontal_views", "presentation_intents"):
             if not getattr(self, key):
                 raise ValueError(f"{source}: {key!r} must not be empty")
@@ -311,6 +349,11 @@ class SelectionRules:
         if self.accept_secondary_capture:
             kept |= SECONDARY_CAPTURE_SOP_CLASSES
         return frozenset(kept)
+
+    @property
+    def intended_age(self) -> intended.AgeRange:
+        """The intended patient ages (``intended_age_min_years`` to ``intended_age_max_years``)."""
+        return intended.AgeRange(self.intended_age_min_years, self.intended_age_max_years)
 
     def header_keywords(self) -> tuple[str, ...]:
         """Return the keywords of every attribute the rules look at."""
@@ -396,10 +439,15 @@ def _convert_value(key: str, value: Any, source: str) -> Any:
         if not isinstance(value, bool):
             raise TypeError(f"{source}: 'accept_secondary_capture' must be true or false, got {value!r}")
         return value
-    if key in ("unknown_body_part", "unknown_view"):
+    if key in ("unknown_body_part", "unknown_view", "outside_intended_use"):
         if not isinstance(value, str):
-            raise TypeError(f"{source}: {key!r} must be one of {_POLICIES}, got {value!r}")
+            choices = _OUTSIDE_POLICIES if key == "outside_intended_use" else _POLICIES
+            raise TypeError(f"{source}: {key!r} must be one of {choices}, got {value!r}")
         return value.strip().lower()
+    if key in ("intended_age_min_years", "intended_age_max_years"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{source}: {key!r} must be a whole number of years, got {value!r}")
+        return value
     if key.endswith("_codes"):
         return _code_list(key, value, source)
     if key.endswith("_attributes"):
@@ -428,6 +476,8 @@ class Decision:
         modality: Modality, upper case.
         body_part: Body Part Examined as read, upper case (may be empty).
         view: View Position as read, upper case (may be empty).
+        intended_use: ``yes``, ``no`` or ``unknown`` for a film selected (or skipped for its patient's
+            age), from :func:`pneumonia_monai.dicom.intended_use.assess_intended_use`; empty otherwise.
     """
 
     path: Path
@@ -441,6 +491,7 @@ class Decision:
     modality: str = ""
     body_part: str = ""
     view: str = ""
+    intended_use: str = ""
 
     @property
     def relative_path(self) -> str:
@@ -875,18 +926,57 @@ def decide_header(header: Header, rules: SelectionRules) -> tuple[str, str]:
             return SKIPPED, f"no {keyword}"
     if not header.has_pixel_data:
         return SKIPPED, "no Pixel Data (7FE0,0010)"
+    capture = sop_class in SECONDARY_CAPTURE_SOP_CLASSES
+    if capture:
+        radiograph, capture_text = _secondary_capture(ds, rules)
+        if not radiograph:
+            return SKIPPED, capture_text
     chest, body_text = _body_part(ds, rules)
     if not chest:
         return SKIPPED, body_text
     frontal, view_text = _view(ds, rules)
     if not frontal:
         return SKIPPED, view_text
+    if rules.outside_intended_use == "skip":
+        use = intended.assess_intended_use(ds, rules.intended_age)
+        if use.status == intended.NO:
+            return SKIPPED, f"{OUTSIDE_INTENDED_USE} ({use.describe(rules.intended_age)})"
+    if capture:
+        return SELECTED, f"secondary capture chest frontal ({capture_text}; {body_text}; {view_text})"
     return SELECTED, f"{modality or 'image'} chest frontal ({body_text}; {view_text})"
 
 
-def _decision(path: Path, root: Path, status: str, reason: str, ds: Dataset | None = None) -> Decision:
+def _secondary_capture(ds: Dataset, rules: SelectionRules) -> tuple[bool, str]:
+    """Return ``(looks_like_a_radiograph, text)`` for a Secondary Capture, naming the deciding attribute."""
+    modality = _text(ds, "Modality").upper()
+    conversion = _text(ds, "ConversionType").upper()
+    if modality in rules.secondary_capture_modalities:
+        return True, f"Modality={modality}"
+    if conversion in rules.secondary_capture_conversion_types:
+        return True, f"ConversionType={conversion}"
+    kept = "/".join(
+        [f"Modality {m}" for m in rules.secondary_capture_modalities]
+        + [f"ConversionType {c}" for c in rules.secondary_capture_conversion_types]
+    )
+    return False, (
+        f"secondary capture not of a radiograph (Modality={modality or '-'}, "
+        f"ConversionType={conversion or '-'}; kept: {kept})"
+    )
+
+
+def _decision(
+    path: Path,
+    root: Path,
+    status: str,
+    reason: str,
+    ds: Dataset | None = None,
+    rules: SelectionRules | None = None,
+) -> Decision:
     if ds is None:
         return Decision(path, root, status, reason)
+    use = ""
+    if rules is not None and (status == SELECTED or reason.startswith(OUTSIDE_INTENDED_USE)):
+        use = intended_use_of(ds, rules)
     return Decision(
         path,
         root,
@@ -899,7 +989,13 @@ def _decision(path: Path, root: Path, status: str, reason: str, ds: Dataset | No
         modality=_text(ds, "Modality").upper(),
         body_part=_text(ds, "BodyPartExamined").upper(),
         view=_text(ds, "ViewPosition").upper(),
+        intended_use=use,
     )
+
+
+def intended_use_of(ds: Dataset, rules: SelectionRules) -> str:
+    """``yes``, ``no`` or ``unknown``: whether the patient of ``ds`` is in the rules' intended ages."""
+    return intended.assess_intended_use(ds, rules.intended_age).status
 
 
 def decide_file(
@@ -944,7 +1040,7 @@ def decide_file(
         logger.warning("cannot read the DICOM header of %s: %s", path, type(exc).__name__)
         return _decision(path, root_path, ERROR, f"unreadable DICOM header ({type(exc).__name__}: {exc})")
     status, reason = decide_header(header, rules)
-    return _decision(path, root_path, status, reason, header.dataset)
+    return _decision(path, root_path, status, reason, header.dataset, rules)
 
 
 def entry_problem(path: str | Path) -> tuple[str, str] | None:
