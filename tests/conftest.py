@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netns import NamespaceUnavailableError
-from orthanc import OrthancServer
+
+from pneumonia_monai.devtools.netns import NamespaceUnavailableError
+from pneumonia_monai.devtools.orthanc import OrthancServer
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundle"

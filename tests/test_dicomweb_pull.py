@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from dicom_factory import make_cr, make_dx
-from orthanc import OrthancServer, refused_port
 from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 
+from pneumonia_monai.devtools.orthanc import OrthancServer, refused_port
 from pneumonia_monai.dicom.sr import ImageFinding, build_pneumonia_sr, write_dataset_atomic
 from pneumonia_monai.dicomweb import pull
 from pneumonia_monai.dicomweb.pull import DicomWebError, query_studies, retrieve_study, store_instances

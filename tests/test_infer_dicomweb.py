@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 from monai.networks.nets import DenseNet121
-from orthanc import OrthancServer
 
 from pneumonia_monai.cli.infer import main as infer_main
+from pneumonia_monai.devtools.orthanc import OrthancServer
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DICOM = REPO / "bundle" / "sample_data" / "dicom"

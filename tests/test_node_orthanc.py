@@ -13,7 +13,8 @@ The tiny bundle is the repository's bundle configuration with ``spatial_size`` 6
 DenseNet121; the node runs with one torch thread (``OMP_NUM_THREADS=1``) on this shared machine.
 
 Every server listens on 127.0.0.1 only and gets its port from the kernel: the node with ``--port 0
---port-file``, Orthanc in a network namespace of its own behind loopback forwarders (``orthanc.py``).
+--port-file``, Orthanc in a network namespace of its own behind loopback forwarders
+(:mod:`pneumonia_monai.devtools.orthanc`).
 The node sends a study's results, *then* moves it to ``done/`` (at-least-once): a test that reads
 ``done/<study>/`` waits (bounded) for its ``status.json``, which appears with the whole folder in one
 rename, never for the SR in Orthanc alone, and never sleeps instead.
@@ -36,11 +37,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from dicom_factory import make_cr, referenced_sop_uids
-from netns import interfaces, listening_sockets
-from orthanc import DICOM_PORT, HTTP_PORT, OrthancServer, wait_for
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
+from pneumonia_monai.devtools.netns import interfaces, listening_sockets
+from pneumonia_monai.devtools.orthanc import DICOM_PORT, HTTP_PORT, OrthancServer, wait_for
 from pneumonia_monai.dicomweb.pull import retrieve_study, store_instances
 from pneumonia_monai.node.processor import InferenceProcessor
 

@@ -21,14 +21,14 @@ from pathlib import Path
 
 import pytest
 from dicom_factory import make_cr, referenced_sop_uids
-from netns import listening_sockets
-from orthanc import refused_port, wait_for
 from pydicom import Dataset, dcmread
 from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import ComputedRadiographyImageStorage
 
 from pneumonia_monai.cli import serve
+from pneumonia_monai.devtools.netns import listening_sockets
+from pneumonia_monai.devtools.orthanc import refused_port, wait_for
 from pneumonia_monai.dicom.sr import ImageFinding, build_pneumonia_sr, write_dataset_atomic
 from pneumonia_monai.node import inbox as inbox_module
 from pneumonia_monai.node.config import (

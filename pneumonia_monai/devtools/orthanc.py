@@ -1,4 +1,4 @@
-"""A private Orthanc for the tests: own configuration and storage, on 127.0.0.1 only, stopped after use.
+"""A private Orthanc for tests and benchmarks: own configuration and storage, on 127.0.0.1 only.
 
 Independent of pytest::
 
@@ -14,17 +14,18 @@ Where it listens. Orthanc 1.10 has no bind-address option (its configuration has
 ``DicomPort`` only: ``Orthanc --config=-`` lists no address, and a search of the Orthanc documentation
 for one, ``HttpBindAddress``, ``DicomServerBindAddress`` or the like, found none), and no way to report
 a port the kernel picked for it. So it runs in a network namespace of its own
-(:class:`netns.NetworkNamespace`), whose only interface is a loopback: "every interface" is that
-loopback, unreachable from the host or any network, and since no other process lives there its fixed
-ports (:data:`HTTP_PORT`, :data:`DICOM_PORT`) are always free, with no pick-then-bind race. The tests
-reach it through two :class:`netns.LoopbackForwarder` sockets of this process, bound to ``127.0.0.1``
+(:class:`~pneumonia_monai.devtools.netns.NetworkNamespace`), whose only interface is a loopback:
+"every interface" is that loopback, unreachable from the host or any network, and since no other
+process lives there its fixed ports (:data:`HTTP_PORT`, :data:`DICOM_PORT`) are always free, with no
+pick-then-bind race. The tests reach it through two
+:class:`~pneumonia_monai.devtools.netns.LoopbackForwarder` sockets of this process, bound to ``127.0.0.1``
 port 0: the kernel picks their ports, reported as :attr:`OrthancServer.http_port` and
 :attr:`OrthancServer.dicom_port`, and they are held, never released, while Orthanc runs. Orthanc sees
 every connection coming from 127.0.0.1 (inside its namespace). On top of that, HTTP refuses remote
 clients (``RemoteAccessAllowed`` false) and DICOM accepts only the configured modalities, from their
 host (``DicomAlwaysAllowEcho/Store`` false, ``DicomCheckModalityHost`` true). Creating the namespace
 needs root (``CAP_SYS_ADMIN``); without it :meth:`OrthancServer.start` raises
-:class:`netns.NamespaceUnavailableError`, which the fixtures turn into a skip.
+:class:`~pneumonia_monai.devtools.netns.NamespaceUnavailableError`, which the fixtures turn into a skip.
 
 :func:`refused_port` gives a port where nobody listens, for "destination down" tests.
 """
@@ -44,7 +45,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from netns import LoopbackForwarder, NetworkNamespace
+from pneumonia_monai.devtools.netns import LoopbackForwarder, NetworkNamespace
 
 #: Where Debian's orthanc-dicomweb puts its plugin.
 PLUGIN_DIRS = (Path("/usr/share/orthanc/plugins"), Path("/usr/lib/orthanc"))
