@@ -557,6 +557,36 @@ def test_serve_takes_the_hardening_options(tmp_path: Path) -> None:
     assert (default.max_study_wait, default.request_timeout, default.max_pending_connections) == (600, 5, 32)
 
 
+def test_serve_puts_max_pixels_in_force_before_the_node_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``serve --max-pixels N`` is the budget of its C-STORE handler's inflate check and its decoders."""
+    from pneumonia_monai.cli import serve
+    from pneumonia_monai.dicom import limits
+
+    seen: list[tuple[int, int]] = []
+
+    class RecordsTheBudget:
+        def __init__(self, config: NodeConfig, **kwargs: object) -> None:
+            pass
+
+        def start(self) -> None:
+            seen.append((limits.max_pixels(), limits.max_inflated_bytes()))
+            raise OSError("stopped by the test once the budget was seen")
+
+    monkeypatch.setattr(serve, "DicomNode", RecordsTheBudget)
+    monkeypatch.setattr(serve, "_load_processor", lambda config: object())  # the model is not the point
+    monkeypatch.chdir(tmp_path)
+    previous = limits.max_pixels()
+    argv = ["--work-dir", "W", "--dest-ae", "A@127.0.0.1:9", "--port", "0"]
+    try:
+        assert serve.main([*argv, "--max-pixels", "4000000"]) != 0
+    finally:
+        limits.set_max_pixels(previous)
+    assert seen == [(4_000_000, 4_000_000 * limits.BUDGET_BYTES_PER_PIXEL + limits.HEADER_ALLOWANCE)]
+    assert serve.build_parser().parse_args(argv).max_pixels == limits.MAX_PIXELS
+
+
 # --------------------------------------------------------------------------------------------------
 # trust gaps (item 11)
 

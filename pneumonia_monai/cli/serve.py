@@ -52,7 +52,9 @@ from pneumonia_monai.atomic import write_bytes_atomic
 from pneumonia_monai.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
+    add_limit_args,
     add_verbosity_args,
+    apply_limit_args,
     configure_logging,
     non_negative_float,
     positive_float,
@@ -245,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="on SIGTERM, seconds the study being processed may take to finish (default 300)",
     )
+    add_limit_args(parser)
     add_verbosity_args(parser)
     return parser
 
@@ -285,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args)
+    apply_limit_args(args)  # the C-STORE handler's inflate limit and the decoders' pixel budget
     for name in ("association_grace", "drain_timeout"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)!r}")
