@@ -17,11 +17,17 @@ import pytest
 from highdicom.sr.utils import find_content_items
 from pydicom.data import get_testdata_file
 from pydicom.sr.codedict import codes
-from pydicom.uid import ComprehensiveSRStorage, DigitalXRayImageStorageForPresentation, generate_uid
+from pydicom.uid import (
+    ComprehensiveSRStorage,
+    DigitalXRayImageStorageForPresentation,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 from test_dicom_secondary_capture import with_unknown_vr
 
 from pneumonia_monai.dicom.sr import (
     ABSENT,
+    OUTSIDE_INTENDED_USE,
     PNEUMONIA,
     PRESENT,
     PRIVATE_SCHEME,
@@ -29,6 +35,7 @@ from pneumonia_monai.dicom.sr import (
     PROB_NORMAL,
     PROB_PNEUMONIA,
     PROB_VIRAL,
+    QUALITATIVE_EVALUATIONS,
     ImageFinding,
     build_pneumonia_sr,
     default_device_observer_uid,
@@ -94,8 +101,8 @@ def second_instance(source: pydicom.Dataset, *, dx: bool = False) -> pydicom.Dat
     return ds
 
 
-def finding(ds: pydicom.Dataset, prob: float, present: bool, **subtypes: float) -> ImageFinding:
-    return ImageFinding(str(ds.SOPInstanceUID), str(ds.SOPClassUID), prob, present, **subtypes)
+def finding(ds: pydicom.Dataset, prob: float, present: bool, **extra: object) -> ImageFinding:
+    return ImageFinding(str(ds.SOPInstanceUID), str(ds.SOPClassUID), prob, present, **extra)
 
 
 def write_and_read(sr: pydicom.Dataset, tmp_path: Path) -> tuple[Path, hd.sr.ComprehensiveSR]:
@@ -265,26 +272,118 @@ def test_three_class_probabilities(rg1: pydicom.Dataset, tmp_path: Path) -> None
     assert study.get_measurements(name=PROB_NORMAL) == []
 
 
-def test_image_library_when_sources_can_be_described(rg1: pydicom.Dataset, tmp_path: Path, caplog) -> None:
+def library_entries(report: pydicom.Dataset) -> dict[str, pydicom.Dataset]:
+    """The Image Library's IMAGE items by referenced SOP Instance UID (exactly one library)."""
+    libraries = find_content_items(report, name=codes.DCM.ImageLibrary, recursive=True)
+    assert len(libraries) == 1
+    entries = find_content_items(libraries[0], value_type="IMAGE", recursive=True)
+    return {e.ReferencedSOPSequence[0].ReferencedSOPInstanceUID: e for e in entries}
+
+
+def num_value(item: pydicom.Dataset, name) -> float:
+    (num,) = find_content_items(item, name=name)
+    return float(num.MeasuredValueSequence[0].NumericValue)
+
+
+def assert_air_displayable(report: hd.sr.ComprehensiveSR, sources: list[pydicom.Dataset]) -> None:
+    """What IHE AIR and OHIF v3 need of a TID 1500 report, checked on the report read back by highdicom."""
+    assert report.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    # an Image Library that lists every source, with the TID 1602 descriptors
+    entries = library_entries(report)
+    assert set(entries) == {str(ds.SOPInstanceUID) for ds in sources}
+    for ds in sources:
+        entry = entries[str(ds.SOPInstanceUID)]
+        assert entry.ReferencedSOPSequence[0].ReferencedSOPClassUID == ds.SOPClassUID
+        assert find_content_items(entry, name=codes.DCM.Modality)
+        assert num_value(entry, codes.DCM.PixelDataRows) == ds.Rows
+        assert num_value(entry, codes.DCM.PixelDataColumns) == ds.Columns
+    groups = report.content.get_image_measurement_groups()
+    assert len(groups) == len(sources) + 1
+    uids = []
+    for group in groups:
+        # a Tracking Identifier and a Tracking Unique Identifier in every group
+        assert group.tracking_identifier and group.tracking_identifier.startswith("pneumonia ")
+        assert pydicom.uid.UID(group.tracking_uid).is_valid
+        uids.append(group.tracking_uid)
+        # the qualitative finding, and the probability as a NUM beside it
+        assert group.finding_type == PNEUMONIA
+        assert presence(group) in (PRESENT, ABSENT)
+        assert 0.0 <= probability(group) <= 1.0
+        # the algorithm, on the group and on its measurement
+        assert text_values(group[0], codes.DCM.AlgorithmName) == [ALGORITHM["algorithm_name"]]
+        assert text_values(group[0], codes.DCM.AlgorithmVersion) == [ALGORITHM["algorithm_version"]]
+        (num,) = find_content_items(group[0], name=PROB_PNEUMONIA)
+        assert text_values(num, codes.DCM.AlgorithmName) == [ALGORITHM["algorithm_name"]]
+    assert len(set(uids)) == len(uids)
+
+
+def test_image_library_always_also_without_imager_pixel_spacing(rg1: pydicom.Dataset, tmp_path: Path) -> None:
     first, second = second_instance(rg1, dx=True), second_instance(rg1, dx=True)
     sr = build_pneumonia_sr(
         [first, second], [finding(first, 0.6, True), finding(second, 0.4, False)], threshold=0.5, **ALGORITHM
     )
     path, report = write_and_read(sr, tmp_path)
     assert_valid(path)
-    libraries = find_content_items(report, name=codes.DCM.ImageLibrary, recursive=True)
-    assert len(libraries) == 1
-    entries = find_content_items(libraries[0], value_type="IMAGE", recursive=True)
-    referenced = {e.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for e in entries}
-    assert referenced == {first.SOPInstanceUID, second.SOPInstanceUID}
+    assert_air_displayable(report, [first, second])
+    entry = library_entries(report)[first.SOPInstanceUID]  # described in full (TID 1603)
+    assert num_value(entry, codes.DCM.HorizontalPixelSpacing) == pytest.approx(0.15)
+    assert text_values(entry, codes.DCM.PatientOrientationRow) == ["R"]
 
-    # RG1 has no Imager Pixel Spacing: the library is left out, and it is said.
-    with caplog.at_level(logging.INFO, logger="pneumonia_monai"):
-        sr = build_pneumonia_sr(
-            [rg1, first], [finding(rg1, 0.1, False), finding(first, 0.2, False)], threshold=0.5, **ALGORITHM
-        )
-    assert find_content_items(sr, name=codes.DCM.ImageLibrary, recursive=True) == []
-    assert any("ImagerPixelSpacing" in r.getMessage() for r in caplog.records)
+    # RG1 has no Imager Pixel Spacing: it is in the library all the same, by its TID 1602 descriptors.
+    assert "ImagerPixelSpacing" not in rg1
+    sr = build_pneumonia_sr(
+        [rg1, first], [finding(rg1, 0.1, False), finding(first, 0.2, False)], threshold=0.5, **ALGORITHM
+    )
+    path, report = write_and_read(sr, tmp_path)
+    assert_valid(path)
+    assert_air_displayable(report, [rg1, first])
+    entries = library_entries(report)
+    assert find_content_items(entries[rg1.SOPInstanceUID], name=codes.DCM.HorizontalPixelSpacing) == []
+    assert find_content_items(entries[first.SOPInstanceUID], name=codes.DCM.HorizontalPixelSpacing)
+
+
+def siim_like_header(source: pydicom.Dataset) -> pydicom.Dataset:
+    """A Secondary Capture chest film like SIIM-ACR's: Modality CR, chest PA, age 62, no pixel spacing."""
+    ds = second_instance(source)
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.Modality = "CR"
+    ds.ConversionType = "WSD"
+    ds.PatientAge = "062Y"
+    ds.ViewPosition = "PA"
+    return ds
+
+
+def test_outside_intended_use_note_and_air_content(rg1: pydicom.Dataset, tmp_path: Path) -> None:
+    siim = siim_like_header(rg1)
+    child = second_instance(rg1, dx=True)
+    sr = build_pneumonia_sr(
+        [child, siim],
+        [
+            finding(child, 0.2, False, intended_use="yes"),
+            finding(siim, 0.9, True, intended_use="no"),
+        ],
+        threshold=0.5,
+        intended_use="patient age 1 to 5 years",
+        **ALGORITHM,
+    )
+    path, report = write_and_read(sr, tmp_path)
+    assert_valid(path)
+    assert_air_displayable(report, [child, siim])
+    (evaluations,) = find_content_items(report, name=QUALITATIVE_EVALUATIONS)
+    notes = text_values(evaluations, OUTSIDE_INTENDED_USE)
+    assert notes == [
+        "pneumonia image 2: outside the intended use of the model (patient age 1 to 5 years); the result "
+        "is not validated for this patient."
+    ]
+    per_image, _ = groups_by_image(report)
+    assert per_image[str(siim.SOPInstanceUID)].tracking_identifier == "pneumonia image 2"
+    assert not any("062" in note for note in notes)  # the age itself is not in the note
+    # a report of films inside (or of unknown) intended use has no note
+    sr = build_pneumonia_sr([child], [finding(child, 0.2, False)], threshold=0.5, **ALGORITHM)
+    assert find_content_items(sr, name=OUTSIDE_INTENDED_USE, recursive=True) == []
+    with pytest.raises(ValueError, match="intended_use must be one of"):
+        finding(child, 0.2, False, intended_use="maybe")
 
 
 def test_missing_type2_attributes_leave_them_empty(rg1: pydicom.Dataset, tmp_path: Path) -> None:

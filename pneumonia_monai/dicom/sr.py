@@ -12,7 +12,8 @@ Content tree (``>`` = child)::
     CONTAINER (126000, DCM, "Imaging Measurement Report")        TID 1500
     > Language, Observer context: Observer Type = Device (TID 1004: UID, name, manufacturer, model)
     > Procedure reported = (399208008, SCT, "Plain X-ray of chest")
-    > Image Library (TID 1600) - when highdicom can describe every source image (see below)
+    > Image Library (TID 1600): every source image, its modality, rows and columns (TID 1602), plus
+      orientation and pixel spacing (TID 1603) where the image has both (see below)
     > CONTAINER (126010, DCM, "Imaging Measurements")
       > Measurement Group (TID 1501), one per image, then one for the study:
         > Tracking Identifier + Tracking Unique Identifier
@@ -23,7 +24,14 @@ Content tree (``>`` = child)::
         > CODE (233604007, SCT, "Pneumonia") = (52101004, SCT, "Present") | (272519000, SCT, "Absent")
         > IMAGE (121112, DCM, "Source of Measurement") -> the image (per-image groups only)
     > CONTAINER (C0034375, UMLS, "Qualitative Evaluations")
+      > TEXT (OUTSIDE-INTENDED-USE, 99PNEUMONIA, "Outside intended use") = "pneumonia image N: ..."
+        (one per image whose patient is outside the model's intended ages; see ``intended_use``)
       > TEXT (121106, DCM, "Comment") = "NOT FOR DIAGNOSTIC USE ..."
+
+This follows IHE AI Results (AIR) and what OHIF v3 needs to display a TID 1500 report: an Image
+Library, a Tracking Identifier and a Tracking Unique Identifier in every measurement group, the
+qualitative finding with the probability beside it as a NUM, and the algorithm identified (TID 4019)
+on every group and measurement.
 
 Choice of concepts:
 
@@ -43,11 +51,11 @@ Choice of concepts:
   Present - the same decision as thresholding the maximum, for a decision rule that is monotone in the
   probability. It references no image, which by TID 1501 means "all images of the report".
 
-Image library: highdicom's TID 1602/1603 descriptors require, for projection radiographs, Patient
-Orientation and Imager Pixel Spacing, which real CR headers often lack (pydicom-data's RG1 chest CR
-has no Imager Pixel Spacing). The library is optional in TID 1500, so it is left out (logged) unless
-every source image can be described; the images are referenced in any case by each group's "Source
-of Measurement" and in the Current Requested Procedure Evidence Sequence.
+Image library: always present (OHIF v3 and IHE AIR readers look for the referenced images there).
+highdicom's TID 1603 projection descriptors need Patient Orientation and Imager Pixel Spacing, which
+real CR headers and Secondary Captures often lack (pydicom-data's RG1 chest CR has no Imager Pixel
+Spacing); TID 1603's rows are all optional, so an image that lacks either is described by its TID 1602
+descriptors alone (modality, frame of reference, rows, columns), never left out.
 """
 
 from __future__ import annotations
@@ -75,6 +83,7 @@ from pydicom.valuerep import DA, DT, TM, validate_value
 
 from pneumonia_monai.atomic import atomic_open
 from pneumonia_monai.checks import check_probability
+from pneumonia_monai.dicom.intended_use import INTENDED_USE_VALUES, NO, UNKNOWN
 from pneumonia_monai.dicom.uids import derived_uid, result_uids, result_version
 from pneumonia_monai.dicom.values import check_long_string, check_positive_int, check_uid
 
@@ -105,6 +114,8 @@ PROB_PNEUMONIA = Code("PNEUMONIA-PROB", PRIVATE_SCHEME, "Probability of pneumoni
 PROB_NORMAL = Code("NORMAL-PROB", PRIVATE_SCHEME, "Probability of normal")
 PROB_BACTERIAL = Code("BACTERIAL-PROB", PRIVATE_SCHEME, "Probability of bacterial pneumonia")
 PROB_VIRAL = Code("VIRAL-PROB", PRIVATE_SCHEME, "Probability of viral pneumonia")
+OUTSIDE_INTENDED_USE = Code("OUTSIDE-INTENDED-USE", PRIVATE_SCHEME, "Outside intended use")
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 
 #: Tolerance of the consistency checks between the probabilities of a three-class model.
 _PROBABILITY_SUM_TOLERANCE = 1e-3
@@ -146,6 +157,8 @@ class ImageFinding:
         prob_normal: three-class models only: probability of a normal film.
         prob_bacterial: three-class models only: probability of bacterial pneumonia.
         prob_viral: three-class models only: probability of viral pneumonia.
+        intended_use: ``yes``, ``no`` or ``unknown`` (:mod:`pneumonia_monai.dicom.intended_use`): a
+            film outside the model's intended use (``no``) gets a note in the report.
 
     Raises:
         TypeError, ValueError: on construction, if a value is invalid; for a three-class result, if the
@@ -160,8 +173,11 @@ class ImageFinding:
     prob_normal: float | None = None
     prob_bacterial: float | None = None
     prob_viral: float | None = None
+    intended_use: str = UNKNOWN
 
     def __post_init__(self) -> None:
+        if self.intended_use not in INTENDED_USE_VALUES:
+            raise ValueError(f"intended_use must be one of {INTENDED_USE_VALUES}, got {self.intended_use!r}")
         # Values are normalised to builtin types (numpy scalars from the model are accepted; highdicom
         # needs a builtin float), hence object.__setattr__ on this frozen dataclass.
         object.__setattr__(self, "sop_instance_uid", check_uid("sop_instance_uid", self.sop_instance_uid))
@@ -305,6 +321,9 @@ def _validate_sources(source_datasets: Sequence[pydicom.Dataset]) -> list[pydico
         for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
             if not ds.get(keyword):
                 raise ValueError(f"source_datasets[{index}] has no {keyword}")
+        for keyword, tag in (("Rows", "(0028,0010)"), ("Columns", "(0028,0011)")):
+            if not isinstance(ds.get(keyword), int):  # the image library entry needs both
+                raise ValueError(f"source_datasets[{index}] has no {keyword} {tag}")
     studies = sorted({str(ds.StudyInstanceUID) for ds in sources})
     if len(studies) > 1:
         raise ValueError(f"source_datasets belong to more than one study: StudyInstanceUIDs {studies}")
@@ -350,18 +369,44 @@ def _validate_findings(
 
 
 def _library_descriptors_missing(ds: pydicom.Dataset) -> list[str]:
-    """Attributes that highdicom's TID 1602 image library entry needs and ``ds`` lacks (or has empty)."""
-    required = ["Modality", "Rows", "Columns"]
+    """Modality descriptors (TID 1603/1604) that highdicom's image library entry reads and ``ds`` lacks."""
     modality = ds.get("Modality")
     if modality in _PROJECTION_MODALITIES:
-        required += _PROJECTION_DESCRIPTORS
+        required: tuple[str, ...] = _PROJECTION_DESCRIPTORS
     elif modality in _CROSS_SECTIONAL_MODALITIES:
-        required += _CROSS_SECTIONAL_DESCRIPTORS
+        required = _CROSS_SECTIONAL_DESCRIPTORS
+    else:
+        return []
     missing = [keyword for keyword in required if ds.get(keyword) in (None, "", [])]
     orientation = ds.get("PatientOrientation")
     if "PatientOrientation" in required and orientation and len(orientation) != 2:
         missing.append("PatientOrientation")
     return missing
+
+
+def _library_entry_source(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """What the image library describes of ``ds``: itself, or a copy without modality descriptors.
+
+    When ``ds`` lacks the TID 1603/1604 descriptors, the copy's Modality asks for none, so its entry
+    keeps the TID 1602 descriptors (modality from the SOP class, frame of reference, rows, columns).
+    """
+    if not _library_descriptors_missing(ds):
+        return ds
+    entry = pydicom.Dataset()
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "FrameOfReferenceUID", "Rows", "Columns"):
+        if keyword in ds:
+            setattr(entry, keyword, ds.get(keyword))
+    entry.Modality = ""  # neither projection nor cross-sectional: TID 1602 descriptors only
+    return entry
+
+
+def intended_use_note(identifier: str, criterion: str | None) -> str:
+    """The text of the report's note for an image outside the model's intended use."""
+    within = f" ({criterion})" if criterion else ""
+    return (
+        f"{identifier}: outside the intended use of the model{within}; the result is not validated "
+        "for this patient."
+    )
 
 
 def _evidence_header(ds: pydicom.Dataset) -> pydicom.Dataset:
@@ -446,6 +491,7 @@ def build_pneumonia_sr(
     manufacturer: str = "pneumonia_monai",
     device_observer_uid: str | None = None,
     operating_point: str | None = None,
+    intended_use: str | None = None,
 ) -> hd.sr.ComprehensiveSR:
     """Build the TID 1500 Measurement Report of one study: a finding per image and one for the study.
 
@@ -476,6 +522,9 @@ def build_pneumonia_sr(
             :mod:`pneumonia_monai.site_overlay`), recorded as a second algorithm parameter; a site
             operating point also enters the report's UIDs
             (:func:`~pneumonia_monai.dicom.uids.result_version`).
+        intended_use: the model's intended use in words (e.g. ``"patient age 1 to 5 years"``, from
+            :meth:`pneumonia_monai.dicom.intended_use.AgeRange.describe`), quoted in the note of each
+            image whose finding has ``intended_use == "no"``.
 
     Returns:
         The report; write it with :func:`write_dataset_atomic`.
@@ -500,6 +549,8 @@ def build_pneumonia_sr(
 
     if operating_point is not None and (not isinstance(operating_point, str) or not operating_point.strip()):
         raise ValueError(f"operating_point must be a non-empty string or None, got {operating_point!r}")
+    if intended_use is not None:
+        check_long_string("intended_use", intended_use)
     series_uid, sop_uid = result_uids(
         "sr",
         str(sources[0].StudyInstanceUID),
@@ -508,7 +559,10 @@ def build_pneumonia_sr(
     )
     algorithm_id = _algorithm_id(algorithm_name, algorithm_version, threshold, operating_point)
     groups = []
+    notes = []
     for number, finding in enumerate(ordered, start=1):
+        if finding.intended_use == NO:
+            notes.append(intended_use_note(f"pneumonia image {number}", intended_use))
         measurements = [_probability(PROB_PNEUMONIA, finding.prob_pneumonia, algorithm_id)]
         if finding.has_subtypes:
             measurements += [
@@ -545,8 +599,8 @@ def build_pneumonia_sr(
     lacking = {str(ds.SOPInstanceUID): _library_descriptors_missing(ds) for ds in sources}
     lacking = {uid: missing for uid, missing in lacking.items() if missing}
     if lacking:
-        logger.info(
-            "image library left out of the report: %d of %d source images lack %s",
+        logger.debug(
+            "image library: %d of %d source images lack %s; described without them",
             len(lacking),
             len(sources),
             sorted({keyword for missing in lacking.values() for keyword in missing}),
@@ -557,24 +611,32 @@ def build_pneumonia_sr(
         ),
         procedure_reported=PLAIN_CHEST_XRAY,
         imaging_measurements=groups,
-        referenced_images=None if lacking else sources,
+        referenced_images=[_library_entry_source(ds) for ds in sources],
     )
-    # TID 1500 row "Qualitative Evaluations" (C0034375, UMLS): study-level CODE/TEXT items; the
-    # disclaimer goes here, where readers of TID 1500 (e.g. the DICOM SR to FHIR mapping) look for them.
-    disclaimer = hd.sr.ContainerContentItem(
-        name=hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations"),
+    # TID 1500 row "Qualitative Evaluations" (C0034375, UMLS): study-level CODE/TEXT items; the notes
+    # and the disclaimer go here, where readers of TID 1500 (e.g. the DICOM SR to FHIR mapping) look.
+    evaluations = hd.sr.ContainerContentItem(
+        name=QUALITATIVE_EVALUATIONS,
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
-    disclaimer.ContentSequence = hd.sr.ContentSequence(
+    evaluations.ContentSequence = hd.sr.ContentSequence(
         [
+            *(
+                hd.sr.TextContentItem(
+                    name=OUTSIDE_INTENDED_USE,
+                    value=note,
+                    relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+                )
+                for note in notes
+            ),
             hd.sr.TextContentItem(
                 name=codes.DCM.Comment,
                 value=DISCLAIMER_TEXT,
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-            )
+            ),
         ]
     )
-    report[0].ContentSequence.append(disclaimer)
+    report[0].ContentSequence.append(evaluations)
 
     sr = hd.sr.ComprehensiveSR(
         evidence=[_evidence_header(sources[0]), *sources[1:]],
