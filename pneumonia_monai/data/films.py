@@ -5,13 +5,17 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pneumonia_monai.data.kaggle import IMAGE_SUFFIXES, JUNK_NAMES
+from pneumonia_monai.data.formats import is_film_name
+from pneumonia_monai.data.kaggle import JUNK_NAMES
 
 logger = logging.getLogger(__name__)
 
 
 def list_films(folder: str | Path) -> list[dict[str, str]]:
-    """Return ``[{"image": path}, ...]`` for the JPEG/PNG and DICOM files under ``folder``, sorted.
+    """Return ``[{"image": path}, ...]`` for the films under ``folder``, sorted.
+
+    Films are DICOM files and the pictures and research files of :mod:`pneumonia_monai.data.formats`
+    (JPEG, PNG, TIFF, NIfTI, MetaImage, NRRD).
 
     DICOM files are recognised by their header, whatever their name. For triage of real DICOM
     archives (views, body parts, duplicates) use ``pneumonia-monai infer``, which applies the
@@ -31,7 +35,7 @@ def list_films(folder: str | Path) -> list[dict[str, str]]:
             p in JUNK_NAMES or p.startswith("._") for p in path.relative_to(root).parts
         ):
             continue
-        if path.suffix.lower() in IMAGE_SUFFIXES or is_dicom(path):
+        if is_film_name(path) or is_dicom(path):
             films.append({"image": str(path)})
     logger.info("%d film(s) under %s", len(films), root)
     return films

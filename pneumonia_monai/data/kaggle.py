@@ -29,6 +29,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pneumonia_monai.data.formats import film_stem, is_film_name
+
 logger = logging.getLogger(__name__)
 
 #: Image suffixes read from a Kaggle-style tree (case-insensitive).
@@ -125,10 +127,14 @@ def _dedup_key(rel: Path) -> tuple[str, ...]:
 
 
 def iter_image_files(root: Path) -> Iterator[Path]:
-    """Yield image files under ``root`` in sorted order, skipping Mac and Windows junk."""
+    """Yield film files under ``root`` in sorted order, skipping Mac and Windows junk.
+
+    Films are recognised by their names (:data:`pneumonia_monai.data.formats.FILM_SUFFIXES`: JPEG, PNG,
+    TIFF, NIfTI, MetaImage, NRRD).
+    """
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
-        if _is_junk(rel) or not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+        if _is_junk(rel) or not path.is_file() or not is_film_name(path):
             continue
         yield path
 
@@ -165,7 +171,7 @@ def scan_kaggle_tree(root: str | Path) -> list[ImageRecord]:
             continue
         seen[key] = rel
         label, split = found
-        subtype, patient_id = parse_name(path.stem, label)
+        subtype, patient_id = parse_name(film_stem(path), label)
         records.append(ImageRecord(str(path), label, subtype, patient_id, split))
     records.sort(key=lambda r: r.image)
     if unlabelled:

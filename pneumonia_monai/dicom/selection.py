@@ -1017,6 +1017,9 @@ def decide_file(
     try:
         if path.stat().st_size == 0:
             return _decision(path, root_path, SKIPPED, "zero-byte file")
+        film = decide_film_file(path)
+        if film is not None:
+            return _decision(path, root_path, *film)
         header = read_header(path, rules.header_keywords())
     except NotDicomError as exc:
         return _decision(path, root_path, SKIPPED, str(exc))
@@ -1041,6 +1044,27 @@ def decide_file(
         return _decision(path, root_path, ERROR, f"unreadable DICOM header ({type(exc).__name__}: {exc})")
     status, reason = decide_header(header, rules)
     return _decision(path, root_path, status, reason, header.dataset, rules)
+
+
+def decide_film_file(path: str | Path) -> tuple[str, str] | None:
+    """Decide a film that is not DICOM by its name (:mod:`pneumonia_monai.data.formats`), or None.
+
+    A file named as a JPEG, PNG or TIFF picture is taken as a frontal chest film; a NIfTI, MetaImage or
+    NRRD file is decided from its header (:func:`pneumonia_monai.transforms.volume_io.film_decision`:
+    one 2-D grey film is selected, a volume of more slices, a 4-D or vector file skipped, each with its
+    reason). A file that is DICOM by its header is never decided here, whatever its name.
+    """
+    from pneumonia_monai.data.formats import PICTURE_SUFFIXES, VOLUME_SUFFIXES, film_suffix
+    from pneumonia_monai.dicom.io import is_dicom
+
+    suffix = film_suffix(path)
+    if (suffix not in PICTURE_SUFFIXES and suffix not in VOLUME_SUFFIXES) or is_dicom(path):
+        return None
+    if suffix in PICTURE_SUFFIXES:
+        return SELECTED, f"{suffix.lstrip('.').upper()} image, taken as a frontal chest film"
+    from pneumonia_monai.transforms.volume_io import film_decision
+
+    return film_decision(path)
 
 
 def entry_problem(path: str | Path) -> tuple[str, str] | None:

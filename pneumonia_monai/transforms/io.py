@@ -3,7 +3,10 @@
 Training, evaluation and inference all load through :class:`LoadChestXRayd`, so a film gives the same
 tensor whatever its format: a JPEG's 8-bit grey levels are divided by 255; a DICOM object goes through
 the grayscale pipeline of :mod:`pneumonia_monai.dicom.pixels` (Modality LUT, VOI LUT, polarity,
-padding, scaling by the VOI output range), whose output is on the same display scale.
+padding, scaling by the VOI output range), whose output is on the same display scale. A 16-bit PNG or
+TIFF, and a NIfTI, MetaImage or NRRD film (:mod:`pneumonia_monai.transforms.volume_io`: reoriented to a
+frontal view by its affine), carry no VOI: they are scaled by the rule of
+:func:`~pneumonia_monai.transforms.volume_io.display_intensities`.
 
 The array is ``(1, rows, columns)``: channel first, row-major, as stored (no transpose).
 """
@@ -60,9 +63,10 @@ def load_raster(path: str | Path) -> np.ndarray:
                 mode = img.mode
                 if mode in _EIGHT_BIT_MODES:
                     return ticket.attach(np.asarray(img.convert("L"), dtype=np.float32) / 255.0)
-                if mode in _SIXTEEN_BIT_MODES:
-                    arr = np.asarray(img, dtype=np.float32)
-                    return ticket.attach(np.clip(arr / 65535.0, 0.0, 1.0))
+                if mode in _SIXTEEN_BIT_MODES:  # no VOI: the rule of the research formats
+                    from pneumonia_monai.transforms.volume_io import display_intensities
+
+                    return ticket.attach(display_intensities(np.asarray(img)))
             except BaseException:
                 ticket.release()
                 raise
@@ -97,6 +101,11 @@ def load_film(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
         except dicom_io.DicomReadError as exc:
             raise ImageLoadError(str(exc)) from exc
         return image, {"format": "dicom", **meta}
+    from pneumonia_monai.transforms import volume_io
+
+    if volume_io.is_volume_film(path):  # NIfTI, MetaImage, NRRD: reoriented, decoded whole
+        image, facts, _ = volume_io.load_volume_film(path)
+        return image, facts
     return load_raster(path), {"format": "raster"}
 
 
