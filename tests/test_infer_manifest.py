@@ -54,6 +54,7 @@ def test_columns_are_the_published_contract():
         "view",
         "prob_pneumonia",
         "prediction",
+        "intended_use",
         "threshold",
         "model_version",
     )
@@ -273,3 +274,19 @@ def test_writers_leave_the_old_file_when_a_row_cannot_be_written(tmp_path):
         write_results(tmp_path, [ok_row("a.png", 0.2), broken])
     assert (tmp_path / "results.csv").read_bytes() == before
     assert sorted(p.name for p in Path(tmp_path).iterdir()) == ["results.csv", "results.json"]
+
+
+def test_intended_use_column_values():
+    """``intended_use``: yes / no / unknown; an ok row given none is unknown; the age is never a column."""
+    assert "intended_use" in RESULT_COLUMNS
+    assert not {"age", "patient_age", "birth_date"} & set(RESULT_COLUMNS)
+    assert ok_row("x.png", 0.2).intended_use == "unknown"
+    flagged = ok_row("siim.dcm", 0.7, intended_use="no")
+    assert flagged.as_csv_row()["intended_use"] == "no"
+    assert flagged.as_json()["intended_use"] == "no"
+    assert ResultRow.from_state(flagged.to_state()) == flagged
+    assert ResultRow("lat.dcm", "skipped", "lateral", **COMMON).intended_use == ""
+    skipped = ResultRow("old.dcm", "skipped", "outside the intended use", intended_use="no", **COMMON)
+    assert skipped.as_csv_row()["intended_use"] == "no"
+    with pytest.raises(ValueError, match="intended_use must be one of"):
+        ok_row("x.png", 0.2, intended_use="62")

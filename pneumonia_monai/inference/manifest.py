@@ -12,7 +12,7 @@ Files of an output folder ``OUT`` (written by :func:`pneumonia_monai.inference.r
   file, appended and flushed as soon as the file is done. A line whose run fingerprint (weights and
   settings) differs from the current run's is ignored, and a torn last line (a killed run) is skipped.
 
-No patient name, id, birth date or accession number is ever part of a row: only paths, UIDs, the view,
+No patient name, id, age, birth date or accession number is ever part of a row: only paths, UIDs, the view,
 probabilities and reasons.
 
 Paths that are not valid UTF-8 are written escaped (``\xNN`` per undecodable byte, ``\\`` per
@@ -35,6 +35,7 @@ from typing import IO, Any
 
 from pneumonia_monai import atomic
 from pneumonia_monai.checks import check_probability
+from pneumonia_monai.dicom.intended_use import INTENDED_USE_VALUES, UNKNOWN
 from pneumonia_monai.names import escape_name, printable
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "view",
     "prob_pneumonia",
     "prediction",
+    "intended_use",
     "threshold",
     "model_version",
 )
@@ -117,6 +119,10 @@ class ResultRow:
 
     Raises:
         ValueError, TypeError: if the status is unknown, or an ``ok`` row's probabilities or prediction are
+        intended_use: whether the patient is of the ages the model is intended for
+            (:mod:`pneumonia_monai.dicom.intended_use`): ``yes``, ``no`` or ``unknown`` (JPEG/PNG, no
+            usable age); an ``ok`` row given none is ``unknown``. Empty for rows not assessed (skipped
+            for another reason, errors). The age itself is never part of a row.
             missing, out of range or inconsistent with the threshold.
     """
 
@@ -138,10 +144,15 @@ class ResultRow:
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+    intended_use: str = ""
         if not isinstance(self.path, str) or not self.path:
             raise ValueError(f"path must be a non-empty string, got {self.path!r}")
         ok = self.status == OK
         for name in ("prob_pneumonia", *SUBTYPE_COLUMNS):
+        if self.intended_use not in ("", *INTENDED_USE_VALUES):
+            raise ValueError(f"intended_use must be one of {INTENDED_USE_VALUES}, got {self.intended_use!r}")
+        if self.status == OK and not self.intended_use:
+            object.__setattr__(self, "intended_use", UNKNOWN)
             value = getattr(self, name)
             if not ok and value is not None:
                 raise ValueError(f"{name} is only given for ok rows, got {value!r} for a {self.status} row")

@@ -58,8 +58,9 @@ from typing import IO, Any
 import torch
 
 from pneumonia_monai.atomic import remove_stale_temporaries
-from pneumonia_monai.data.kaggle import JUNK_NAMES
+from pneumonia_monai.data.kaggle import IMAGE_SUFFIXES, JUNK_NAMES
 from pneumonia_monai.dicom import limits
+from pneumonia_monai.dicom.intended_use import UNKNOWN
 from pneumonia_monai.dicom.selection import (
     SELECTED,
     SelectionRules,
@@ -193,6 +194,7 @@ class _Item:
     series_uid: str = ""
     sop_uid: str = ""
     view: str = ""
+    intended_use: str = ""
 
 
 class _Ready:
@@ -245,6 +247,8 @@ class _Context:
 
     def prepare(self, job: _Job) -> _Item:
         """Triage one file and, when it is to be inferred, decode and preprocess it (runs in a worker)."""
+        from pneumonia_monai.dicom.io import is_dicom
+
         if _is_junk(job.rel):
             return self.finished(job, SKIPPED, "junk file (macOS/Windows metadata)")
         entry = entry_problem(job.path)  # links, pipes, unreadable folders: never opened
@@ -252,18 +256,22 @@ class _Context:
             return self.finished(job, *entry)
         uids: dict[str, str] = {}
         try:
-            # DICOM by the selection rules; pictures and research films by name and header
-            # (selection.decide_film_file), as pneumonia-monai select decides them.
-            decision = decide_file(job.path, self.rules, root=job.root)
-            uids = {
-                "study_uid": decision.study_uid,
-                "series_uid": decision.series_uid,
-                "sop_uid": decision.sop_uid,
-                "view": decision.view,
-            }
-            if decision.status != SELECTED:
-                return self.finished(job, decision.status, decision.reason, **uids)
-            reason = decision.reason
+            size = job.path.stat().st_size
+            suffix = job.path.suffix.lower()
+            if size > 0 and suffix in IMAGE_SUFFIXES and not is_dicom(job.path):
+                reason = f"{suffix.lstrip('.').upper()} image, taken as a frontal chest film"
+            else:
+                decision = decide_file(job.path, self.rules, root=job.root)
+                uids = {
+                    "study_uid": decision.study_uid,
+                    "series_uid": decision.series_uid,
+                    "sop_uid": decision.sop_uid,
+                    "view": decision.view,
+                    "intended_use": decision.intended_use,
+                }
+                if decision.status != SELECTED:
+                    return self.finished(job, decision.status, decision.reason, **uids)
+                reason = decision.reason
             data = self.bundle.preprocessing({"image": str(job.path)})
             meta = getattr(data["image"], "meta", {})
             if lacks_content(str(meta.get("lung_crop", ""))):  # a blank film is never scored
@@ -606,6 +614,7 @@ class _Run:
                     series_uid=source.series_uid,
                     sop_uid=sop,
                     view=source.view,
+                    intended_use=source.intended_use,
                 )
                 self._done(item.job, StateEntry(dup))
                 return
@@ -657,6 +666,7 @@ class _Run:
                 item.view,
                 prob_pneumonia=prob,
                 prediction=PNEUMONIA if prob >= bundle.threshold else NORMAL,
+                intended_use=item.intended_use,
                 **self.context.common,
                 **subtypes,
             )
@@ -842,6 +852,7 @@ class _Run:
                     prob_normal=row.prob_normal,
                     prob_bacterial=row.prob_bacterial,
                     prob_viral=row.prob_viral,
+                    intended_use=row.intended_use or UNKNOWN,
                 )
                 for (_, row), header in zip(images, headers, strict=True)
             ]
@@ -851,6 +862,7 @@ class _Run:
                 algorithm_name=self.bundle.model_name,
                 algorithm_version=self.bundle.model_version,
                 threshold=self.bundle.threshold,
+                intended_use=self.context.rules.intended_age.describe(),
             )
             path.parent.mkdir(exist_ok=True)
             write_dataset_atomic(sr, path)
@@ -888,7 +900,15 @@ def _rules_identity(rules: SelectionRules) -> dict[str, Any]:
 
 def _study_digest(fingerprint: str, rows: list[ResultRow]) -> str:
     data = [
-        (row.sop_uid, row.prob_pneumonia, row.prediction, row.prob_normal, row.prob_bacterial, row.prob_viral)
+        (
+            row.sop_uid,
+            row.prob_pneumonia,
+            row.prediction,
+            row.prob_normal,
+            row.prob_bacterial,
+            row.prob_viral,
+            row.intended_use,
+        )
         for row in rows
     ]
     return hashlib.sha256((fingerprint + json.dumps(data)).encode()).hexdigest()
