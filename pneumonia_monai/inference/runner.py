@@ -58,7 +58,7 @@ from typing import IO, Any
 import torch
 
 from pneumonia_monai.atomic import remove_stale_temporaries
-from pneumonia_monai.data.kaggle import IMAGE_SUFFIXES, JUNK_NAMES
+from pneumonia_monai.data.kaggle import JUNK_NAMES
 from pneumonia_monai.dicom import limits
 from pneumonia_monai.dicom.intended_use import UNKNOWN
 from pneumonia_monai.dicom.selection import (
@@ -247,8 +247,6 @@ class _Context:
 
     def prepare(self, job: _Job) -> _Item:
         """Triage one file and, when it is to be inferred, decode and preprocess it (runs in a worker)."""
-        from pneumonia_monai.dicom.io import is_dicom
-
         if _is_junk(job.rel):
             return self.finished(job, SKIPPED, "junk file (macOS/Windows metadata)")
         entry = entry_problem(job.path)  # links, pipes, unreadable folders: never opened
@@ -256,22 +254,19 @@ class _Context:
             return self.finished(job, *entry)
         uids: dict[str, str] = {}
         try:
-            size = job.path.stat().st_size
-            suffix = job.path.suffix.lower()
-            if size > 0 and suffix in IMAGE_SUFFIXES and not is_dicom(job.path):
-                reason = f"{suffix.lstrip('.').upper()} image, taken as a frontal chest film"
-            else:
-                decision = decide_file(job.path, self.rules, root=job.root)
-                uids = {
-                    "study_uid": decision.study_uid,
-                    "series_uid": decision.series_uid,
-                    "sop_uid": decision.sop_uid,
-                    "view": decision.view,
-                    "intended_use": decision.intended_use,
-                }
-                if decision.status != SELECTED:
-                    return self.finished(job, decision.status, decision.reason, **uids)
-                reason = decision.reason
+            # DICOM by the selection rules; pictures and research films by name and header
+            # (selection.decide_film_file), as pneumonia-monai select decides them.
+            decision = decide_file(job.path, self.rules, root=job.root)
+            uids = {
+                "study_uid": decision.study_uid,
+                "series_uid": decision.series_uid,
+                "sop_uid": decision.sop_uid,
+                "view": decision.view,
+                "intended_use": decision.intended_use,
+            }
+            if decision.status != SELECTED:
+                return self.finished(job, decision.status, decision.reason, **uids)
+            reason = decision.reason
             data = self.bundle.preprocessing({"image": str(job.path)})
             meta = getattr(data["image"], "meta", {})
             if lacks_content(str(meta.get("lung_crop", ""))):  # a blank film is never scored
