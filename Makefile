@@ -59,7 +59,8 @@ deploy-env: .venv-deploy/.installed
 	touch $@
 
 label-env: .venv-label/.installed
-.venv-label/.installed: pyproject.toml monailabel_app/requirements.txt monailabel_app/requirements-nodeps.txt scripts/make_optional_env.sh
+.venv-label/.installed: pyproject.toml monailabel_app/requirements.txt monailabel_app/requirements-nodeps.txt \
+		monailabel_app/compat/pneumonia_label_compat.py scripts/make_optional_env.sh
 	PYTHON=$(PYTHON) bash scripts/make_optional_env.sh label
 	touch $@
 

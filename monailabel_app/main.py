@@ -2,8 +2,8 @@ r"""MONAI Label app: the pneumonia bundle as a classification model, on a local 
 
 Start it (in the environment of ``scripts/make_optional_env.sh label``)::
 
-    monailabel start_server --app monailabel_app --studies http://127.0.0.1:8042/dicom-web \\
-        --conf bundle /path/to/bundle
+    .venv-label/bin/python -m monailabel.main start_server --app monailabel_app \\
+        --studies http://127.0.0.1:8042/dicom-web --conf bundle /path/to/bundle --host 127.0.0.1
 
 then ``POST /infer/pneumonia?image=<Series Instance UID>`` (DICOMweb) or ``?image=<image id>`` (local
 folder of ``.dcm`` / ``.jpeg`` / ``.png`` films). The answer's ``params`` hold the class probabilities
@@ -32,6 +32,7 @@ from monailabel.datastore.dicom import DICOMwebClientX, DICOMWebDatastore
 from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 
 from pneumonia_monai.engine.paths import locate_bundle_root
@@ -77,12 +78,34 @@ class PneumoniaApp(MONAILabelApp):
         )
 
     def init_datastore(self) -> Datastore:
-        """A local folder lists DICOM and raster films; a URL is a DICOMweb server."""
+        """A local folder lists DICOM and raster films; a URL is a DICOMweb server.
+
+        The local datastore is MONAI Label's, reconciled with the folder at start (it writes its
+        ``datastore_v2.json`` and ``labels/`` folders there; this app writes no label). Its
+        ``read_only=True`` skips that reconcile, so it would list no image at all.
+        """
         if self.studies.startswith(("http://", "https://")):
             return super().init_datastore()
-        return LocalDatastore(
-            self.studies, extensions=list(FILE_EXTENSIONS), auto_reload=False, read_only=True
-        )
+        return LocalDatastore(self.studies, extensions=list(FILE_EXTENSIONS), auto_reload=False)
+
+    def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
+        """MONAI Label's ``infer``, refusing an image id that is neither a path nor in the datastore.
+
+        MONAI Label resolves an unknown id to ``""``, which is the working folder: the task would
+        classify whatever film it found there.
+
+        Raises:
+            MONAILabelException: ``INVALID_INPUT``, naming the id, if it is unknown.
+        """
+        image = request.get("image")
+        if isinstance(image, str) and (not image.strip() or not Path(image).exists()):
+            store = datastore if datastore is not None else self.datastore()
+            if not image.strip() or not store.get_image_uri(image):
+                raise MONAILabelException(
+                    MONAILabelError.INVALID_INPUT,
+                    f"unknown image id {image!r}: not a file and not in the datastore {self.studies}",
+                )
+        return super().infer(request, datastore)
 
     def _init_dicomweb_datastore(self) -> Datastore:
         """DICOMweb without NIfTI conversion (the bundle reads the DICOM film) and without dcmqi download.

@@ -5,13 +5,11 @@ Two parts:
 - what needs no MONAI Label (``monailabel_app/lib/decision.py``: a DICOM series folder resolved to its
   chest frontal film, the thresholded decision) runs here, in the main environment;
 - the task and the app run in the optional environment ``.venv-label`` (``make label-env``), as a
-  subprocess with the app folder on ``PYTHONPATH`` (as ``monailabel start_server`` puts it). Both are
-  strict xfails today, each for a precise upstream blocker (see ``monailabel_app/README.md``): MONAI
-  Label 0.8.5 cannot be imported beside the CPU build of torch 2.13.0 (its module-level
-  ``torchvision`` import: PyPI's torchvision 0.28.0 is a CUDA build whose operators do not load on
-  the CPU torch), and its app/datastore import pydicom-seg 0.4.1, which needs pydicom 2
-  (``pydicom._storage_sopclass_uids``) while this project needs pydicom 3. Strict: the day they pass,
-  the marker must go.
+  subprocess with the app folder on ``PYTHONPATH`` (as ``monailabel start_server`` puts it). That
+  environment has the registry's CUDA build of torch 2.13.0 (it runs on a CPU; the registry's
+  torchvision 0.28.0, which MONAI Label imports, needs it) and an import alias for
+  ``pydicom._storage_sopclass_uids`` (pydicom-seg 0.4.1, imported by MONAI Label 0.8.5, needs it;
+  pydicom 3 removed it): see ``monailabel_app/README.md``. CI builds it (``make test-label``).
 
 Where ``.venv-label`` is missing those two are skipped with the command that builds it, unless
 ``PNEUMONIA_MONAI_REQUIRE_OPTIONAL_ENVS`` is ``1`` or names ``label``.
@@ -49,18 +47,6 @@ def _required(env: str) -> bool:
     """Whether REQUIRE_ENV (``1``: every env, or names such as ``deploy,label``) requires ``env``."""
     value = os.environ.get(REQUIRE_ENV, "").strip()
     return value == "1" or env in {v.strip() for v in value.split(",")}
-
-
-TORCHVISION_BLOCKER = (
-    "MONAI Label 0.8.5 imports torchvision at module level (monailabel/transform/post.py); PyPI's "
-    "torchvision 0.28.0 (the release for torch 2.13.0) is a CUDA build: with torch 2.13.0+cpu its "
-    "_C.so needs libc10_cuda.so and `import torchvision` raises 'operator torchvision::nms does not exist'"
-)
-PYDICOM_SEG_BLOCKER = (
-    "monailabel.interfaces.app imports monailabel.datastore.utils.convert, which imports pydicom-seg "
-    "0.4.1: it needs pydicom 2's pydicom._storage_sopclass_uids, removed in pydicom 3 "
-    "(Project-MONAI/MONAILabel#1841, razorx89/pydicom-seg#60, fix in open PR #63)"
-)
 
 
 def _load_decision() -> ModuleType:
@@ -197,17 +183,23 @@ print(json.dumps(out))
 APP_SCRIPT = """
 import json, sys
 from main import PneumoniaApp
+from monailabel.interfaces.exception import MONAILabelException
 app = PneumoniaApp(sys.argv[1], sys.argv[2], {"bundle": sys.argv[3]})
-out = {}
+out = {"images": {}, "unknown": {}}
 for image in app.datastore().list_images():
     params = app.infer({"model": "pneumonia", "image": image, "device": "cpu"})["params"]
-    out[image] = {k: params.get(k) for k in ("label", "prob_pneumonia", "threshold")}
+    out["images"][image] = {k: params.get(k) for k in ("label", "prob_pneumonia", "threshold")}
+for image in ("no-such-image", ""):
+    try:
+        app.infer({"model": "pneumonia", "image": image, "device": "cpu"})
+        out["unknown"][image] = "classified"
+    except MONAILabelException as exc:
+        out["unknown"][image] = f"{exc.error.name}: {exc.msg}"
 print(json.dumps(out))
 """
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=TORCHVISION_BLOCKER)
 def test_task_classifies_dicom_film_series_and_jpeg(
     label_python: Path, random_bundle: Path, tmp_path: Path
 ) -> None:
@@ -239,18 +231,33 @@ def test_task_classifies_dicom_film_series_and_jpeg(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=f"{TORCHVISION_BLOCKER}; {PYDICOM_SEG_BLOCKER}")
 def test_app_infer_request_on_local_datastore(
     label_python: Path, random_bundle: Path, tmp_path: Path
 ) -> None:
     studies = tmp_path / "studies"
     make_dx(studies / "pa.dcm", pixels=_film("PNEUMONIA"), bits_stored=8)
     shutil.copy(sorted((SAMPLE_TREE / "train" / "NORMAL").glob("*.jpeg"))[0], studies / "normal.jpeg")
-    out = _run_in_label_env(
-        label_python, APP_SCRIPT, [str(APP_DIR), str(studies), str(random_bundle)], tmp_path
-    )
-    assert set(out) == {"pa", "normal"}
+    # A film in the working folder, which an unknown id once resolved to and classified.
+    cwd = tmp_path / "cwd"
+    make_dx(cwd / "stray.dcm", pixels=_film("NORMAL"), bits_stored=8)
+    out = _run_in_label_env(label_python, APP_SCRIPT, [str(APP_DIR), str(studies), str(random_bundle)], cwd)
+    images = out["images"]
+    assert set(images) == {"pa", "normal"}
     for image, film in (("pa", studies / "pa.dcm"), ("normal", studies / "normal.jpeg")):
         expected = float(reference_probabilities(random_bundle, film)[1])
-        assert out[image]["prob_pneumonia"] == pytest.approx(expected, abs=1e-5)
-        assert out[image]["label"] == ("pneumonia" if expected >= out[image]["threshold"] else "normal")
+        assert images[image]["prob_pneumonia"] == pytest.approx(expected, abs=1e-5)
+        assert images[image]["label"] == ("pneumonia" if expected >= images[image]["threshold"] else "normal")
+    assert out["unknown"] == {
+        "no-such-image": f"INVALID_INPUT: unknown image id 'no-such-image': not a file and not in the "
+        f"datastore {studies}",
+        "": f"INVALID_INPUT: unknown image id '': not a file and not in the datastore {studies}",
+    }
+
+
+def test_an_empty_image_path_is_refused_not_the_working_folder_scanned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_dx(tmp_path / "stray.dcm", view="PA")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"'image' is an empty path \(an image id the datastore does not"):
+        decision.ResolveChestFilmd(keys="image")({"image": ""})

@@ -38,7 +38,8 @@ class ResolveChestFilmd(MapTransform):
         allow_missing_keys: don't raise on a missing key.
 
     Raises:
-        ValueError: on call, if a folder holds no chest frontal CR/DX film (the first reasons are given).
+        ValueError: on call, if a folder holds no chest frontal CR/DX film (the first reasons are given),
+            or a path is empty.
     """
 
     def __init__(
@@ -53,6 +54,9 @@ class ResolveChestFilmd(MapTransform):
         """Resolve every folder under ``keys``."""
         d = dict(data)
         for key in self.key_iterator(d):
+            if isinstance(d[key], str | Path) and not str(d[key]).strip():
+                # Path("") is the working folder: never scan it for a film nobody asked for.
+                raise ValueError(f"{key!r} is an empty path (an image id the datastore does not know?)")
             path = Path(str(d[key]))
             if not path.is_dir():
                 continue
