@@ -57,6 +57,7 @@ def test_columns_are_the_published_contract():
         "intended_use",
         "threshold",
         "model_version",
+        "operating_point",
     )
     assert result_columns(True) == (*RESULT_COLUMNS, "prob_normal", "prob_bacterial", "prob_viral", "subtype")
     assert STUDY_COLUMNS == (

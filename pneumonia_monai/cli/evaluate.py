@@ -49,6 +49,14 @@ different set than the one labelled.
 
 The threshold is ``--threshold``, else the ``threshold`` of ``--bundle``'s ``configs/inference.json``,
 else the ``threshold`` column of the results, which must then hold a single value.
+
+Site operating point: ``--choose-threshold RULE`` (``"max-specificity@sensitivity>=0.95"`` or
+``"youden"``) chooses a threshold on the evaluated films (their ``prob_pneumonia``, by
+:func:`pneumonia_monai.evaluation.threshold.choose_threshold`) and writes it, with the rule, the counts,
+the sensitivity and specificity it was chosen on, the date and the results' ``model_version``, as a site
+overlay (``--site-file``, default ``OUTPUT/site_operating_point.json``) for ``infer --site`` and
+``serve --site`` (:mod:`pneumonia_monai.site_overlay`); ``metrics.json`` holds it under
+``extra.site_operating_point``. The report's metrics stay at the threshold above.
 """
 
 from __future__ import annotations
@@ -79,6 +87,15 @@ from pneumonia_monai.cli.common import (
     unit_interval,
 )
 from pneumonia_monai.constants import class_names as model_class_names
+from pneumonia_monai.decision import pneumonia_probabilities
+from pneumonia_monai.site_overlay import (
+    OVERLAY_FILE,
+    ThresholdRule,
+    check_site_name,
+    choose_site_operating_point,
+    parse_rule,
+    write_site_overlay,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +155,7 @@ class ResultRow:
         reason: the row's reason, if any.
         probs: class probabilities of an ``ok`` row (``None`` otherwise).
         threshold: the row's ``threshold`` value, if any.
+        model_version: the row's ``model_version``, or ``""``.
     """
 
     path: str
@@ -146,6 +164,7 @@ class ResultRow:
     reason: str
     probs: tuple[float, ...] | None
     threshold: float | None
+    model_version: str = ""
 
 
 def _key(path: str, base: Path) -> Path:
@@ -210,7 +229,9 @@ def read_results(path: Path, *, root: Path) -> tuple[list[ResultRow], int]:
             probs = tuple(values)
         text = (record.get("threshold") or "").strip()
         threshold = _float(text, f"{path}:{line}: threshold") if text else None
-        rows.append(ResultRow(file_path, key, status, (record.get("reason") or "").strip(), probs, threshold))
+        reason = (record.get("reason") or "").strip()
+        version = (record.get("model_version") or "").strip()
+        rows.append(ResultRow(file_path, key, status, reason, probs, threshold, version))
     return rows, num_classes
 
 
@@ -426,8 +447,63 @@ def build_parser() -> argparse.ArgumentParser:
         help="bootstrap resamples (0: no intervals)",
     )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    site = parser.add_argument_group(
+        "site operating point",
+        "choose a threshold on these labelled results and write it as a site overlay for "
+        "'infer --site' and 'serve --site' (see pneumonia_monai.site_overlay)",
+    )
+    site.add_argument(
+        "--choose-threshold",
+        type=_rule,
+        default=None,
+        metavar="RULE",
+        help="'max-specificity@sensitivity>=X' (highest specificity keeping sensitivity >= X) or 'youden'",
+    )
+    site.add_argument(
+        "--site-name",
+        type=_site_name,
+        default="site",
+        metavar="NAME",
+        help="the site's name in the overlay, the results rows and the SRs (letters, digits, . _ -; "
+        "default 'site')",
+    )
+    site.add_argument(
+        "--site-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help=f"where to write the overlay (default OUTPUT/{OVERLAY_FILE})",
+    )
     add_verbosity_args(parser)
     return parser
+
+
+def _rule(text: str) -> ThresholdRule:
+    try:
+        return parse_rule(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _site_name(text: str) -> str:
+    try:
+        return check_site_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _model_version(rows: Sequence[ResultRow]) -> str:
+    """The one model version of the scored rows.
+
+    Raises:
+        InputError: if the rows name none or several (a threshold belongs to one model).
+    """
+    versions = sorted({row.model_version for row in rows})
+    if versions == [""] or not versions:
+        raise InputError("the results have no model_version: a site threshold must name its model")
+    if len(versions) > 1:
+        raise InputError(f"the scored results come from {len(versions)} model versions {versions}")
+    return versions[0]
 
 
 def _account(
@@ -568,11 +644,27 @@ def main(argv: list[str] | None = None) -> int:
         groups = np.array(patient_ids)
     elif any(patient_ids):
         logger.warning("only some labels have a patient_id: intervals resample films, not patients")
-    extra = {
+    extra: dict[str, Any] = {
         "accounting": accounting,
         "threshold_source": threshold_source,
         "inputs": {"results": args.results.name, "labels": args.labels.name},
     }
+    point = None
+    if args.choose_threshold is not None:
+        binary_prob = probs if num_classes == 2 else pneumonia_probabilities(probs, names)
+        try:
+            point = choose_site_operating_point(
+                (y > 0).astype(np.int64),
+                binary_prob,
+                args.choose_threshold,
+                site=args.site_name,
+                model_version=_model_version(rows),
+                results=args.results.name,
+            )
+        except ValueError as exc:  # InputError included: one class only, no or mixed model versions
+            logger.error("cannot choose a site threshold: %s", exc)
+            return EXIT_FAILURES
+        extra["site_operating_point"] = point.as_dict()
     try:
         report = write_report(
             args.output,
@@ -592,6 +684,19 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         logger.error("cannot write the report to %s: %s", args.output, exc)
         return EXIT_FAILURES
+    if point is not None:
+        overlay = args.site_file or args.output / OVERLAY_FILE
+        try:
+            write_site_overlay(overlay, point)
+        except OSError as exc:
+            logger.error("cannot write the site overlay %s: %s", overlay, exc)
+            return EXIT_FAILURES
+        sys.stdout.write(
+            f"site {point.site}: threshold {point.threshold:.6g} by {point.rule} on {point.n} film(s) "
+            f"({point.n_pneumonia} pneumonia, {point.n_normal} normal): sensitivity {point.sensitivity:.3f}, "
+            f"specificity {point.specificity:.3f} on these films (optimistic: chosen on them); "
+            f"overlay {overlay}\n"
+        )
     binary = report["binary"]
     ci = (report["confidence_intervals"] or {}).get("binary") or {}
     sys.stdout.write(

@@ -8,7 +8,9 @@ Examples::
 
 Writes ``OUT/results.csv`` and ``OUT/results.json`` (one row per file found: ``ok``, ``skipped`` or
 ``error`` with the reason), ``OUT/studies.csv`` (one row per study), ``OUT/sr/<StudyInstanceUID>.dcm``
-(a DICOM SR per study, unless ``--no-sr``) and with ``--heatmaps`` Grad-CAM overlays in ``OUT/heatmaps/``.
+(a DICOM SR per study, unless ``--no-sr``), with ``--heatmaps`` Grad-CAM overlays in ``OUT/heatmaps/`` and
+with ``--fhir`` a FHIR R5 Bundle per study in ``OUT/fhir/`` (:mod:`pneumonia_monai.fhir`). ``--site FILE``
+calls films at a site's own operating point (:mod:`pneumonia_monai.site_overlay`) instead of the bundle's.
 An interrupted run started again finishes the rest (``--force`` redoes everything). Another run writing to
 the same ``OUT`` makes this one stop at once (exit status 2).
 
@@ -84,6 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--rules", type=Path, default=None, metavar="FILE", help="site selection rules YAML (see 'select')"
     )
+    parser.add_argument(
+        "--site",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="site operating point (written by 'evaluate --choose-threshold'): call films at its threshold "
+        "and record it in every row and SR; refused when chosen for another model version",
+    )
+    parser.add_argument(
+        "--fhir",
+        action="store_true",
+        help="also write a FHIR R5 Bundle per study (OUT/fhir/<StudyInstanceUID>.json: DiagnosticReport, "
+        "Observations, Device, after HL7's DICOM SR to FHIR mapping)",
+    )
     pull = parser.add_argument_group(
         "pull mode (DICOMweb)",
         "retrieve studies with WADO-RS into OUT/dicomweb/<StudyInstanceUID>/ and classify them too",
@@ -152,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     from pneumonia_monai.dicom.selection import SelectionRules
     from pneumonia_monai.inference.bundle import BundleError
     from pneumonia_monai.inference.runner import OutputBusyError, run_inference
+    from pneumonia_monai.site_overlay import SiteOverlayError, read_site_overlay
 
     if not args.inputs and not args.dicomweb:
         parser.print_usage(sys.stderr)
@@ -167,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
         rules = SelectionRules.from_file(args.rules) if args.rules is not None else None
     except (OSError, ValueError, TypeError) as exc:
         logger.error("unusable rules file: %s", exc)
+        return EXIT_USAGE
+    try:
+        site = read_site_overlay(args.site) if args.site is not None else None
+    except SiteOverlayError as exc:
+        logger.error("%s", exc)
         return EXIT_USAGE
     inputs, pull_failures = list(args.inputs), 0
     if args.dicomweb:
@@ -195,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             rules=rules,
             progress=None if not args.quiet else False,
             variant=args.variant,
+            site=site,
+            fhir=args.fhir,
         )
     except BundleError as exc:
         logger.error("unusable bundle: %s", exc)

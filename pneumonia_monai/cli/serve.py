@@ -64,6 +64,7 @@ from pneumonia_monai.cli.common import (
 from pneumonia_monai.node.config import NodeConfig, config_from_mapping, read_config_file
 from pneumonia_monai.node.processor import InferenceProcessor
 from pneumonia_monai.node.service import DicomNode
+from pneumonia_monai.site_overlay import SiteOverlayError, read_site_overlay
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,8 @@ _CONFIG_ARGS: dict[str, str] = {
     "heatmaps": "heatmaps",
     "bundle": "bundle",
     "device": "device",
+    "site": "site",
+    "fhir_dir": "fhir_dir",
 }
 
 
@@ -193,6 +196,19 @@ def build_parser() -> argparse.ArgumentParser:
     work.add_argument(
         "--bundle", type=Path, metavar="DIR", help="MONAI bundle folder (default: the packaged one)"
     )
+    work.add_argument(
+        "--site",
+        type=Path,
+        metavar="FILE",
+        help="site operating point ('evaluate --choose-threshold'): call films at its threshold, recorded "
+        "in every SR; an overlay of another model version stops the start",
+    )
+    work.add_argument(
+        "--fhir-dir",
+        type=Path,
+        metavar="DIR",
+        help="also write each study's FHIR R5 Bundle into DIR (<StudyInstanceUID>.json, atomically)",
+    )
     work.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda, cuda:1 ...")
     work.add_argument(
         "--heatmaps",
@@ -277,7 +293,13 @@ def _load_processor(config: NodeConfig) -> InferenceProcessor:
         ValueError: (:class:`~pneumonia_monai.inference.bundle.BundleError` included) naming what is wrong:
             no bundle folder, a bad config, no or a mismatched checkpoint, an unknown device.
     """
-    processor = InferenceProcessor(bundle=config.bundle, device=config.device, heatmaps=config.heatmaps)
+    processor = InferenceProcessor(
+        bundle=config.bundle,
+        device=config.device,
+        heatmaps=config.heatmaps,
+        site=None if config.site is None else read_site_overlay(config.site),
+        fhir_dir=config.fhir_dir,
+    )
     processor.load()
     return processor
 
@@ -299,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         processor = _load_processor(config)
+    except SiteOverlayError as exc:
+        logger.error("cannot start the node: %s", exc)
+        return EXIT_USAGE
     except (OSError, ValueError, TypeError) as exc:
         logger.error("cannot start the node: unusable bundle: %s", exc)
         return EXIT_USAGE

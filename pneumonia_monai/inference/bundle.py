@@ -80,6 +80,8 @@ class InferenceBundle:
             with another fingerprint are never reused.
         heatmap_layer: the module of ``network`` whose output Grad-CAM explains (``heatmap_layer`` in
             ``inference.json``; default :data:`~pneumonia_monai.inference.heatmap.DENSENET_TARGET_LAYER`).
+        operating_point: where ``threshold`` comes from: ``"bundle"`` (its ``inference.json``), or a
+            site overlay's label (:func:`pneumonia_monai.site_overlay.apply_site`).
     """
 
     root: Path
@@ -95,6 +97,7 @@ class InferenceBundle:
     checkpoint: Path
     fingerprint: str
     heatmap_layer: str = DENSENET_TARGET_LAYER
+    operating_point: str = "bundle"
 
     @property
     def three_class(self) -> bool:

@@ -63,6 +63,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "intended_use",
     "threshold",
     "model_version",
+    "operating_point",
 )
 #: Probability columns added for a three-class (normal / bacterial / viral) model.
 SUBTYPE_COLUMNS: tuple[str, ...] = ("prob_normal", "prob_bacterial", "prob_viral")
@@ -84,8 +85,8 @@ RESULTS_JSON = "results.json"
 STUDIES_CSV = "studies.csv"
 STATE_DIR = ".state"
 JOURNAL_NAME = "journal.jsonl"
-#: Version of the journal line format.
-JOURNAL_VERSION = 1
+#: Version of the journal line format (2: rows carry ``operating_point``).
+JOURNAL_VERSION = 2
 
 
 def result_columns(three_class: bool = False) -> tuple[str, ...]:
@@ -115,14 +116,16 @@ class ResultRow:
         prediction: ``"pneumonia"`` if ``prob_pneumonia >= threshold`` else ``"normal"`` (``ok`` rows only).
         threshold: the run's operating point.
         model_version: the run's model version.
+        operating_point: where ``threshold`` comes from: ``bundle``, or the label of the site overlay
+            (:mod:`pneumonia_monai.site_overlay`) the run used.
         prob_normal, prob_bacterial, prob_viral: class probabilities of a three-class model (``ok`` rows).
-
-    Raises:
-        ValueError, TypeError: if the status is unknown, or an ``ok`` row's probabilities or prediction are
         intended_use: whether the patient is of the ages the model is intended for
             (:mod:`pneumonia_monai.dicom.intended_use`): ``yes``, ``no`` or ``unknown`` (JPEG/PNG, no
             usable age); an ``ok`` row given none is ``unknown``. Empty for rows not assessed (skipped
             for another reason, errors). The age itself is never part of a row.
+
+    Raises:
+        ValueError, TypeError: if the status is unknown, or an ``ok`` row's probabilities or prediction are
             missing, out of range or inconsistent with the threshold.
     """
 
@@ -137,22 +140,23 @@ class ResultRow:
     prediction: str = ""
     threshold: float | None = None
     model_version: str = ""
+    operating_point: str = ""
     prob_normal: float | None = None
     prob_bacterial: float | None = None
     prob_viral: float | None = None
+    intended_use: str = ""
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
-    intended_use: str = ""
-        if not isinstance(self.path, str) or not self.path:
-            raise ValueError(f"path must be a non-empty string, got {self.path!r}")
-        ok = self.status == OK
-        for name in ("prob_pneumonia", *SUBTYPE_COLUMNS):
         if self.intended_use not in ("", *INTENDED_USE_VALUES):
             raise ValueError(f"intended_use must be one of {INTENDED_USE_VALUES}, got {self.intended_use!r}")
         if self.status == OK and not self.intended_use:
             object.__setattr__(self, "intended_use", UNKNOWN)
+        if not isinstance(self.path, str) or not self.path:
+            raise ValueError(f"path must be a non-empty string, got {self.path!r}")
+        ok = self.status == OK
+        for name in ("prob_pneumonia", *SUBTYPE_COLUMNS):
             value = getattr(self, name)
             if not ok and value is not None:
                 raise ValueError(f"{name} is only given for ok rows, got {value!r} for a {self.status} row")
@@ -363,7 +367,7 @@ class StateEntry:
 class StateJournal:
     """Append-only journal of finished files, for resuming a run.
 
-    Each line is ``{"v": 1, "fingerprint": ..., "key": ..., "heatmaps": bool, "row": {...}}``; the last
+    Each line is ``{"v": 2, "fingerprint": ..., "key": ..., "heatmaps": bool, "row": {...}}``; the last
     line of a key wins. Lines are flushed to the operating system as they are written, so a killed process
     loses at most the line it was writing, which :meth:`load` skips. Not safe for two writers: the runner
     holds ``OUT/.lock`` while it writes.

@@ -91,6 +91,7 @@ from pneumonia_monai.inference.manifest import (
     write_results,
     write_studies,
 )
+from pneumonia_monai.site_overlay import SiteOperatingPoint, apply_site
 from pneumonia_monai.transforms.lung_crop import crop_fractions, lacks_content
 
 logger = logging.getLogger(__name__)
@@ -102,12 +103,17 @@ SR_DIR = "sr"
 HEATMAP_DIR = "heatmaps"
 #: Record of the SRs written, by study (to keep an unchanged study's SR as it is).
 SR_STATE_NAME = "sr.json"
+#: Folder of the FHIR Bundles (``fhir=True``), and the record of those written, by study.
+FHIR_DIR = "fhir"
+FHIR_STATE_NAME = "fhir.json"
 #: Without a terminal, a progress line is logged every this many files ...
 PROGRESS_EVERY = 100
 #: ... or after this many seconds, whichever comes first.
 PROGRESS_SECONDS = 10.0
 #: What a run writes at the top of its output folder (besides ``.<name>.*.tmp`` temporary files).
-_OUTPUT_NAMES = frozenset({LOCK_NAME, STATE_DIR, SR_DIR, HEATMAP_DIR, RESULTS_CSV, RESULTS_JSON, STUDIES_CSV})
+_OUTPUT_NAMES = frozenset(
+    {LOCK_NAME, STATE_DIR, SR_DIR, HEATMAP_DIR, FHIR_DIR, RESULTS_CSV, RESULTS_JSON, STUDIES_CSV}
+)
 #: Test hook: the process kills itself (SIGKILL, no clean-up) after recording this many files.
 KILL_AFTER_ENV = "PNEUMONIA_MONAI_TEST_KILL_AFTER"
 
@@ -128,6 +134,7 @@ class RunSummary:
         studies_csv: ``OUT/studies.csv``.
         sr_paths: the SR of every study with at least one ``ok`` DICOM image (unless SRs were turned off).
         sc_paths: the heatmap Secondary Captures of the ``ok`` DICOM images (with ``heatmaps``).
+        fhir_paths: the FHIR Bundle of every study with at least one ``ok`` DICOM image (with ``fhir``).
         png_paths: the heatmap PNGs of the ``ok`` images (with ``heatmaps``).
         exit_code: 0 when every file is ``ok`` or ``skipped`` and every output was written, else 1.
         n_inferred: images that went through the network in this run.
@@ -145,6 +152,7 @@ class RunSummary:
     studies_csv: Path
     sr_paths: list[Path] = field(default_factory=list)
     sc_paths: list[Path] = field(default_factory=list)
+    fhir_paths: list[Path] = field(default_factory=list)
     png_paths: list[Path] = field(default_factory=list)
     exit_code: int = 0
     n_inferred: int = 0
@@ -235,7 +243,11 @@ class _Context:
     def __init__(self, bundle: InferenceBundle, rules: SelectionRules) -> None:
         self.bundle = bundle
         self.rules = rules
-        self.common = {"threshold": bundle.threshold, "model_version": bundle.model_version}
+        self.common = {
+            "threshold": bundle.threshold,
+            "model_version": bundle.model_version,
+            "operating_point": bundle.operating_point,
+        }
 
     def row(self, job: _Job, status: str, reason: str, **uids: str) -> ResultRow:
         """A row without probabilities (``skipped`` or ``error``)."""
@@ -386,6 +398,8 @@ def run_inference(
     rules: SelectionRules | None = None,
     progress: bool | None = None,
     variant: str | None = None,
+    site: SiteOperatingPoint | None = None,
+    fhir: bool = False,
 ) -> RunSummary:
     """Run the bundle on every file under ``inputs`` and write the results into ``output``.
 
@@ -405,12 +419,17 @@ def run_inference(
         rules: the DICOM selection rules (default: the package's).
         progress: ``True`` a tqdm bar, ``False`` periodic log lines, ``None`` a bar on a terminal only.
         variant: a model variant of the bundle (``configs/inference_<variant>.json``), e.g. ``"subtype"``.
+        site: a site operating point (:func:`pneumonia_monai.site_overlay.read_site_overlay`): films are
+            called at its threshold, and rows and SRs record it (``operating_point``).
+        fhir: also write one FHIR R5 Bundle per study (``OUT/fhir/<StudyInstanceUID>.json``,
+            :mod:`pneumonia_monai.fhir`).
 
     Returns:
         The run's :class:`RunSummary`.
 
     Raises:
         BundleError: if the bundle is unusable (nothing is read or written then).
+        SiteOverlayError: if ``site`` was chosen for another model version (nothing is written then).
         OutputBusyError: if another run is writing to ``output``.
         FileNotFoundError: if an input does not exist.
         ValueError, TypeError: for invalid arguments or an unavailable device.
@@ -429,13 +448,14 @@ def run_inference(
     loaded = (
         bundle if isinstance(bundle, InferenceBundle) else load_bundle(bundle, device=device, variant=variant)
     )
+    loaded = apply_site(loaded, site)
 
     out.mkdir(parents=True, exist_ok=True)
     out = out.resolve()
     with _exclusive_lock(out), limits.film_budget():  # two films at --max-pixels are never in memory at once
-        remove_stale_temporaries(out, out / STATE_DIR, out / SR_DIR, out / HEATMAP_DIR)
+        remove_stale_temporaries(out, out / STATE_DIR, out / SR_DIR, out / HEATMAP_DIR, out / FHIR_DIR)
         return _Run(
-            loaded, rules, out, batch_size, workers, heatmaps, write_sr, force, progress, kill_after
+            loaded, rules, out, batch_size, workers, heatmaps, write_sr, force, progress, kill_after, fhir
         ).run(input_paths)
 
 
@@ -454,8 +474,10 @@ class _Run:
         force: bool,
         progress: bool | None,
         kill_after: int | None,
+        fhir: bool = False,
     ) -> None:
         self.bundle = bundle
+        self.fhir = bool(fhir)
         self.context = _Context(bundle, rules)
         self.out = out
         self.batch_size = batch_size
@@ -485,6 +507,8 @@ class _Run:
         self.recorded = 0
         #: Study Instance UID -> digest of the results its SR on disk was built from.
         self.sr_state: dict[str, Any] = {}
+        #: Study Instance UID -> digest of the results its FHIR Bundle on disk was built from.
+        self.fhir_state: dict[str, Any] = {}
         self._recent_studies: set[str] = set()
         #: Study Instance UID -> {job index: (job, row)} of its ``ok`` DICOM images done so far.
         self._ok_by_study: dict[str, dict[int, tuple[_Job, ResultRow]]] = {}
@@ -499,6 +523,7 @@ class _Run:
         jobs = self._jobs(inputs)
         previous = {} if self.force else self.journal.load()
         self.sr_state = {} if self.force else _read_json_object(self.state_dir / SR_STATE_NAME)
+        self.fhir_state = {} if self.force else _read_json_object(self.state_dir / FHIR_STATE_NAME)
         self.rows = [None] * len(jobs)
         self.entries = [None] * len(jobs)
         logger.info(
@@ -766,6 +791,8 @@ class _Run:
         )
         if self.write_sr:
             studies = self._write_srs(studies)
+        if self.fhir:
+            self._write_fhir_bundles(studies)
         write_results(self.out, rows, three_class=self.bundle.three_class)
         write_studies(self.out, studies)
         self.journal.compact(entry for entry in self.entries if entry is not None)
@@ -857,6 +884,7 @@ class _Run:
                 algorithm_name=self.bundle.model_name,
                 algorithm_version=self.bundle.model_version,
                 threshold=self.bundle.threshold,
+                operating_point=self.bundle.operating_point,
                 intended_use=self.context.rules.intended_age.describe(),
             )
             path.parent.mkdir(exist_ok=True)
@@ -883,6 +911,63 @@ def _reusable(entry: StateEntry | None, heatmaps: bool) -> bool:
     if entry is None or entry.row.status == ERROR:
         return False
     return not (heatmaps and entry.row.status == OK and not entry.heatmaps)
+
+    def _write_fhir_bundles(self, studies: list[StudyRow]) -> None:
+        """Write (or keep) the FHIR Bundle of each study with ``ok`` DICOM images (module ``fhir``).
+
+        Like the SRs: a study whose results did not change since its Bundle was written keeps it as it
+        is; one that cannot be built is an output failure of the run, logged, and the others go on.
+        """
+        from pydicom import dcmread
+
+        from pneumonia_monai.dicom.sr import ImageFinding
+        from pneumonia_monai.fhir import build_study_bundle, write_bundle_atomic
+
+        for study in studies:
+            images = self._study_images(study.study_uid)
+            if not images:
+                continue
+            path = self.out / FHIR_DIR / f"{study.study_uid}.json"
+            digest = _study_digest(self.journal.fingerprint, [row for _, row in images])
+            if self.fhir_state.get(study.study_uid) == digest and path.is_file():
+                self.summary.fhir_paths.append(path)
+                continue
+            try:
+                findings = [
+                    ImageFinding(
+                        sop_instance_uid=row.sop_uid,
+                        sop_class_uid=str(
+                            dcmread(
+                                job.path, stop_before_pixels=True, specific_tags=["SOPClassUID"]
+                            ).SOPClassUID
+                        ),
+                        prob_pneumonia=row.prob_pneumonia,  # type: ignore[arg-type]
+                        present=row.prediction == PNEUMONIA,
+                        prob_normal=row.prob_normal,
+                        prob_bacterial=row.prob_bacterial,
+                        prob_viral=row.prob_viral,
+                    )
+                    for job, row in images
+                ]
+                bundle = build_study_bundle(
+                    study.study_uid,
+                    findings,
+                    algorithm_name=self.bundle.model_name,
+                    algorithm_version=self.bundle.model_version,
+                    threshold=self.bundle.threshold,
+                    operating_point=self.bundle.operating_point,
+                )
+                write_bundle_atomic(path, bundle)
+            except Exception as exc:  # noqa: BLE001 - any failure to build a Bundle is its study's failure
+                self.fhir_state.pop(study.study_uid, None)
+                self.summary.output_failures += 1
+                logger.error(
+                    "study %s: FHIR Bundle not written: %s: %s", study.study_uid, type(exc).__name__, exc
+                )
+                continue
+            self.fhir_state[study.study_uid] = digest
+            self.summary.fhir_paths.append(path)
+        write_json_atomic(self.state_dir / FHIR_STATE_NAME, self.fhir_state)
 
 
 def _rules_identity(rules: SelectionRules) -> dict[str, Any]:

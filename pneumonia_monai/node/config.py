@@ -173,6 +173,10 @@ class NodeConfig:
         heatmaps: also send Grad-CAM heatmaps as Secondary Capture images.
         bundle: the MONAI bundle to run; ``None`` lets the inference code find its default.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        site: a site overlay file (:mod:`pneumonia_monai.site_overlay`): call films at the site's
+            operating point instead of the bundle's threshold.
+        fhir_dir: also write each study's FHIR R5 Bundle (:mod:`pneumonia_monai.fhir`) into this folder,
+            as ``<StudyInstanceUID>.json``, for the site's FHIR interface to pick up.
     """
 
     work_dir: Path
@@ -199,6 +203,8 @@ class NodeConfig:
     heatmaps: bool = False
     bundle: Path | None = None
     device: str = "auto"
+    site: Path | None = None
+    fhir_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.work_dir, str | Path):
@@ -250,6 +256,12 @@ class NodeConfig:
             object.__setattr__(self, "bundle", Path(self.bundle))
         if not isinstance(self.device, str) or not self.device:
             raise ValueError(f"device must be a non-empty string, got {self.device!r}")
+        for name in ("site", "fhir_dir"):
+            value = getattr(self, name)
+            if value is not None:
+                if not isinstance(value, str | Path):
+                    raise TypeError(f"{name} must be a path, got {type(value).__name__}")
+                object.__setattr__(self, name, Path(value))
 
 
 def _check_bool(name: str, value: object) -> None:
@@ -275,13 +287,13 @@ def _check_seconds(name: str, value: object) -> float:
 FILE_KEYS: frozenset[str] = frozenset(
     {f.name for f in fields(NodeConfig) if f.name != "destination"} | {"dest_ae", "dest_stow"}
 )
-_PATH_KEYS = ("work_dir", "bundle")
+_PATH_KEYS = ("work_dir", "bundle", "site", "fhir_dir")
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML (``.yaml``/``.yml``) or JSON (anything else) node configuration file.
 
-    Relative ``work_dir`` and ``bundle`` paths are resolved against the file's folder.
+    Relative ``work_dir``, ``bundle``, ``site`` and ``fhir_dir`` paths are resolved against the file's folder.
 
     Returns:
         The mapping, with only keys of :data:`FILE_KEYS`.

@@ -22,6 +22,9 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
+from pneumonia_monai.atomic import write_bytes_atomic
+from pneumonia_monai.site_overlay import SiteOperatingPoint, apply_site
+
 if TYPE_CHECKING:
     from pneumonia_monai.inference.bundle import InferenceBundle
 
@@ -91,6 +94,10 @@ class InferenceProcessor:
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         heatmaps: also return the Grad-CAM Secondary Captures.
         batch_size: images per forward pass.
+        site: a site operating point (:func:`pneumonia_monai.site_overlay.read_site_overlay`), applied
+            to the bundle when it is loaded (an overlay of another model version fails the load).
+        fhir_dir: also write each study's FHIR Bundle there (``<StudyInstanceUID>.json``, atomically);
+            a study whose Bundle cannot be written fails.
     """
 
     def __init__(
@@ -100,6 +107,8 @@ class InferenceProcessor:
         device: str = "auto",
         heatmaps: bool = False,
         batch_size: int = 8,
+        site: SiteOperatingPoint | None = None,
+        fhir_dir: str | Path | None = None,
     ) -> None:
         if bundle is not None and not isinstance(bundle, str | Path):
             raise TypeError(f"bundle must be a path or None, got {type(bundle).__name__}")
@@ -111,6 +120,12 @@ class InferenceProcessor:
         self.device = device
         self.heatmaps = bool(heatmaps)
         self.batch_size = batch_size
+        if site is not None and not isinstance(site, SiteOperatingPoint):
+            raise TypeError(f"site must be a SiteOperatingPoint or None, got {type(site).__name__}")
+        if fhir_dir is not None and not isinstance(fhir_dir, str | Path):
+            raise TypeError(f"fhir_dir must be a path or None, got {type(fhir_dir).__name__}")
+        self.site = site
+        self.fhir_dir = None if fhir_dir is None else Path(fhir_dir)
         self._loaded: InferenceBundle | None = None
         self._load_lock = threading.Lock()
 
@@ -120,6 +135,7 @@ class InferenceProcessor:
         Raises:
             BundleError: if the bundle is unusable (a ValueError naming the file, key or tensor).
             ValueError: if the device is unknown or unavailable.
+            SiteOverlayError: if the site overlay was chosen for another model version.
         """
         with self._load_lock:
             if self._loaded is None:
@@ -127,7 +143,7 @@ class InferenceProcessor:
                 # answer C-ECHO and C-STORE (and report a bad configuration) without waiting for them.
                 from pneumonia_monai.inference.bundle import load_bundle
 
-                self._loaded = load_bundle(self.bundle, device=self.device)
+                self._loaded = apply_site(load_bundle(self.bundle, device=self.device), self.site)
                 logger.info(
                     "bundle %s %s loaded (%s)",
                     self._loaded.model_name,
@@ -158,6 +174,7 @@ class InferenceProcessor:
             write_sr=True,
             force=True,
             progress=False,
+            fhir=self.fhir_dir is not None,
         )
         rows = json.loads(Path(summary.results_json).read_text(encoding="utf-8"))
         srs = {Path(path).stem: Path(path) for path in summary.sr_paths}
@@ -171,7 +188,8 @@ class InferenceProcessor:
             names = {path.name for path in study_dir.iterdir()}
             mine = [row for row in rows if row.get("path") in names]
             if uid in srs:
-                outcomes[study_dir] = [srs[uid], *sorted(scs.get(uid, []))]
+                problem = self._deliver_fhir(uid, Path(out_dir))
+                outcomes[study_dir] = problem or [srs[uid], *sorted(scs.get(uid, []))]
                 continue
             reasons = "; ".join(f"{row['path']}: {row['status']}: {row['reason']}" for row in mine)
             if any(row.get("status") == "ok" for row in mine):
@@ -188,6 +206,18 @@ class InferenceProcessor:
                 outcomes[study_dir] = []
         logger.info("%d study(ies) processed: %d SR(s), files %s", len(dirs), len(srs), dict(summary.counts))
         return outcomes
+
+    def _deliver_fhir(self, study_uid: str, out_dir: Path) -> StudyProcessingError | None:
+        """Copy the study's FHIR Bundle into ``fhir_dir`` (atomically); the failure, if it could not be."""
+        if self.fhir_dir is None:
+            return None
+        source = out_dir / "fhir" / f"{study_uid}.json"
+        try:
+            write_bytes_atomic(self.fhir_dir / source.name, source.read_bytes(), fsync=True)
+        except OSError as exc:
+            logger.error("study %s: FHIR Bundle not delivered to %s: %s", study_uid, self.fhir_dir, exc)
+            return StudyProcessingError(f"FHIR Bundle not written to {self.fhir_dir}: {exc}")
+        return None
 
 
 def _study_of(path: Path) -> str:

@@ -37,6 +37,7 @@ from pneumonia_monai.node.destinations import (
 from pneumonia_monai.node.inbox import DONE, FAILED, FinishedStudy, Inbox, PurgeReport
 from pneumonia_monai.node.processor import BatchStudyProcessor, InferenceProcessor, StudyProcessor
 from pneumonia_monai.node.scp import StorageSCP
+from pneumonia_monai.site_overlay import read_site_overlay
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,11 @@ class DicomNode:
             max_wait=config.max_study_wait,
         )
         self.processor: StudyProcessor = processor or InferenceProcessor(
-            bundle=config.bundle, device=config.device, heatmaps=config.heatmaps
+            bundle=config.bundle,
+            device=config.device,
+            heatmaps=config.heatmaps,
+            site=None if config.site is None else read_site_overlay(config.site),
+            fhir_dir=config.fhir_dir,
         )
         self.destination: ResultDestination = destination or make_destination(
             config.destination, calling_ae_title=config.ae_title

@@ -1,0 +1,131 @@
+"""Site operating points: the rule syntax, the choice, the overlay file and its model-version check."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pneumonia_monai.evaluation.threshold import choose_threshold
+from pneumonia_monai.site_overlay import (
+    BUNDLE_OPERATING_POINT,
+    OVERLAY_FORMAT,
+    SiteOverlayError,
+    ThresholdRule,
+    apply_site,
+    check_model_version,
+    choose_site_operating_point,
+    parse_rule,
+    read_site_overlay,
+    write_site_overlay,
+)
+
+Y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1])
+P = np.array([0.05, 0.20, 0.40, 0.70, 0.30, 0.60, 0.80, 0.90, 0.95])
+
+
+def test_rule_syntax():
+    assert parse_rule("max-specificity@sensitivity>=0.95") == ThresholdRule(
+        "max_specificity_at_sensitivity", 0.95
+    )
+    assert parse_rule(" Max-Specificity @ Sensitivity >= 1 ") == ThresholdRule(
+        "max_specificity_at_sensitivity", 1.0
+    )
+    assert parse_rule("YOUDEN") == ThresholdRule("youden")
+    assert str(parse_rule("max-specificity@sensitivity>=0.950")) == "max-specificity@sensitivity>=0.95"
+    for bad in (
+        "max-specificity@sensitivity>=0",
+        "max-specificity@sensitivity>=1.5",
+        "best",
+        "max-specificity",
+    ):
+        with pytest.raises(ValueError, match=r"sensitivity|unknown threshold rule"):
+            parse_rule(bad)
+
+
+def test_choice_is_the_threshold_search_of_evaluation():
+    point = choose_site_operating_point(
+        Y, P, "max-specificity@sensitivity>=0.8", site="north-wing", model_version="0.3.0",
+        chosen_on=dt.date(2026, 12, 1), results="some/folder/results.csv",
+    )  # fmt: skip
+    expected = choose_threshold(Y, P, rule="max_specificity_at_sensitivity", min_sensitivity=0.8)
+    assert point.threshold == expected.threshold == 0.6  # 4 of 5 pneumonia films kept, 3 of 4 normal
+    assert (point.sensitivity, point.specificity) == (0.8, 0.75)
+    assert (point.n, point.n_pneumonia, point.n_normal) == (9, 5, 4)
+    assert point.results == "results.csv"  # no folder: the file names no path of the site
+    youden = choose_site_operating_point(Y, P, parse_rule("youden"), site="a", model_version="0.3.0")
+    assert youden.threshold == choose_threshold(Y, P, rule="youden").threshold
+    assert youden.chosen_on == dt.datetime.now(dt.timezone.utc).date().isoformat()
+    with pytest.raises(ValueError, match="needs pneumonia and normal films"):
+        choose_site_operating_point(np.ones(3), [0.2, 0.5, 0.9], "youden", site="a", model_version="0.3.0")
+
+
+def test_overlay_round_trip_and_refusals(tmp_path: Path):
+    point = choose_site_operating_point(
+        Y, P, "youden", site="north-wing", model_version="0.3.0", chosen_on=dt.date(2026, 12, 1)
+    )
+    path = write_site_overlay(tmp_path / "site.json", point)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert data["format"] == OVERLAY_FORMAT and data["version"] == 1
+    assert set(data) == {
+        "format", "version", "site", "model_version", "threshold", "rule", "chosen_on",
+        "n", "n_pneumonia", "n_normal", "sensitivity", "specificity", "results",
+    }  # fmt: skip
+    assert read_site_overlay(path) == point
+    assert point.label == "site north-wing: youden on n=9 (2026-12-01)"
+
+    def broken(change: dict, match: str) -> None:
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps({**data, **change}), encoding="utf-8")
+        with pytest.raises(SiteOverlayError, match=match) as info:
+            read_site_overlay(bad)
+        assert str(bad) in str(info.value)
+
+    broken({"threshold": 1.5}, "threshold must be in")
+    broken({"rule": "best"}, "unknown threshold rule")
+    broken({"site": "North Wing; DROP"}, "site name")
+    broken({"n": 10}, "is not n")
+    broken({"extra": 1}, "unknown key")
+    broken({"format": "something else"}, "'format'")
+    broken({"chosen_on": "yesterday"}, "chosen_on")
+    (tmp_path / "nan.json").write_text(
+        path.read_text().replace(repr(point.threshold), "NaN"), encoding="utf-8"
+    )
+    with pytest.raises(SiteOverlayError, match="NaN"):
+        read_site_overlay(tmp_path / "nan.json")
+    with pytest.raises(SiteOverlayError, match="cannot be read"):
+        read_site_overlay(tmp_path / "missing.json")
+
+
+def test_another_model_version_is_refused():
+    point = choose_site_operating_point(Y, P, "youden", site="a", model_version="0.2.1")
+    check_model_version(point, "0.2.1")
+    with pytest.raises(SiteOverlayError, match=r"model version '0\.2\.1'.*this model is version '0\.3\.0'"):
+        check_model_version(point, "0.3.0")
+    with pytest.raises(SiteOverlayError, match=r"version '0\.3\.0\+subtype'"):
+        check_model_version(dataclasses.replace(point, model_version="0.3.0"), "0.3.0+subtype")
+
+
+def test_apply_site_replaces_threshold_label_and_fingerprint():
+    @dataclasses.dataclass(frozen=True)
+    class FakeBundle:  # the fields apply_site reads and replaces
+        model_version: str
+        threshold: float
+        fingerprint: str
+        operating_point: str = BUNDLE_OPERATING_POINT
+
+    bundle = FakeBundle("0.3.0", 0.85, "abc")
+    assert apply_site(bundle, None) is bundle  # type: ignore[arg-type]
+    point = choose_site_operating_point(Y, P, "youden", site="a", model_version="0.3.0")
+    sited = apply_site(bundle, point)  # type: ignore[arg-type]
+    assert (sited.threshold, sited.operating_point) == (point.threshold, point.label)
+    assert sited.fingerprint not in (
+        "abc",
+        apply_site(bundle, dataclasses.replace(point, site="b")).fingerprint,
+    )
+    with pytest.raises(SiteOverlayError):
+        apply_site(FakeBundle("0.2.1", 0.85, "abc"), point)  # type: ignore[arg-type]
