@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from pneumonia_monai.inference.heatmap import (
     film_heatmap,
     gradcam,
     heat_inside,
+    reduce_for_display,
 )
 from pneumonia_monai.transforms import ChestXRayPreprocessd, load_film
 
@@ -91,3 +94,34 @@ def test_heat_inside_the_lung_box() -> None:
     # the map lies on the crop [0, 1] of the film; the lung box is its central 60%
     assert heat_inside(cam, (0.2, 0.8, 0.2, 0.8), (0.0, 1.0, 0.0, 1.0)) == pytest.approx(1.0)
     assert heat_inside(cam, (0.0, 0.5, 0.0, 1.0), (0.0, 1.0, 0.0, 1.0)) == pytest.approx(0.5)
+
+
+def test_a_film_reduced_for_display_draws_the_same_overlay_at_the_film_s_geometry() -> None:
+    """The runner drops a hospital-size film before drawing: the reduced film plus its shape is the same."""
+    rng = np.random.default_rng(1)
+    film = rng.random((5000, 3001)).astype(np.float32)
+    cam = rng.random((224, 224))
+    box = (0.1, 0.9, 0.15, 0.85)
+    reduced = reduce_for_display(film)
+    assert reduced.shape == (2500, 1500)  # 2 x 2 blocks: between one and two times the display side
+    whole = film_heatmap(film, cam, box, caption="p 0.5")
+    assert whole.shape == (2048, 1229, 3)
+    assert np.array_equal(film_heatmap(reduced, cam, box, caption="p 0.5", film_shape=film.shape), whole)
+    small = np.zeros((600, 400), np.float32)
+    assert reduce_for_display(small) is small
+    with pytest.raises(ValueError, match="film_shape"):
+        film_heatmap(reduced, cam, box, caption="x", film_shape=(100, 100))
+
+
+def test_the_overlay_of_an_8192_pixel_film_allocates_little_beside_it() -> None:
+    """Drawing stays at display size in float32: it once took 461 MiB of arrays beside an 8192^2 film."""
+    film = np.full((8192, 8192), 0.5, np.float32)
+    cam = np.random.default_rng(0).random((224, 224))
+    tracemalloc.start()
+    try:
+        out = film_heatmap(film, cam, (0.1, 0.9, 0.1, 0.9), caption="p 0.5")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.shape == (2048, 2048, 3)
+    assert peak < 200 * 1024**2, f"{peak / 1024**2:.0f} MiB"

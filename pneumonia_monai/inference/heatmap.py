@@ -164,15 +164,15 @@ def gradcam(
     return ((cam_np - low) / (high - low)).astype(np.float32)
 
 
-def _check_unit_array(name: str, array: np.ndarray) -> np.ndarray:
-    """Return ``array`` as float64 after checking that it is a finite 2-D array in [0, 1]."""
+def _check_unit_array(name: str, array: np.ndarray, dtype: type[np.floating] = np.float64) -> np.ndarray:
+    """Return ``array`` as ``dtype`` after checking that it is a finite 2-D array in [0, 1]."""
     if not isinstance(array, np.ndarray):
         raise TypeError(f"{name} must be a numpy array, got {type(array).__name__}")
     if array.ndim != 2 or min(array.shape) < 1:
         raise ValueError(f"{name} must be a non-empty 2-D array, got shape {array.shape}")
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
         raise TypeError(f"{name} must be a real numeric array, got dtype {array.dtype}")
-    values = array.astype(np.float64)
+    values = array.astype(dtype, copy=False)
     if not np.all(np.isfinite(values)):
         raise ValueError(f"{name} has non-finite values")
     low, high = float(values.min()), float(values.max())
@@ -349,6 +349,18 @@ def _block_mean(image: np.ndarray, k: int) -> np.ndarray:
     return blocks.mean(axis=(1, 3), dtype=np.float32)
 
 
+def reduce_for_display(film01: np.ndarray, sides: tuple[int, int] = FILM_HEATMAP_SIDES) -> np.ndarray:
+    """Block-average a film whose long side is over ``2 x sides[1]`` to between one and two times it.
+
+    A hospital film may be 8,000 pixels a side and the overlay is drawn at most ``sides[1]``: the caller
+    of :func:`film_heatmap` can drop the full-size film (and its share of the film budget) before drawing,
+    passing this and the film's shape. A smaller film is returned as it is.
+    """
+    film = np.asarray(film01)
+    k = max(1, max(film.shape) // sides[1]) if film.ndim == 2 and film.size else 1
+    return _block_mean(film, k) if k > 1 else film
+
+
 def film_heatmap(
     film01: np.ndarray,
     cam: np.ndarray,
@@ -358,6 +370,7 @@ def film_heatmap(
     alpha: float = 0.4,
     colormap: str = "jet",
     sides: tuple[int, int] = FILM_HEATMAP_SIDES,
+    film_shape: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Lay a Grad-CAM of the lung crop over the whole film, at the film's own geometry.
 
@@ -376,6 +389,8 @@ def film_heatmap(
         alpha: weight of the heatmap inside the box, in [0, 1].
         colormap: a matplotlib colormap name.
         sides: the range of the long side of the output.
+        film_shape: the film's ``(rows, columns)`` when ``film01`` is the film reduced by
+            :func:`reduce_for_display` (default: ``film01``'s shape); the output's geometry follows it.
 
     Returns:
         ``(R, C, 3)`` uint8 RGB with ``R / C`` the film's aspect ratio and ``max(R, C)`` in ``sides``.
@@ -386,13 +401,15 @@ def film_heatmap(
     from PIL import Image, ImageDraw, ImageFont
 
     heat = _check_unit_array("cam", cam)
-    shape = np.shape(film01)
-    if len(shape) != 2 or min(shape) < 1:
-        raise ValueError(f"film01 must be a non-empty 2-D array, got shape {shape}")
+    given = np.shape(film01)
+    if len(given) != 2 or min(given) < 1:
+        raise ValueError(f"film01 must be a non-empty 2-D array, got shape {given}")
+    shape = given if film_shape is None else (int(film_shape[0]), int(film_shape[1]))
+    if len(shape) != 2 or min(shape) < 1 or shape[0] < given[0] or shape[1] < given[1]:
+        raise ValueError(f"film_shape must be the film's (rows, columns), got {film_shape!r} for {given}")
     # A hospital film may be 8,000 pixels a side: block-average it to at most twice the display size
-    # first (a view and one small array), so the float64 checks and drawing below stay small.
-    k = max(1, max(shape) // (2 * sides[1]))
-    grey = _check_unit_array("film01", _block_mean(np.asarray(film01), k) if k > 1 else np.asarray(film01))
+    # first (a view and one small array), so the checks and drawing below stay small (float32).
+    grey = _check_unit_array("film01", reduce_for_display(film01, sides), np.float32)
     scale = display_scale(shape, sides)
     if len(box) != 4:
         raise ValueError(f"box must be (row0, row1, col0, col1) fractions, got {box!r}")
@@ -405,7 +422,7 @@ def film_heatmap(
     if (rows, cols) != grey.shape:
         resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BICUBIC
         levels = levels.resize((cols, rows), resample)
-    shown = np.asarray(levels, dtype=np.float64) / 255.0
+    shown = np.asarray(levels, dtype=np.float32) / np.float32(255.0)
     r0, r1 = round(f_r0 * rows), max(round(f_r0 * rows) + 1, round(f_r1 * rows))
     c0, c1 = round(f_c0 * cols), max(round(f_c0 * cols) + 1, round(f_c1 * cols))
     cam_img = Image.fromarray(heat.astype(np.float32), mode="F").resize(
@@ -413,7 +430,8 @@ def film_heatmap(
     )
     rgb = np.repeat(shown[..., None], 3, axis=2)
     inside = rgb[r0:r1, c0:c1]
-    rgb[r0:r1, c0:c1] = (1.0 - alpha) * inside + alpha * cmap(np.clip(np.asarray(cam_img), 0.0, 1.0))[..., :3]
+    colours = cmap(np.clip(np.asarray(cam_img), 0.0, 1.0), bytes=True)[..., :3]  # uint8, not float64
+    rgb[r0:r1, c0:c1] = np.float32(1.0 - alpha) * inside + np.float32(alpha / 255.0) * colours
     # Colour bar: the right edge, 40% of the height, centred.
     bar_w = max(6, cols // 40)
     bar_h = max(20, int(0.4 * rows))
@@ -421,7 +439,9 @@ def film_heatmap(
     b_r0 = (rows - bar_h) // 2
     ramp = np.linspace(1.0, 0.0, bar_h)[:, None].repeat(bar_w, axis=1)
     rgb[b_r0 : b_r0 + bar_h, b_c0 : b_c0 + bar_w] = cmap(ramp)[..., :3]
-    image = Image.fromarray(np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8))
+    np.clip(rgb, 0.0, 1.0, out=rgb)  # in place: at display size these are 48 MB each
+    rgb *= np.float32(255.0)
+    image = Image.fromarray(np.round(rgb, out=rgb).astype(np.uint8))
     draw = ImageDraw.Draw(image)
     font_size = max(10, rows // 40)
     font = ImageFont.load_default(size=font_size)

@@ -732,7 +732,12 @@ class _Run:
         The Grad-CAM of the network input is laid over the whole film at its own geometry (the film
         is loaded again, for display, only here).
         """
-        from pneumonia_monai.inference.heatmap import film_heatmap, gradcam, save_png_atomic
+        from pneumonia_monai.inference.heatmap import (
+            film_heatmap,
+            gradcam,
+            reduce_for_display,
+            save_png_atomic,
+        )
         from pneumonia_monai.transforms.io import load_film
 
         folder = self.out / HEATMAP_DIR
@@ -747,11 +752,13 @@ class _Run:
                 class_index=self.bundle.explained_class(probs),
             )
             film, _ = load_film(job.path)
+            shape = film.shape
+            film = reduce_for_display(film)  # the full-size film is garbage now: its budget share is back
             caption = (
                 f"p(pneumonia) {row.prob_pneumonia:.2f}: {row.prediction} at threshold "
                 f"{self.bundle.threshold:.2f} ({self.bundle.model_name} {self.bundle.model_version})"
             )
-            rgb = film_heatmap(film, cam, item.box, caption=caption)
+            rgb = film_heatmap(film, cam, item.box, caption=caption, film_shape=shape)
             del film
             png = self._png_path(job)
             save_png_atomic(rgb, png)
