@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_OUT ?= demo-output
 BENCH_DIR ?= /tmp/pneumonia-monai-benchmark
 
-.PHONY: install system-deps demo train-demo test lint benchmark clean
+.PHONY: install system-deps demo train-demo test lint benchmark benchmark-node clean
 
 install: $(VENV)/.installed
 
@@ -46,6 +46,10 @@ test: install system-deps lint
 benchmark: install
 	$(PY) scripts/benchmark_train.py
 	$(PY) scripts/benchmark_infer.py --n 96 --batch-size 8 --workers 0 2 --workdir $(BENCH_DIR)
+
+# The node's study latency against a private Orthanc (root: Orthanc runs in a network namespace).
+benchmark-node: install system-deps
+	$(PY) scripts/benchmark_node.py --studies 3 --stable-seconds 2 --workdir $(BENCH_DIR)-node
 
 clean:
 	rm -rf $(DEMO_OUT) bundle/runs bundle/eval .pytest_cache .ruff_cache
