@@ -26,6 +26,8 @@ the command line wins over the file). The file holds a mapping whose keys are th
     heatmaps: false
     bundle: /opt/pneumonia/bundle
     device: auto
+    site: site_operating_point.json          # a site's threshold (evaluate --choose-threshold)
+    fhir_dir: /var/lib/pneumonia-node/fhir   # also a FHIR R5 Bundle per study here
 """
 
 from __future__ import annotations
