@@ -129,3 +129,78 @@ def test_apply_site_replaces_threshold_label_and_fingerprint():
     )
     with pytest.raises(SiteOverlayError):
         apply_site(FakeBundle("0.2.1", 0.85, "abc"), point)  # type: ignore[arg-type]
+
+
+def _results(path: Path, rows: list[dict[str, str]]) -> Path:
+    columns = ["path", "status", "prob_pneumonia", "threshold", "model_version"]
+    columns += [c for c in ("prob_normal", "prob_bacterial", "prob_viral") if c in rows[0]]
+    lines = [",".join(columns), *(",".join(row.get(c, "") for c in columns) for row in rows)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_evaluate_chooses_on_the_written_probabilities(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    from pneumonia_monai.cli import evaluate as evaluate_cli
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text(
+        "path,label,subtype\n"
+        + "".join(f"f{i}.png,{'normal' if y == 0 else 'pneumonia'},bacterial\n" for i, y in enumerate(Y)),
+        encoding="utf-8",
+    )
+    # Three classes: prob_pneumonia as infer wrote it (1 - p(normal)); the row sums are CSV-rounded.
+    rows = [
+        {
+            "path": f"f{i}.png",
+            "status": "ok",
+            "prob_pneumonia": repr(float(p)),
+            "threshold": "0.5",
+            "model_version": "0.3.0+subtype",
+            "prob_normal": f"{1 - p:.4f}",
+            "prob_bacterial": f"{p / 2:.4f}",
+            "prob_viral": f"{p / 2:.4f}",
+        }
+        for i, p in enumerate(P)
+    ]
+    results = _results(tmp_path / "results.csv", rows)
+    argv = ["--results", str(results), "--labels", str(labels), "--root", str(tmp_path), "--bootstrap", "0"]
+    site = tmp_path / "overlay.json"
+    code = evaluate_cli.main(
+        [
+            *argv,
+            "--output",
+            str(tmp_path / "r"),
+            "--choose-threshold",
+            "youden",
+            "--site-file",
+            str(site),
+            "-q",
+        ]
+    )
+    assert code == 0
+    point = read_site_overlay(site)
+    assert point.threshold == choose_threshold(Y, P, rule="youden").threshold  # exactly a written value
+    assert point.model_version == "0.3.0+subtype" and point.site == "site"
+    assert f"threshold {point.threshold:.6g} by youden on 9 film(s)" in capsys.readouterr().out
+
+    mixed = _results(
+        tmp_path / "mixed.csv", [{**row, "model_version": f"0.{i % 2}"} for i, row in enumerate(rows)]
+    )
+    code = evaluate_cli.main(
+        [
+            "--results",
+            str(mixed),
+            *argv[2:],
+            "--output",
+            str(tmp_path / "m"),
+            "--choose-threshold",
+            "youden",
+            "-q",
+        ]
+    )
+    assert code == 1 and not (tmp_path / "m" / "site_operating_point.json").exists()
+    # A rule or a site name that is not one is bad usage, refused by the parser (exit status 2).
+    out = ["--output", str(tmp_path / "x")]
+    assert evaluate_cli.main([*argv, *out, "--choose-threshold", "best-guess"]) == 2
+    assert evaluate_cli.main([*argv, *out, "--choose-threshold", "youden", "--site-name", "a b"]) == 2
+    assert not (tmp_path / "x").exists()

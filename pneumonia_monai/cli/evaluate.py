@@ -87,7 +87,6 @@ from pneumonia_monai.cli.common import (
     unit_interval,
 )
 from pneumonia_monai.constants import class_names as model_class_names
-from pneumonia_monai.decision import pneumonia_probabilities
 from pneumonia_monai.site_overlay import (
     OVERLAY_FILE,
     ThresholdRule,
@@ -156,6 +155,8 @@ class ResultRow:
         probs: class probabilities of an ``ok`` row (``None`` otherwise).
         threshold: the row's ``threshold`` value, if any.
         model_version: the row's ``model_version``, or ``""``.
+        prob_pneumonia: an ``ok`` row's ``prob_pneumonia`` as written, the value ``infer`` compared with
+            its threshold (``None`` otherwise).
     """
 
     path: str
@@ -165,6 +166,7 @@ class ResultRow:
     probs: tuple[float, ...] | None
     threshold: float | None
     model_version: str = ""
+    prob_pneumonia: float | None = None
 
 
 def _key(path: str, base: Path) -> Path:
@@ -216,8 +218,13 @@ def read_results(path: Path, *, root: Path) -> tuple[list[ResultRow], int]:
             raise InputError(f"{path}:{line}: {file_path} is listed twice (first on line {seen[key]})")
         seen[key] = line
         status = (record.get("status") or "").strip().lower()
-        probs = None
+        probs = prob_pneumonia = None
         if status == STATUS_OK:
+            prob_pneumonia = _float(
+                (record.get("prob_pneumonia") or "").strip(), f"{path}:{line}: prob_pneumonia"
+            )
+            if not 0.0 <= prob_pneumonia <= 1.0:
+                raise InputError(f"{path}:{line}: prob_pneumonia outside [0, 1]: {prob_pneumonia}")
             values = [_float((record.get(c) or "").strip(), f"{path}:{line}: {c}") for c in prob_columns]
             if any(not 0.0 <= v <= 1.0 for v in values):
                 raise InputError(f"{path}:{line}: probabilities outside [0, 1]: {values}")
@@ -231,7 +238,7 @@ def read_results(path: Path, *, root: Path) -> tuple[list[ResultRow], int]:
         threshold = _float(text, f"{path}:{line}: threshold") if text else None
         reason = (record.get("reason") or "").strip()
         version = (record.get("model_version") or "").strip()
-        rows.append(ResultRow(file_path, key, status, reason, probs, threshold, version))
+        rows.append(ResultRow(file_path, key, status, reason, probs, threshold, version, prob_pneumonia))
     return rows, num_classes
 
 
@@ -651,7 +658,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     point = None
     if args.choose_threshold is not None:
-        binary_prob = probs if num_classes == 2 else pneumonia_probabilities(probs, names)
+        # The written prob_pneumonia: the very value infer compares with a threshold (for three
+        # classes, 1 - p(normal) as decision.pneumonia_probability gave it, before any CSV renormalising).
+        binary_prob = np.array([row.prob_pneumonia for row in rows], dtype=np.float64)
         try:
             point = choose_site_operating_point(
                 (y > 0).astype(np.int64),
