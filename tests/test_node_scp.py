@@ -193,32 +193,10 @@ def uid_of(path: Path, keyword: str = "StudyInstanceUID") -> str:
 # transfer syntaxes
 
 
-STORESCU_PROFILE = r"""
-[[TransferSyntaxes]]
-[JL57]
-TransferSyntax1 = 1.2.840.10008.1.2.4.57
-[JL70]
-TransferSyntax1 = 1.2.840.10008.1.2.4.70
-[JLS]
-TransferSyntax1 = 1.2.840.10008.1.2.4.80
-[J2K]
-TransferSyntax1 = 1.2.840.10008.1.2.4.90
-[RLE]
-TransferSyntax1 = 1.2.840.10008.1.2.5
-[DEFL]
-TransferSyntax1 = 1.2.840.10008.1.2.1.99
-[[PresentationContexts]]
-[CR]
-PresentationContext1 = 1.2.840.10008.5.1.4.1.1.1\JL57
-PresentationContext2 = 1.2.840.10008.5.1.4.1.1.1\JL70
-PresentationContext3 = 1.2.840.10008.5.1.4.1.1.1\JLS
-PresentationContext4 = 1.2.840.10008.5.1.4.1.1.1\J2K
-PresentationContext5 = 1.2.840.10008.5.1.4.1.1.1\RLE
-PresentationContext6 = 1.2.840.10008.5.1.4.1.1.1\DEFL
-[[Profiles]]
-[Chest]
-PresentationContexts = CR
-"""
+#: The dcmtk storescu profile the README gives (``-xf scripts/storescu-chest.cfg Chest``): a presentation
+#: context per chest film SOP class and transfer syntax the node accepts.
+STORESCU_PROFILE = Path(__file__).resolve().parents[1] / "scripts" / "storescu-chest.cfg"
+SAMPLE_DICOM = Path(__file__).resolve().parents[1] / "bundle" / "sample_data" / "dicom"
 
 
 @pytest.fixture
@@ -249,7 +227,6 @@ def compressed_study(tmp_path: Path) -> dict[str, Path]:
     ds.save_as(files["1.2.840.10008.1.2.1.99"], enforce_file_format=True)
     for syntax, path in files.items():
         assert str(dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID) == syntax
-    (tmp_path / "storescu.cfg").write_text(STORESCU_PROFILE)
     return files
 
 
@@ -257,9 +234,7 @@ def test_compressed_instances_are_accepted_and_stored_as_received(
     start_node: Callable[..., DicomNode], compressed_study: dict[str, Path], tmp_path: Path
 ) -> None:
     node = start_node(stable_seconds=60)  # keep them in the inbox
-    result = storescu(
-        node.port, list(compressed_study.values()), "-xf", str(tmp_path / "storescu.cfg"), "Chest"
-    )
+    result = storescu(node.port, list(compressed_study.values()), "-xf", str(STORESCU_PROFILE), "Chest")
     assert result.returncode == 0, result.stderr
 
     study_uid = uid_of(next(iter(compressed_study.values())))
@@ -276,6 +251,21 @@ def test_compressed_instances_are_accepted_and_stored_as_received(
     assert not list(inbox.glob("*.tmp")) and not list(inbox.glob(".*"))
 
 
+def test_the_readme_storescu_line_sends_the_mixed_sample_studies(
+    start_node: Callable[..., DicomNode], tmp_path: Path
+) -> None:
+    """The samples mix uncompressed, JPEG 2000 and RLE films: plain storescu, or one -x option, fails."""
+    files = sorted(SAMPLE_DICOM.glob("*/*.dcm"))
+    syntaxes = {str(dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID) for p in files}
+    assert {JPEG2000Lossless, RLELossless, "1.2.840.10008.1.2.1"} <= syntaxes
+    node = start_node(stable_seconds=60)
+    assert storescu(node.port, files, "-xv").returncode != 0  # J2K proposed, the RLE film fails
+    result = storescu(node.port, files, "-xf", str(STORESCU_PROFILE), "Chest", aet="PACS")
+    assert result.returncode == 0, result.stderr
+    stored = {p.name for p in (tmp_path / "work0" / "inbox").glob("*/*.dcm")}
+    assert stored == {f"{uid_of(p, 'SOPInstanceUID')}.dcm" for p in files}
+
+
 def test_without_the_compressed_contexts_a_jpeg_lossless_film_is_refused(
     start_node: Callable[..., DicomNode], compressed_study: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -285,7 +275,7 @@ def test_without_the_compressed_contexts_a_jpeg_lossless_film_is_refused(
         node.port,
         [compressed_study["1.2.840.10008.1.2.4.57"]],
         "-xf",
-        str(tmp_path / "storescu.cfg"),
+        str(STORESCU_PROFILE),
         "Chest",
     )
     assert result.returncode != 0
