@@ -208,3 +208,22 @@ def test_node_uses_the_overlay_and_writes_fhir(
     argv = ["--work-dir", str(tmp_path / "work"), "--dest-ae", "PACS@127.0.0.1:104", "--port", "0"]
     assert serve_cli.main([*argv, "--site", str(other), "-q"]) == 2  # refused before it listens
     assert serve_cli.main([*argv, "--site", str(tmp_path / "missing.json"), "-q"]) == 2
+
+
+def test_node_configuration_takes_site_and_fhir_dir(tmp_path: Path):
+    from pneumonia_monai.node.config import config_from_mapping, read_config_file
+
+    path = tmp_path / "node.yaml"
+    path.write_text("work_dir: spool\ndest_ae: PACS@127.0.0.1:104\nsite: site.json\nfhir_dir: out/fhir\n")
+    config = config_from_mapping(read_config_file(path))
+    assert (config.site, config.fhir_dir) == (
+        tmp_path / "site.json",
+        tmp_path / "out" / "fhir",
+    )  # file-relative
+    args = serve_cli.build_parser().parse_args(
+        ["--config", str(path), "--site", "/x/o.json", "--fhir-dir", "f"]
+    )
+    merged = serve_cli.config_from_args(args)
+    assert (merged.site, merged.fhir_dir) == (Path("/x/o.json"), Path("f"))  # the command line wins
+    with pytest.raises(TypeError, match="site must be a path"):
+        config_from_mapping({"work_dir": "w", "dest_ae": "PACS@127.0.0.1:104", "site": 3})
