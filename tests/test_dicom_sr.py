@@ -38,6 +38,7 @@ from pneumonia_monai.dicom.sr import (
     QUALITATIVE_EVALUATIONS,
     ImageFinding,
     build_pneumonia_sr,
+    build_pneumonia_sr_highdicom,
     default_device_observer_uid,
     write_dataset_atomic,
 )
@@ -285,7 +286,9 @@ def num_value(item: pydicom.Dataset, name) -> float:
     return float(num.MeasuredValueSequence[0].NumericValue)
 
 
-def assert_air_displayable(report: hd.sr.ComprehensiveSR, sources: list[pydicom.Dataset]) -> None:
+def assert_air_displayable(
+    report: hd.sr.ComprehensiveSR, sources: list[pydicom.Dataset], algorithm: dict[str, str] = ALGORITHM
+) -> None:
     """What IHE AIR and OHIF v3 need of a TID 1500 report, checked on the report read back by highdicom."""
     assert report.ContentTemplateSequence[0].TemplateIdentifier == "1500"
     # an Image Library that lists every source, with the TID 1602 descriptors
@@ -310,11 +313,26 @@ def assert_air_displayable(report: hd.sr.ComprehensiveSR, sources: list[pydicom.
         assert presence(group) in (PRESENT, ABSENT)
         assert 0.0 <= probability(group) <= 1.0
         # the algorithm, on the group and on its measurement
-        assert text_values(group[0], codes.DCM.AlgorithmName) == [ALGORITHM["algorithm_name"]]
-        assert text_values(group[0], codes.DCM.AlgorithmVersion) == [ALGORITHM["algorithm_version"]]
+        assert text_values(group[0], codes.DCM.AlgorithmName) == [algorithm["algorithm_name"]]
+        assert text_values(group[0], codes.DCM.AlgorithmVersion) == [algorithm["algorithm_version"]]
         (num,) = find_content_items(group[0], name=PROB_PNEUMONIA)
-        assert text_values(num, codes.DCM.AlgorithmName) == [ALGORITHM["algorithm_name"]]
+        assert text_values(num, codes.DCM.AlgorithmName) == [algorithm["algorithm_name"]]
     assert len(set(uids)) == len(uids)
+    # every code in a Code Value (readers such as OHIF read no Long Code Value)
+    assert all("CodeValue" in code for code in codes_of(report)), [str(c) for c in codes_of(report)]
+
+
+def codes_of(ds: pydicom.Dataset) -> list[pydicom.Dataset]:
+    """Every code sequence item under ``ds``."""
+    found = []
+    for element in ds:
+        if element.VR != "SQ":
+            continue
+        for item in element.value:
+            if "CodeMeaning" in item:
+                found.append(item)
+            found += codes_of(item)
+    return found
 
 
 def test_image_library_always_also_without_imager_pixel_spacing(rg1: pydicom.Dataset, tmp_path: Path) -> None:
@@ -576,3 +594,86 @@ def test_write_dataset_atomic(rg1: pydicom.Dataset, tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="Dataset"):
         write_dataset_atomic({"not": "a dataset"}, path)  # type: ignore[arg-type]
     assert pydicom.dcmread(path).SOPInstanceUID == sr.SOPInstanceUID
+
+
+#: What may differ between the report built item by item and highdicom's: the creation date and time,
+#: and highdicom's Contributing Equipment item (it names highdicom as the library that made the file).
+BUILT_AT = ("00080012", "00080013", "00080023", "00080033", "0018A001")
+
+
+def comparable(sr: pydicom.Dataset) -> dict:
+    data = sr.to_json_dict()
+    for tag in BUILT_AT:
+        data.pop(tag, None)
+    return data
+
+
+def report_cases(rg1: pydicom.Dataset) -> dict[str, tuple[list[pydicom.Dataset], list[ImageFinding], dict]]:
+    dx, other_dx = second_instance(rg1, dx=True), second_instance(rg1, dx=True)
+    siim = siim_like_header(rg1)
+    same_series = second_instance(rg1)
+    same_series.SeriesInstanceUID = rg1.SeriesInstanceUID
+    framed = second_instance(rg1, dx=True)
+    framed.FrameOfReferenceUID = generate_uid()
+    sparse = copy.deepcopy(rg1)
+    for keyword in ("PatientBirthDate", "StudyID", "AccessionNumber", "ReferringPhysicianName"):
+        delattr(sparse, keyword)
+    return {
+        "one image without pixel spacing": ([rg1], [finding(rg1, 0.7, True)], {}),
+        "two projection images": (
+            [dx, other_dx],
+            [finding(dx, 0.2, False), finding(other_dx, 0.95, True)],
+            {"series_number": 7, "instance_number": 3},
+        ),
+        "mixed library, one series twice, a frame of reference": (
+            [rg1, same_series, framed],
+            [finding(rg1, 0.1, False), finding(same_series, 0.5, True), finding(framed, 0.3, False)],
+            {"device_observer_uid": generate_uid()},
+        ),
+        "three classes": (
+            [rg1],
+            [finding(rg1, 0.7, True, prob_normal=0.3, prob_bacterial=0.5, prob_viral=0.2)],
+            {"threshold": 0.4},
+        ),
+        "outside intended use, site operating point": (
+            [siim, dx],
+            [finding(siim, 0.9, True, intended_use="no"), finding(dx, 0.1, False, intended_use="yes")],
+            {"intended_use": "patient age 1 to 5 years", "operating_point": "site-a"},
+        ),
+        "Type 2 attributes missing": ([sparse], [finding(sparse, 0.5, True)], {}),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "one image without pixel spacing",
+        "two projection images",
+        "mixed library, one series twice, a frame of reference",
+        "three classes",
+        "outside intended use, site operating point",
+        "Type 2 attributes missing",
+    ],
+)
+def test_report_built_item_by_item_equals_highdicoms(rg1: pydicom.Dataset, tmp_path: Path, case: str) -> None:
+    sources, findings, extra = report_cases(rg1)[case]
+    arguments = {"threshold": 0.5, **ALGORITHM, **extra}
+    fast = build_pneumonia_sr(sources, findings, **arguments)
+    reference = build_pneumonia_sr_highdicom(sources, findings, **arguments)
+    assert type(fast) is pydicom.Dataset and isinstance(reference, hd.sr.ComprehensiveSR)
+    # the whole document, content tree included, item for item and value for value
+    assert comparable(fast) == comparable(reference)
+    assert fast.ContentSequence == reference.ContentSequence
+    for keyword in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID"):
+        assert fast.file_meta[keyword].value == reference.file_meta[keyword].value
+    assert "ContributingEquipmentSequence" not in fast
+    # and both are valid DICOM, and read back by highdicom the same
+    fast_path, fast_read = write_and_read(fast, tmp_path)
+    also = (
+        (re.compile(r"needed to build DICOMDIR - Study ID"),) if case == "Type 2 attributes missing" else ()
+    )
+    assert_valid(fast_path, also)
+    reference_path = tmp_path / "reference.dcm"
+    write_dataset_atomic(reference, reference_path)
+    assert_valid(reference_path, also)
+    assert comparable(fast_read) == comparable(hd.sr.srread(reference_path))

@@ -24,7 +24,7 @@ Content tree (``>`` = child)::
         > CODE (233604007, SCT, "Pneumonia") = (52101004, SCT, "Present") | (272519000, SCT, "Absent")
         > IMAGE (121112, DCM, "Source of Measurement") -> the image (per-image groups only)
     > CONTAINER (C0034375, UMLS, "Qualitative Evaluations")
-      > TEXT (OUTSIDE-INTENDED-USE, 99PNEUMONIA, "Outside intended use") = "pneumonia image N: ..."
+      > TEXT (NOT-INTENDED-USE, 99PNEUMONIA, "Outside intended use") = "pneumonia image N: ..."
         (one per image whose patient is outside the model's intended ages; see ``intended_use``)
       > TEXT (121106, DCM, "Comment") = "NOT FOR DIAGNOSTIC USE ..."
 
@@ -104,6 +104,8 @@ DISCLAIMER_TEXT = (
 
 #: Designator of the private coding scheme of the concepts DICOM does not define.
 PRIVATE_SCHEME = "99PNEUMONIA"
+#: Its Coding Scheme Name in the Coding Scheme Identification Sequence.
+PRIVATE_SCHEME_NAME = "pneumonia_monai private concepts"
 
 PNEUMONIA = Code("233604007", "SCT", "Pneumonia")
 PLAIN_CHEST_XRAY = Code("399208008", "SCT", "Plain X-ray of chest")
@@ -114,7 +116,9 @@ PROB_PNEUMONIA = Code("PNEUMONIA-PROB", PRIVATE_SCHEME, "Probability of pneumoni
 PROB_NORMAL = Code("NORMAL-PROB", PRIVATE_SCHEME, "Probability of normal")
 PROB_BACTERIAL = Code("BACTERIAL-PROB", PRIVATE_SCHEME, "Probability of bacterial pneumonia")
 PROB_VIRAL = Code("VIRAL-PROB", PRIVATE_SCHEME, "Probability of viral pneumonia")
-OUTSIDE_INTENDED_USE = Code("OUTSIDE-INTENDED-USE", PRIVATE_SCHEME, "Outside intended use")
+#: (Private code values stay within 16 characters: a Code Value, which every reader reads, not a
+#: Long Code Value.)
+OUTSIDE_INTENDED_USE = Code("NOT-INTENDED-USE", PRIVATE_SCHEME, "Outside intended use")
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 
 #: Tolerance of the consistency checks between the probabilities of a three-class model.
@@ -425,15 +429,12 @@ def _evidence_header(ds: pydicom.Dataset) -> pydicom.Dataset:
     return header
 
 
-def _algorithm_id(
-    algorithm_name: str, algorithm_version: str, threshold: float, operating_point: str | None = None
-) -> hd.sr.AlgorithmIdentification:
+def _algorithm_parameters(threshold: float, operating_point: str | None = None) -> list[str]:
+    """The Algorithm Parameters (TID 4019) of the report: the threshold, and a site operating point."""
     parameters = [f"decision threshold on the probability of pneumonia={threshold!r}"]
     if operating_point:
         parameters.append(f"operating point={operating_point}")
-    return hd.sr.AlgorithmIdentification(
-        name=algorithm_name, version=algorithm_version, parameters=parameters
-    )
+    return parameters
 
 
 def _probability(
@@ -450,10 +451,9 @@ def _group(
     present: bool,
     algorithm_id: hd.sr.AlgorithmIdentification,
     source_images: list[hd.sr.SourceImageForMeasurementGroup] | None,
-    report_uid: str,
+    tracking_uid: str,
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     # The tracking UID is derived from the report's own UID: the same report has the same content.
-    tracking_uid = derived_uid("sr tracking", report_uid, identifier)
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=identifier),
         finding_type=PNEUMONIA,
@@ -479,6 +479,236 @@ def default_device_observer_uid(manufacturer: str, algorithm_name: str, algorith
     )
 
 
+@dataclass(frozen=True)
+class _Report:
+    """A validated report, ready to be built (by highdicom or item by item)."""
+
+    sources: list[pydicom.Dataset]
+    findings: list[ImageFinding]
+    algorithm_name: str
+    algorithm_version: str
+    parameters: tuple[str, ...]
+    manufacturer: str
+    device_observer_uid: str
+    series_uid: str
+    sop_uid: str
+    series_number: int
+    instance_number: int
+    notes: tuple[str, ...]
+
+    @property
+    def study_probability(self) -> float:
+        """The maximum probability over the images."""
+        return max(finding.prob_pneumonia for finding in self.findings)
+
+    @property
+    def study_present(self) -> bool:
+        """Present when any image is."""
+        return any(finding.present for finding in self.findings)
+
+    def tracking_uid(self, identifier: str) -> str:
+        """The Tracking Unique Identifier of a group, derived from the report's UID and the group's name."""
+        return str(derived_uid("sr tracking", self.sop_uid, identifier))
+
+    def log_built(self) -> None:
+        logger.info(
+            "built pneumonia SR for %d image(s): study probability %.4f, %s",
+            len(self.findings),
+            self.study_probability,
+            "present" if self.study_present else "absent",
+        )
+
+
+def image_group_identifier(number: int) -> str:
+    """The Tracking Identifier of the group of the ``number``-th image (1-based)."""
+    return f"pneumonia image {number}"
+
+
+#: The Tracking Identifier of the study's group.
+STUDY_GROUP_IDENTIFIER = "pneumonia study"
+
+
+def _prepare(
+    source_datasets: Sequence[pydicom.Dataset],
+    findings: Sequence[ImageFinding],
+    *,
+    algorithm_name: str,
+    algorithm_version: str,
+    threshold: float,
+    series_number: int,
+    instance_number: int,
+    manufacturer: str,
+    device_observer_uid: str | None,
+    operating_point: str | None,
+    intended_use: str | None,
+) -> _Report:
+    """Validate the arguments of :func:`build_pneumonia_sr` (see there for what is raised)."""
+    sources = _validate_sources(source_datasets)
+    ordered = _validate_findings(findings, sources)
+    threshold = check_probability("threshold", threshold)
+    check_long_string("algorithm_name", algorithm_name)
+    check_long_string("algorithm_version", algorithm_version)
+    check_long_string("manufacturer", manufacturer)
+    check_positive_int("series_number", series_number)
+    check_positive_int("instance_number", instance_number)
+    if device_observer_uid is None:
+        device_observer_uid = default_device_observer_uid(manufacturer, algorithm_name, algorithm_version)
+    else:
+        check_uid("device_observer_uid", device_observer_uid)
+
+    if operating_point is not None and (not isinstance(operating_point, str) or not operating_point.strip()):
+        raise ValueError(f"operating_point must be a non-empty string or None, got {operating_point!r}")
+    if intended_use is not None:
+        check_long_string("intended_use", intended_use)
+    series_uid, sop_uid = result_uids(
+        "sr",
+        str(sources[0].StudyInstanceUID),
+        result_version(algorithm_version, operating_point),
+        [str(ds.SOPInstanceUID) for ds in sources],
+    )
+    notes = tuple(
+        intended_use_note(image_group_identifier(number), intended_use)
+        for number, finding in enumerate(ordered, start=1)
+        if finding.intended_use == NO
+    )
+    return _Report(
+        sources=sources,
+        findings=ordered,
+        algorithm_name=algorithm_name,
+        algorithm_version=algorithm_version,
+        parameters=tuple(_algorithm_parameters(threshold, operating_point)),
+        manufacturer=manufacturer,
+        device_observer_uid=device_observer_uid,
+        series_uid=str(series_uid),
+        sop_uid=str(sop_uid),
+        series_number=series_number,
+        instance_number=instance_number,
+        notes=notes,
+    )
+
+
+def _build_highdicom(report: _Report) -> hd.sr.ComprehensiveSR:
+    """Build ``report`` with highdicom's template classes."""
+    sources, ordered, sop_uid = report.sources, report.findings, report.sop_uid
+    algorithm_name, algorithm_version = report.algorithm_name, report.algorithm_version
+    manufacturer = report.manufacturer
+    algorithm_id = hd.sr.AlgorithmIdentification(
+        name=algorithm_name, version=algorithm_version, parameters=list(report.parameters)
+    )
+    groups = []
+    for number, finding in enumerate(ordered, start=1):
+        measurements = [_probability(PROB_PNEUMONIA, finding.prob_pneumonia, algorithm_id)]
+        if finding.has_subtypes:
+            measurements += [
+                _probability(PROB_NORMAL, float(finding.prob_normal), algorithm_id),
+                _probability(PROB_BACTERIAL, float(finding.prob_bacterial), algorithm_id),
+                _probability(PROB_VIRAL, float(finding.prob_viral), algorithm_id),
+            ]
+        source = hd.sr.SourceImageForMeasurementGroup(
+            referenced_sop_class_uid=finding.sop_class_uid,
+            referenced_sop_instance_uid=finding.sop_instance_uid,
+        )
+        groups.append(
+            _group(
+                image_group_identifier(number),
+                measurements,
+                finding.present,
+                algorithm_id,
+                [source],
+                report.tracking_uid(image_group_identifier(number)),
+            )
+        )
+
+    study_measurement = _probability(
+        PROB_PNEUMONIA, report.study_probability, algorithm_id, derivation=codes.SCT.Maximum
+    )
+    groups.append(
+        _group(
+            STUDY_GROUP_IDENTIFIER,
+            [study_measurement],
+            report.study_present,
+            algorithm_id,
+            None,
+            report.tracking_uid(STUDY_GROUP_IDENTIFIER),
+        )
+    )
+
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.cid270.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=report.device_observer_uid,
+            name=algorithm_name,
+            manufacturer_name=manufacturer,
+            model_name=algorithm_name,
+        ),
+    )
+    lacking = {str(ds.SOPInstanceUID): _library_descriptors_missing(ds) for ds in sources}
+    lacking = {uid: missing for uid, missing in lacking.items() if missing}
+    if lacking:
+        logger.debug(
+            "image library: %d of %d source images lack %s; described without them",
+            len(lacking),
+            len(sources),
+            sorted({keyword for missing in lacking.values() for keyword in missing}),
+        )
+    document = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(
+            observer_person_context=None, observer_device_context=observer
+        ),
+        procedure_reported=PLAIN_CHEST_XRAY,
+        imaging_measurements=groups,
+        referenced_images=[_library_entry_source(ds) for ds in sources],
+    )
+    # TID 1500 row "Qualitative Evaluations" (C0034375, UMLS): study-level CODE/TEXT items; the notes
+    # and the disclaimer go here, where readers of TID 1500 (e.g. the DICOM SR to FHIR mapping) look.
+    evaluations = hd.sr.ContainerContentItem(
+        name=QUALITATIVE_EVALUATIONS,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    evaluations.ContentSequence = hd.sr.ContentSequence(
+        [
+            *(
+                hd.sr.TextContentItem(
+                    name=OUTSIDE_INTENDED_USE,
+                    value=note,
+                    relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+                )
+                for note in report.notes
+            ),
+            hd.sr.TextContentItem(
+                name=codes.DCM.Comment,
+                value=DISCLAIMER_TEXT,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            ),
+        ]
+    )
+    document[0].ContentSequence.append(evaluations)
+
+    sr = hd.sr.ComprehensiveSR(
+        evidence=[_evidence_header(sources[0]), *sources[1:]],
+        content=document[0],
+        series_instance_uid=report.series_uid,
+        series_number=report.series_number,
+        sop_instance_uid=sop_uid,
+        instance_number=report.instance_number,
+        manufacturer=manufacturer,
+        is_complete=False,
+        is_final=False,
+        is_verified=False,
+        series_description=SR_SERIES_DESCRIPTION,
+        manufacturer_model_name=algorithm_name,
+        software_versions=algorithm_version,
+        coding_schemes=[
+            CodingSchemeIdentificationItem(
+                designator=PRIVATE_SCHEME,
+                name=PRIVATE_SCHEME_NAME,
+                responsible_organization=manufacturer,
+            )
+        ],
+    )
+    return sr
+
+
 def build_pneumonia_sr(
     source_datasets: Sequence[pydicom.Dataset],
     findings: Sequence[ImageFinding],
@@ -492,7 +722,7 @@ def build_pneumonia_sr(
     device_observer_uid: str | None = None,
     operating_point: str | None = None,
     intended_use: str | None = None,
-) -> hd.sr.ComprehensiveSR:
+) -> pydicom.Dataset:
     """Build the TID 1500 Measurement Report of one study: a finding per image and one for the study.
 
     The report is in the study of its sources, in a series of its own. Its Series and SOP Instance
@@ -526,6 +756,10 @@ def build_pneumonia_sr(
             :meth:`pneumonia_monai.dicom.intended_use.AgeRange.describe`), quoted in the note of each
             image whose finding has ``intended_use == "no"``.
 
+    The report is built item by item (:mod:`pneumonia_monai.dicom.sr_direct`, a few milliseconds);
+    :func:`build_pneumonia_sr_highdicom` builds the same report with highdicom's template classes,
+    which check every content item (about ten times slower), and the tests pin the two to each other.
+
     Returns:
         The report; write it with :func:`write_dataset_atomic`.
 
@@ -534,138 +768,60 @@ def build_pneumonia_sr(
         ValueError: if the sources are empty, from several studies or duplicated, a finding refers to
             an unknown image (or an image has no finding), or a value is out of range.
     """
-    sources = _validate_sources(source_datasets)
-    ordered = _validate_findings(findings, sources)
-    threshold = check_probability("threshold", threshold)
-    check_long_string("algorithm_name", algorithm_name)
-    check_long_string("algorithm_version", algorithm_version)
-    check_long_string("manufacturer", manufacturer)
-    check_positive_int("series_number", series_number)
-    check_positive_int("instance_number", instance_number)
-    if device_observer_uid is None:
-        device_observer_uid = default_device_observer_uid(manufacturer, algorithm_name, algorithm_version)
-    else:
-        check_uid("device_observer_uid", device_observer_uid)
+    from pneumonia_monai.dicom.sr_direct import build_report
 
-    if operating_point is not None and (not isinstance(operating_point, str) or not operating_point.strip()):
-        raise ValueError(f"operating_point must be a non-empty string or None, got {operating_point!r}")
-    if intended_use is not None:
-        check_long_string("intended_use", intended_use)
-    series_uid, sop_uid = result_uids(
-        "sr",
-        str(sources[0].StudyInstanceUID),
-        result_version(algorithm_version, operating_point),
-        [str(ds.SOPInstanceUID) for ds in sources],
-    )
-    algorithm_id = _algorithm_id(algorithm_name, algorithm_version, threshold, operating_point)
-    groups = []
-    notes = []
-    for number, finding in enumerate(ordered, start=1):
-        if finding.intended_use == NO:
-            notes.append(intended_use_note(f"pneumonia image {number}", intended_use))
-        measurements = [_probability(PROB_PNEUMONIA, finding.prob_pneumonia, algorithm_id)]
-        if finding.has_subtypes:
-            measurements += [
-                _probability(PROB_NORMAL, float(finding.prob_normal), algorithm_id),
-                _probability(PROB_BACTERIAL, float(finding.prob_bacterial), algorithm_id),
-                _probability(PROB_VIRAL, float(finding.prob_viral), algorithm_id),
-            ]
-        source = hd.sr.SourceImageForMeasurementGroup(
-            referenced_sop_class_uid=finding.sop_class_uid,
-            referenced_sop_instance_uid=finding.sop_instance_uid,
-        )
-        groups.append(
-            _group(
-                f"pneumonia image {number}", measurements, finding.present, algorithm_id, [source], sop_uid
-            )
-        )
-
-    study_probability = max(finding.prob_pneumonia for finding in ordered)
-    study_present = any(finding.present for finding in ordered)
-    study_measurement = _probability(
-        PROB_PNEUMONIA, study_probability, algorithm_id, derivation=codes.SCT.Maximum
-    )
-    groups.append(_group("pneumonia study", [study_measurement], study_present, algorithm_id, None, sop_uid))
-
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.cid270.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=device_observer_uid,
-            name=algorithm_name,
-            manufacturer_name=manufacturer,
-            model_name=algorithm_name,
-        ),
-    )
-    lacking = {str(ds.SOPInstanceUID): _library_descriptors_missing(ds) for ds in sources}
-    lacking = {uid: missing for uid, missing in lacking.items() if missing}
-    if lacking:
-        logger.debug(
-            "image library: %d of %d source images lack %s; described without them",
-            len(lacking),
-            len(sources),
-            sorted({keyword for missing in lacking.values() for keyword in missing}),
-        )
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(
-            observer_person_context=None, observer_device_context=observer
-        ),
-        procedure_reported=PLAIN_CHEST_XRAY,
-        imaging_measurements=groups,
-        referenced_images=[_library_entry_source(ds) for ds in sources],
-    )
-    # TID 1500 row "Qualitative Evaluations" (C0034375, UMLS): study-level CODE/TEXT items; the notes
-    # and the disclaimer go here, where readers of TID 1500 (e.g. the DICOM SR to FHIR mapping) look.
-    evaluations = hd.sr.ContainerContentItem(
-        name=QUALITATIVE_EVALUATIONS,
-        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-    )
-    evaluations.ContentSequence = hd.sr.ContentSequence(
-        [
-            *(
-                hd.sr.TextContentItem(
-                    name=OUTSIDE_INTENDED_USE,
-                    value=note,
-                    relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-                )
-                for note in notes
-            ),
-            hd.sr.TextContentItem(
-                name=codes.DCM.Comment,
-                value=DISCLAIMER_TEXT,
-                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-            ),
-        ]
-    )
-    report[0].ContentSequence.append(evaluations)
-
-    sr = hd.sr.ComprehensiveSR(
-        evidence=[_evidence_header(sources[0]), *sources[1:]],
-        content=report[0],
-        series_instance_uid=series_uid,
+    report = _prepare(
+        source_datasets,
+        findings,
+        algorithm_name=algorithm_name,
+        algorithm_version=algorithm_version,
+        threshold=threshold,
         series_number=series_number,
-        sop_instance_uid=sop_uid,
         instance_number=instance_number,
         manufacturer=manufacturer,
-        is_complete=False,
-        is_final=False,
-        is_verified=False,
-        series_description=SR_SERIES_DESCRIPTION,
-        manufacturer_model_name=algorithm_name,
-        software_versions=algorithm_version,
-        coding_schemes=[
-            CodingSchemeIdentificationItem(
-                designator=PRIVATE_SCHEME,
-                name="pneumonia_monai private concepts",
-                responsible_organization=manufacturer,
-            )
-        ],
+        device_observer_uid=device_observer_uid,
+        operating_point=operating_point,
+        intended_use=intended_use,
     )
-    logger.info(
-        "built pneumonia SR for %d image(s): study probability %.4f, %s",
-        len(ordered),
-        study_probability,
-        "present" if study_present else "absent",
+    sr = build_report(report)
+    report.log_built()
+    return sr
+
+
+def build_pneumonia_sr_highdicom(
+    source_datasets: Sequence[pydicom.Dataset],
+    findings: Sequence[ImageFinding],
+    *,
+    algorithm_name: str,
+    algorithm_version: str,
+    threshold: float,
+    series_number: int = 990,
+    instance_number: int = 1,
+    manufacturer: str = "pneumonia_monai",
+    device_observer_uid: str | None = None,
+    operating_point: str | None = None,
+    intended_use: str | None = None,
+) -> hd.sr.ComprehensiveSR:
+    """:func:`build_pneumonia_sr` built with highdicom's TID 1500 classes: the reference it is tested against.
+
+    Same arguments, same report (item for item, but for the creation date and time and highdicom's
+    Contributing Equipment item); every content item is checked by highdicom as it is built.
+    """
+    report = _prepare(
+        source_datasets,
+        findings,
+        algorithm_name=algorithm_name,
+        algorithm_version=algorithm_version,
+        threshold=threshold,
+        series_number=series_number,
+        instance_number=instance_number,
+        manufacturer=manufacturer,
+        device_observer_uid=device_observer_uid,
+        operating_point=operating_point,
+        intended_use=intended_use,
     )
+    sr = _build_highdicom(report)
+    report.log_built()
     return sr
 
 
