@@ -47,11 +47,14 @@ from typing import Any
 
 from pneumonia_monai.atomic import write_json_atomic
 from pneumonia_monai.checks import check_probability
+from pneumonia_monai.dicom.intended_use import NO
 from pneumonia_monai.dicom.sr import (
     DISCLAIMER_TEXT,
     PRIVATE_SCHEME,
     ImageFinding,
     default_device_observer_uid,
+    image_group_identifier,
+    intended_use_note,
 )
 from pneumonia_monai.dicom.uids import derived_uuid, result_uids, result_version
 from pneumonia_monai.dicom.values import check_uid
@@ -141,6 +144,7 @@ def build_study_bundle(
     operating_point: str | None = None,
     manufacturer: str = "pneumonia_monai",
     issued: dt.datetime | None = None,
+    intended_use: str | None = None,
 ) -> dict[str, Any]:
     """Build the FHIR R5 transaction Bundle of one study's result (see the module documentation).
 
@@ -154,6 +158,8 @@ def build_study_bundle(
         operating_point: where ``threshold`` comes from (``"bundle"`` or a site overlay's label).
         manufacturer: the algorithm's manufacturer (as in the SR's device observer).
         issued: when the result was made (default: now, UTC).
+        intended_use: the model's intended use in words (as for the SR); the Observation of an image
+            whose ``intended_use`` is ``no`` carries the SR's note saying it is outside it.
 
     Returns:
         The Bundle as a JSON-ready ``dict``.
@@ -231,7 +237,12 @@ def build_study_bundle(
         return [_probability(code, display, float(getattr(finding, key))) for key, code, display in names]
 
     image_refs = []
-    for finding in findings:
+    for number, finding in enumerate(findings, start=1):
+        outside = (
+            {"note": [{"text": intended_use_note(image_group_identifier(number), intended_use)}]}
+            if finding.intended_use == NO
+            else {}
+        )
         selection = add(
             {
                 "resourceType": "ImagingSelection",
@@ -258,6 +269,7 @@ def build_study_bundle(
                     "valueCodeableConcept": PRESENT if finding.present else ABSENT,
                     "component": components(finding, study=False),
                     "derivedFrom": [selection],
+                    **outside,
                 }
             )
         )

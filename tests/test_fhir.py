@@ -10,7 +10,7 @@ import pytest
 from fhir.resources import __fhir_version__
 from fhir.resources.bundle import Bundle
 
-from pneumonia_monai.dicom.sr import ImageFinding
+from pneumonia_monai.dicom.sr import ImageFinding, image_group_identifier, intended_use_note
 from pneumonia_monai.dicom.uids import result_uids, result_version
 from pneumonia_monai.fhir import FHIR_VERSION, build_study_bundle
 
@@ -135,3 +135,18 @@ def test_bad_input_is_refused_by_name():
         build_study_bundle(STUDY, FINDINGS, **{**KW, "threshold": 1.2})
     with pytest.raises(ValueError, match="time zone"):
         build_study_bundle(STUDY, FINDINGS, **KW, issued=dt.datetime(2026, 1, 1))
+
+
+def test_an_image_outside_the_intended_use_carries_the_srs_note():
+    outside = ImageFinding("1.2.3.4", CR, 0.9, True, intended_use="no")
+    inside = ImageFinding("1.2.3.5", CR, 0.2, False, intended_use="yes")
+    bundle = build_study_bundle(
+        STUDY, [outside, inside], **KW, issued=WHEN, intended_use="patient age 1 to 5 years"
+    )
+    Bundle.model_validate(bundle)
+    notes = [o.get("note") for o in resources(bundle, "Observation") if "method" not in o]
+    assert notes == [
+        [{"text": intended_use_note(image_group_identifier(1), "patient age 1 to 5 years")}],
+        None,
+    ]
+    assert "outside the intended use" in notes[0][0]["text"] and "1 to 5 years" in notes[0][0]["text"]

@@ -953,6 +953,7 @@ def _reusable(entry: StateEntry | None, heatmaps: bool) -> bool:
                         prob_normal=row.prob_normal,
                         prob_bacterial=row.prob_bacterial,
                         prob_viral=row.prob_viral,
+                        intended_use=row.intended_use or UNKNOWN,
                     )
                     for job, row in images
                 ]
@@ -963,6 +964,7 @@ def _reusable(entry: StateEntry | None, heatmaps: bool) -> bool:
                     algorithm_version=self.bundle.model_version,
                     threshold=self.bundle.threshold,
                     operating_point=self.bundle.operating_point,
+                    intended_use=self.context.rules.intended_age.describe(),
                 )
                 write_bundle_atomic(path, bundle)
             except Exception as exc:  # noqa: BLE001 - any failure to build a Bundle is its study's failure
