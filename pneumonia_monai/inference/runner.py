@@ -912,13 +912,6 @@ class _Run:
         self.sr_state[study_uid] = digest
         return path
 
-
-def _reusable(entry: StateEntry | None, heatmaps: bool) -> bool:
-    """Whether a journal entry can stand for this run: not an error, and with heatmaps when asked for."""
-    if entry is None or entry.row.status == ERROR:
-        return False
-    return not (heatmaps and entry.row.status == OK and not entry.heatmaps)
-
     def _write_fhir_bundles(self, studies: list[StudyRow]) -> None:
         """Write (or keep) the FHIR Bundle of each study with ``ok`` DICOM images (module ``fhir``).
 
@@ -977,6 +970,13 @@ def _reusable(entry: StateEntry | None, heatmaps: bool) -> bool:
             self.fhir_state[study.study_uid] = digest
             self.summary.fhir_paths.append(path)
         write_json_atomic(self.state_dir / FHIR_STATE_NAME, self.fhir_state)
+
+
+def _reusable(entry: StateEntry | None, heatmaps: bool) -> bool:
+    """Whether a journal entry can stand for this run: not an error, and with heatmaps when asked for."""
+    if entry is None or entry.row.status == ERROR:
+        return False
+    return not (heatmaps and entry.row.status == OK and not entry.heatmaps)
 
 
 def _rules_identity(rules: SelectionRules) -> dict[str, Any]:
