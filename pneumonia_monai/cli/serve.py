@@ -17,6 +17,10 @@ results of a processed study are deleted ``--keep-days`` (default 7) after it fi
 as soon as the results were sent; ``--keep-failed-days`` (default 30) for failed studies. See
 :mod:`pneumonia_monai.node.inbox` for the layout and the recovery rules.
 
+``--site FILE`` calls films at a site's own operating point (``evaluate --choose-threshold``; an overlay
+of another model version stops the start with exit status 2) and records it in every SR;
+``--fhir-dir DIR`` also writes each study's FHIR R5 Bundle there (:mod:`pneumonia_monai.fhir`).
+
 Options given on the command line win over those of ``--config`` (YAML or JSON, keys as in
 :class:`pneumonia_monai.node.config.NodeConfig`, ``dest_ae``/``dest_stow`` for the destination).
 
