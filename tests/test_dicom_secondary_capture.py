@@ -162,6 +162,13 @@ def test_uids_derive_from_study_model_version_and_source(
     another = build_heatmap_sc(other, film_overlay, **ALGORITHM)
     uids = {(sc.SOPInstanceUID, sc.SeriesInstanceUID) for sc in (first, newer, another)}
     assert len(uids) == 3
+    # A site operating point can change the caption's call: another object; the bundle's own, the same.
+    bundle_point = build_heatmap_sc(rg1, film_overlay, **ALGORITHM, operating_point="bundle")
+    sited = build_heatmap_sc(
+        rg1, film_overlay, **ALGORITHM, operating_point="site a: youden on n=9 (2026-12-01)"
+    )
+    assert bundle_point.SOPInstanceUID == first.SOPInstanceUID
+    assert sited.SOPInstanceUID not in {first.SOPInstanceUID, newer.SOPInstanceUID, another.SOPInstanceUID}
     assert not {first.SOPInstanceUID, first.SeriesInstanceUID} & {
         newer.SOPInstanceUID,
         another.SOPInstanceUID,

@@ -250,10 +250,8 @@ def test_select_and_infer_take_single_slice_films(tmp_path: Path, sample_images:
     grey = _grey(sample_images[0])
     nifti_lps(grey, tmp_path / "film.nii.gz")
     rows = {d.relative_path: (d.status, d.reason) for d in select_files([tmp_path]).decisions}
-    rows_expected = (
-        "selected",
-        f"NIfTI film ({grey.shape[1]} x {grey.shape[0]}, one slice), taken as a frontal chest film",
-    )
+    voxels = f"{grey.shape[1]} x 1 x {grey.shape[0]}"  # i to the left, j the one slice, k up
+    rows_expected = ("selected", f"NIfTI film of {voxels} voxels, taken as a frontal chest film")
     assert rows["film.nii.gz"] == rows_expected
 
 

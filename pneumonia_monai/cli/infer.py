@@ -11,6 +11,8 @@ Writes ``OUT/results.csv`` and ``OUT/results.json`` (one row per file found: ``o
 (a DICOM SR per study, unless ``--no-sr``), with ``--heatmaps`` Grad-CAM overlays in ``OUT/heatmaps/`` and
 with ``--fhir`` a FHIR R5 Bundle per study in ``OUT/fhir/`` (:mod:`pneumonia_monai.fhir`). ``--site FILE``
 calls films at a site's own operating point (:mod:`pneumonia_monai.site_overlay`) instead of the bundle's.
+``--masks`` writes each film's lung fields and Grad-CAM as NIfTI on its own grid and affine, and a DICOM
+film's lung fields as a DICOM Segmentation, in ``OUT/masks/`` (:mod:`pneumonia_monai.inference.masks`).
 An interrupted run started again finishes the rest (``--force`` redoes everything). Another run writing to
 the same ``OUT`` makes this one stop at once (exit status 2).
 
@@ -81,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--heatmaps", action="store_true", help="write Grad-CAM overlays (PNG, and DICOM Secondary Capture)"
     )
+    parser.add_argument(
+        "--masks",
+        action="store_true",
+        help="write the lung fields and the Grad-CAM as NIfTI on each film's own grid (OUT/masks/, for 3D "
+        "Slicer or ITK-SNAP), and the lung fields of each DICOM film as a DICOM Segmentation",
+    )
     parser.add_argument("--no-sr", dest="write_sr", action="store_false", help="write no DICOM SR")
     parser.add_argument("--force", action="store_true", help="recompute files finished by an earlier run")
     parser.add_argument(
@@ -118,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument(
         "--limit", type=positive_int, default=None, metavar="N", help="at most N studies from --query"
     )
-    pull.add_argument("--stow", action="store_true", help="send the SRs (and heatmaps) back with STOW-RS")
+    pull.add_argument(
+        "--stow", action="store_true", help="send the SRs (and heatmaps, SEGs) back with STOW-RS"
+    )
     add_limit_args(parser)
     add_verbosity_args(parser)
     return parser
@@ -212,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             workers=args.workers,
             heatmaps=args.heatmaps,
+            masks=args.masks,
             write_sr=args.write_sr,
             force=args.force,
             rules=rules,
@@ -236,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stow:
         from pneumonia_monai.dicomweb.pull import DicomWebError, store_instances
 
-        results = [*summary.sr_paths, *summary.sc_paths]
+        results = [*summary.sr_paths, *summary.sc_paths, *summary.seg_paths]
         try:
             if results:
                 store_instances(args.dicomweb, results)

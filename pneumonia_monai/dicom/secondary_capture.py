@@ -29,7 +29,7 @@ from highdicom.sc.enum import ConversionTypeValues
 from pydicom.sr.codedict import codes
 
 from pneumonia_monai.dicom.sr import NOT_FOR_DIAGNOSTIC_USE, SERIES_DESCRIPTION_PREFIX, readable_copy
-from pneumonia_monai.dicom.uids import result_uids
+from pneumonia_monai.dicom.uids import result_uids, result_version
 from pneumonia_monai.dicom.values import check_long_string, check_positive_int
 
 logger = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ def build_heatmap_sc(
     algorithm_version: str,
     series_number: int = 991,
     instance_number: int = 1,
+    operating_point: str | None = None,
 ) -> hd.sc.SCImage:
     """Build a Secondary Capture image of a heatmap overlay, in the study of its source film.
 
@@ -98,6 +99,9 @@ def build_heatmap_sc(
         algorithm_name: name of the model (Manufacturer's Model Name, Derivation Description).
         algorithm_version: version of the model (Software Versions, Derivation Description).
         series_number: Series Number of the heatmap series.
+        operating_point: where the decision threshold in the caption comes from; a site operating point
+            (:mod:`pneumonia_monai.site_overlay`) gives other UIDs
+            (:func:`~pneumonia_monai.dicom.uids.result_version`), as the caption's call may differ.
         instance_number: Instance Number of the image.
 
     Returns:
@@ -131,7 +135,10 @@ def build_heatmap_sc(
     check_positive_int("instance_number", instance_number)
 
     series_uid, sop_uid = result_uids(
-        "sc", str(source.StudyInstanceUID), algorithm_version, [str(source.SOPInstanceUID)]
+        "sc",
+        str(source.StudyInstanceUID),
+        result_version(algorithm_version, operating_point),
+        [str(source.SOPInstanceUID)],
     )
     orientation = _patient_orientation(source)
     acquisition = (

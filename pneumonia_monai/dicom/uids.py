@@ -87,7 +87,7 @@ def result_version(model_version: str, operating_point: str | None = None) -> st
 
 
 #: Kinds of result object :func:`result_uids` derives identifiers for.
-RESULT_KINDS: frozenset[str] = frozenset({"sr", "sc"})
+RESULT_KINDS: frozenset[str] = frozenset({"sr", "sc", "seg"})
 
 
 def result_uids(
@@ -101,7 +101,8 @@ def result_uids(
     sources are sorted and de-duplicated first: their order does not matter.
 
     Args:
-        kind: ``"sr"`` (the study's report) or ``"sc"`` (a heatmap Secondary Capture).
+        kind: ``"sr"`` (the study's report), ``"sc"`` (a heatmap Secondary Capture) or ``"seg"`` (a
+            lung-field Segmentation).
         study_uid: Study Instance UID of the sources.
         model_version: version of the model that produced the result.
         source_sop_instance_uids: SOP Instance UIDs of the images the object reports on.

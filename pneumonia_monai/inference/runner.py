@@ -91,6 +91,7 @@ from pneumonia_monai.inference.manifest import (
     write_results,
     write_studies,
 )
+from pneumonia_monai.inference.masks import MASK_DIR
 from pneumonia_monai.site_overlay import SiteOperatingPoint, apply_site
 from pneumonia_monai.transforms.lung_crop import crop_fractions, lacks_content
 
@@ -112,7 +113,7 @@ PROGRESS_EVERY = 100
 PROGRESS_SECONDS = 10.0
 #: What a run writes at the top of its output folder (besides ``.<name>.*.tmp`` temporary files).
 _OUTPUT_NAMES = frozenset(
-    {LOCK_NAME, STATE_DIR, SR_DIR, HEATMAP_DIR, FHIR_DIR, RESULTS_CSV, RESULTS_JSON, STUDIES_CSV}
+    {LOCK_NAME, STATE_DIR, SR_DIR, HEATMAP_DIR, FHIR_DIR, MASK_DIR, RESULTS_CSV, RESULTS_JSON, STUDIES_CSV}
 )
 #: Test hook: the process kills itself (SIGKILL, no clean-up) after recording this many files.
 KILL_AFTER_ENV = "PNEUMONIA_MONAI_TEST_KILL_AFTER"
@@ -136,6 +137,8 @@ class RunSummary:
         sc_paths: the heatmap Secondary Captures of the ``ok`` DICOM images (with ``heatmaps``).
         fhir_paths: the FHIR Bundle of every study with at least one ``ok`` DICOM image (with ``fhir``).
         png_paths: the heatmap PNGs of the ``ok`` images (with ``heatmaps``).
+        mask_paths: the lung-field and heatmap NIfTI files of the ``ok`` images (with ``masks``).
+        seg_paths: the lung-field DICOM Segmentations of the ``ok`` DICOM images (with ``masks``).
         exit_code: 0 when every file is ``ok`` or ``skipped`` and every output was written, else 1.
         n_inferred: images that went through the network in this run.
         n_reused: files whose row was reused from an earlier run.
@@ -154,6 +157,8 @@ class RunSummary:
     sc_paths: list[Path] = field(default_factory=list)
     fhir_paths: list[Path] = field(default_factory=list)
     png_paths: list[Path] = field(default_factory=list)
+    mask_paths: list[Path] = field(default_factory=list)
+    seg_paths: list[Path] = field(default_factory=list)
     exit_code: int = 0
     n_inferred: int = 0
     n_reused: int = 0
@@ -203,6 +208,7 @@ class _Item:
     sop_uid: str = ""
     view: str = ""
     intended_use: str = ""
+    cam: Any = None  # the Grad-CAM of ``image``, once computed for the heatmaps or the masks
 
 
 class _Ready:
@@ -363,7 +369,10 @@ def _check_arguments(inputs: Sequence[str | Path], batch_size: int, workers: int
         raise TypeError("inputs must be a sequence of paths, not a single path")
     if not inputs:
         raise ValueError("inputs is empty: give at least one file or folder")
-    paths = [Path(item) for item in inputs]
+    # Absolute: ITK's lazy module loader changes the process's working directory while it loads a
+    # module (itk.support.base.LibraryLoader), so a relative path opened by another worker meanwhile
+    # would not be found.
+    paths = [Path(os.path.abspath(item)) for item in inputs]
     for path in paths:
         if not path.exists():
             raise FileNotFoundError(f"input not found: {path}")
@@ -399,7 +408,10 @@ def run_inference(
     progress: bool | None = None,
     variant: str | None = None,
     site: SiteOperatingPoint | None = None,
+    full_decode: bool = False,
+    precision: str | None = None,
     fhir: bool = False,
+    masks: bool = False,
 ) -> RunSummary:
     """Run the bundle on every file under ``inputs`` and write the results into ``output``.
 
@@ -421,8 +433,15 @@ def run_inference(
         variant: a model variant of the bundle (``configs/inference_<variant>.json``), e.g. ``"subtype"``.
         site: a site operating point (:func:`pneumonia_monai.site_overlay.read_site_overlay`): films are
             called at its threshold, and rows and SRs record it (``operating_point``).
+        full_decode: decode every pixel of each film (default: only as finely as the network input
+            needs, :mod:`pneumonia_monai.dicom.reduced`, where the bundle says ``reduced_decode``).
+        precision: the CPU forward's precision (``auto``, ``bf16``, ``fp32``; default: the bundle's),
+            see :func:`~pneumonia_monai.inference.bundle.load_bundle`.
         fhir: also write one FHIR R5 Bundle per study (``OUT/fhir/<StudyInstanceUID>.json``,
             :mod:`pneumonia_monai.fhir`).
+        masks: also write the lung fields and the Grad-CAM as NIfTI on each ``ok`` film's own grid and
+            affine, and the lung fields of each ``ok`` DICOM film as a DICOM Segmentation
+            (``OUT/masks/``, :mod:`pneumonia_monai.inference.masks`).
 
     Returns:
         The run's :class:`RunSummary`.
@@ -446,16 +465,31 @@ def run_inference(
         with _exclusive_lock(out):  # a busy folder is refused before the model is loaded (seconds)
             pass
     loaded = (
-        bundle if isinstance(bundle, InferenceBundle) else load_bundle(bundle, device=device, variant=variant)
+        bundle
+        if isinstance(bundle, InferenceBundle)
+        else load_bundle(bundle, device=device, variant=variant, full_decode=full_decode, precision=precision)
     )
     loaded = apply_site(loaded, site)
 
     out.mkdir(parents=True, exist_ok=True)
     out = out.resolve()
     with _exclusive_lock(out), limits.film_budget():  # two films at --max-pixels are never in memory at once
-        remove_stale_temporaries(out, out / STATE_DIR, out / SR_DIR, out / HEATMAP_DIR, out / FHIR_DIR)
+        remove_stale_temporaries(
+            out, out / STATE_DIR, out / SR_DIR, out / HEATMAP_DIR, out / FHIR_DIR, out / MASK_DIR
+        )
         return _Run(
-            loaded, rules, out, batch_size, workers, heatmaps, write_sr, force, progress, kill_after, fhir
+            loaded,
+            rules,
+            out,
+            batch_size,
+            workers,
+            heatmaps,
+            write_sr,
+            force,
+            progress,
+            kill_after,
+            fhir,
+            masks=masks,
         ).run(input_paths)
 
 
@@ -475,9 +509,12 @@ class _Run:
         progress: bool | None,
         kill_after: int | None,
         fhir: bool = False,
+        *,
+        masks: bool = False,
     ) -> None:
         self.bundle = bundle
         self.fhir = bool(fhir)
+        self.masks = bool(masks)
         self.context = _Context(bundle, rules)
         self.out = out
         self.batch_size = batch_size
@@ -529,7 +566,7 @@ class _Run:
         logger.info(
             "infer: %d file(s), %d result(s) of an earlier run reusable, batch %d, %d worker(s), device %s",
             len(jobs),
-            sum(1 for job in jobs if _reusable(previous.get(job.key), self.heatmaps)),
+            sum(1 for job in jobs if self._reusable(job, previous.get(job.key))),
             self.batch_size,
             self.workers,
             self.bundle.device,
@@ -595,7 +632,7 @@ class _Run:
                 while len(pending) >= window:
                     self._consume(pending.popleft().result(), batch)
                 entry = previous.get(job.key)
-                if _reusable(entry, self.heatmaps):
+                if self._reusable(job, entry):
                     pending.append(_Ready(_Item(job, row=entry.row, reused=entry)))  # type: ignore[union-attr]
                 elif executor is None:
                     pending.append(_Ready(self.context.prepare(job)))
@@ -691,7 +728,9 @@ class _Run:
                 **subtypes,
             )
             done_heatmaps = self.heatmaps and self._heatmap(item, p, row)
-            item.image = None  # no pixels are kept past this point
+            if self.masks:
+                self._masks(item, p)
+            item.image = item.cam = None  # no pixels are kept past this point
             self._done(item.job, StateEntry(row, heatmaps=done_heatmaps))
         self._write_srs_of_settled_studies({item.study_uid for item in batch if item.study_uid})
 
@@ -734,7 +773,6 @@ class _Run:
         """
         from pneumonia_monai.inference.heatmap import (
             film_heatmap,
-            gradcam,
             reduce_for_display,
             save_png_atomic,
         )
@@ -744,13 +782,7 @@ class _Run:
         folder.mkdir(exist_ok=True)
         job = item.job
         try:
-            image = item.image.cpu()  # type: ignore[union-attr]
-            cam = gradcam(
-                self.bundle.network,
-                image,
-                target_layer=self.bundle.heatmap_layer,
-                class_index=self.bundle.explained_class(probs),
-            )
+            cam = self._cam(item, probs)
             film, _ = load_film(job.path)
             shape = film.shape
             film = reduce_for_display(film)  # the full-size film is garbage now: its budget share is back
@@ -773,6 +805,98 @@ class _Run:
             return False
         return True
 
+    def _cam(self, item: _Item, probs: Any) -> Any:
+        """The Grad-CAM of an item's network input (computed once, for the heatmaps and the masks)."""
+        from pneumonia_monai.inference.heatmap import gradcam
+
+        if item.cam is None:
+            item.cam = gradcam(
+                self.bundle.network,
+                item.image.cpu(),  # type: ignore[union-attr]
+                target_layer=self.bundle.heatmap_layer,
+                class_index=self.bundle.explained_class(probs),
+            )
+        return item.cam
+
+    # ---- masks
+
+    def _reusable(self, job: _Job, entry: StateEntry | None) -> bool:
+        """Whether a journal entry stands for this run, its mask files included when they are asked for."""
+        if not _reusable(entry, self.heatmaps):
+            return False
+        from pneumonia_monai.inference.masks import mask_names
+
+        heat = self.out / MASK_DIR / mask_names(job.rel)[1]
+        return not (self.masks and entry.row.status == OK and not heat.is_file())  # type: ignore[union-attr]
+
+    def _masks(self, item: _Item, probs: Any) -> bool:
+        """Write the heatmap and lung-field NIfTI files (and the SEG of a DICOM film); return whether done.
+
+        The film is loaded again, with its grid, only here (:func:`~.masks.load_film_and_grid`).
+        """
+        from pneumonia_monai.inference.masks import SEG_SUFFIX, cam_on_film, load_film_and_grid, mask_names
+        from pneumonia_monai.inference.masks import write_nifti_atomic as write
+        from pneumonia_monai.transforms.lung_crop import lung_field_mask
+
+        job, folder = item.job, self.out / MASK_DIR
+        what = f"{self.bundle.model_name} {self.bundle.model_version}"
+        lungs_name, heat_name = mask_names(job.rel)
+        try:
+            cam = self._cam(item, probs)
+            film, _, grid = load_film_and_grid(job.path)
+            lungs = lung_field_mask(film)
+            heat = cam_on_film(cam, item.box, film.shape)
+            del film
+            description = f"Grad-CAM of {what}"[:80]
+            self.summary.mask_paths.append(
+                write(heat, grid, folder / heat_name, label=False, description=description)
+            )
+            if lungs is None:
+                logger.info("%s: no plausible lung fields found: no lung mask or SEG written", job.rel)
+                return True
+            description = f"lung fields of the crop of {what}"[:80]
+            self.summary.mask_paths.append(
+                write(lungs, grid, folder / lungs_name, label=True, description=description)
+            )
+            if item.sop_uid:
+                seg_path = folder / f"{item.sop_uid}{SEG_SUFFIX}"
+                self._write_seg(job.path, lungs, seg_path)
+                self.summary.seg_paths.append(seg_path)
+        except Exception as exc:  # noqa: BLE001 - any failure to build an output is that file's failure
+            self.summary.output_failures += 1
+            logger.error("%s: masks not written: %s: %s", job.rel, type(exc).__name__, exc)
+            return False
+        return True
+
+    def _write_seg(self, source_path: Path, lungs: Any, path: Path) -> None:
+        from pydicom import dcmread
+
+        from pneumonia_monai.dicom.seg import build_lung_seg
+        from pneumonia_monai.dicom.sr import write_dataset_atomic
+
+        header = dcmread(source_path, stop_before_pixels=True, force=True)
+        seg = build_lung_seg(
+            header, lungs, algorithm_name=self.bundle.model_name, algorithm_version=self.bundle.model_version
+        )
+        write_dataset_atomic(seg, path)
+
+    def _reused_masks(self, jobs: list[_Job]) -> None:
+        """List the mask files of rows reused from an earlier run (they were written then)."""
+        from pneumonia_monai.inference.masks import SEG_SUFFIX, mask_names
+
+        fresh = set(self.summary.mask_paths)
+        folder = self.out / MASK_DIR
+        for job, row in zip(jobs, self.rows, strict=True):
+            if row is None or row.status != OK:
+                continue
+            paths = [folder / name for name in mask_names(job.rel)]
+            if any(path in fresh for path in paths):
+                continue
+            self.summary.mask_paths += [path for path in paths if path.is_file()]
+            seg_path = folder / f"{row.sop_uid}{SEG_SUFFIX}"
+            if row.sop_uid and seg_path.is_file():
+                self.summary.seg_paths.append(seg_path)
+
     def _write_sc(self, source_path: Path, rgb: Any, path: Path) -> None:
         from pydicom import dcmread
 
@@ -781,7 +905,11 @@ class _Run:
 
         header = dcmread(source_path, stop_before_pixels=True, force=True)
         sc = build_heatmap_sc(
-            header, rgb, algorithm_name=self.bundle.model_name, algorithm_version=self.bundle.model_version
+            header,
+            rgb,
+            algorithm_name=self.bundle.model_name,
+            algorithm_version=self.bundle.model_version,
+            operating_point=self.bundle.operating_point,
         )
         write_dataset_atomic(sc, path)
 
@@ -793,6 +921,8 @@ class _Run:
             raise RuntimeError(f"{len(jobs) - len(rows)} file(s) have no result row")
         if self.heatmaps:
             self._reused_heatmaps(jobs)
+        if self.masks:
+            self._reused_masks(jobs)
         studies = aggregate_studies(
             rows, threshold=self.bundle.threshold, model_version=self.bundle.model_version
         )

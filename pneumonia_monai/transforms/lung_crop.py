@@ -191,6 +191,19 @@ def find_lung_box(image: np.ndarray, margin: float = 0.05) -> tuple[tuple[int, i
     Raises:
         ValueError: if ``image`` is not 2-D or ``margin`` is negative.
     """
+    box, reason, _ = _find_lungs(image, margin)
+    return box, reason
+
+
+def _find_lungs(
+    image: np.ndarray, margin: float
+) -> tuple[tuple[int, int, int, int] | None, str, tuple[np.ndarray, tuple[int, int]] | None]:
+    """:func:`find_lung_box`, and where the lungs were found, the thumbnail mask of the lung regions.
+
+    Returns:
+        ``(box, reason, fields)``: ``fields`` is ``(mask, (rows_used, cols_used))``, a boolean mask of the
+        thumbnail and the part of the film it shows, or None where no plausible lung fields were found.
+    """
     if image.ndim != 2:
         raise ValueError(f"image must be 2-D (rows, columns), got shape {image.shape}")
     if margin < 0:
@@ -199,7 +212,7 @@ def find_lung_box(image: np.ndarray, margin: float = 0.05) -> tuple[tuple[int, i
     thumb, (rows_used, cols_used) = _thumbnail(image)
     thumb = filters.gaussian(thumb, sigma=1.0, preserve_range=True)
     if float(thumb.max() - thumb.min()) < 8.0:
-        return None, f"{NO_CONTENT} (the film is uniform: under 8 of 255 grey levels of contrast)"
+        return None, f"{NO_CONTENT} (the film is uniform: under 8 of 255 grey levels of contrast)", None
     # Stage 1: the body. Rows and columns without tissue (wide air or padding borders) are cut off,
     # so that the air around the patient cannot merge with the lung fields.
     b_r0, b_r1, b_c0, b_c1 = _body_box(thumb)
@@ -215,7 +228,7 @@ def find_lung_box(image: np.ndarray, margin: float = 0.05) -> tuple[tuple[int, i
     ] = True
     inner = body[band]
     if inner.size == 0 or float(inner.max() - inner.min()) < 8.0:
-        return None, f"{NO_CONTENT} (the body has under 8 of 255 grey levels of contrast)"
+        return None, f"{NO_CONTENT} (the body has under 8 of 255 grey levels of contrast)", None
     dark = (body < filters.threshold_otsu(inner)) & band
     dark = ndimage.binary_opening(dark, structure=morphology.disk(2))
     dark = ndimage.binary_erosion(dark, structure=morphology.disk(1))
@@ -231,7 +244,7 @@ def find_lung_box(image: np.ndarray, margin: float = 0.05) -> tuple[tuple[int, i
         ):
             candidates.append(region)
     if not candidates:
-        return None, "no dark region inside the body"
+        return None, "no dark region inside the body", None
     lungs = sorted(candidates, key=lambda reg: reg.area, reverse=True)[:2]
     r0 = (b_r0 + min(reg.bbox[0] for reg in lungs)) / t_rows
     c0 = (b_c0 + min(reg.bbox[1] for reg in lungs)) / t_cols
@@ -245,15 +258,16 @@ def find_lung_box(image: np.ndarray, margin: float = 0.05) -> tuple[tuple[int, i
     b_top, b_height = b_r0 / t_rows, (b_r1 - b_r0) / t_rows
     b_width = (b_c1 - b_c0) / t_cols
     if r0 - b_top > MAX_APEX_ROW * b_height:
-        return None, f"lung box starts {(r0 - b_top) / b_height:.0%} down the body (apices missed)"
+        return None, f"lung box starts {(r0 - b_top) / b_height:.0%} down the body (apices missed)", None
     # Consolidated lung is bright, not dark: a pneumonic base can be missed. Never stop the box short
     # of MIN_BOX_HEIGHT of the body below its top, so the bases stay in.
     r1 = min(b_top + b_height, max(r1, r0 + MIN_BOX_HEIGHT * b_height))
     area = (r1 - r0) * (c1 - c0) / (b_height * b_width)
     if area < MIN_BOX_FRACTION:
-        return None, f"lung box covers only {area:.0%} of the body"
+        return None, f"lung box covers only {area:.0%} of the body", None
     if (c1 - c0) / b_width < MIN_BOX_WIDTH:
-        return None, f"lung box spans only {(c1 - c0) / b_width:.0%} of the body's width (one lung found)"
+        width = (c1 - c0) / b_width
+        return None, f"lung box spans only {width:.0%} of the body's width (one lung found)", None
     # Fractions of the thumbnail are fractions of the part of the film it was made of.
     box = (
         max(0, int(np.floor(r0 * rows_used - margin * rows))),
@@ -261,7 +275,12 @@ def find_lung_box(image: np.ndarray, margin: float = 0.05) -> tuple[tuple[int, i
         max(0, int(np.floor(c0 * cols_used - margin * cols))),
         min(cols, int(np.ceil(c1 * cols_used + margin * cols))),
     )
-    return box, "detected"
+    # The regions themselves, grown back by the erosion that separated them, on the thumbnail.
+    fields = np.zeros(thumb.shape, dtype=bool)
+    fields[b_r0:b_r1, b_c0:b_c1] = ndimage.binary_dilation(
+        np.isin(labels, [reg.label for reg in lungs]), structure=morphology.disk(1)
+    )
+    return box, "detected", (fields, (rows_used, cols_used))
 
 
 def locate_crop(image: np.ndarray, margin: float = 0.05) -> tuple[tuple[int, int, int, int], str]:
@@ -274,15 +293,62 @@ def locate_crop(image: np.ndarray, margin: float = 0.05) -> tuple[tuple[int, int
         ``(box, reason)``: ``reason`` is ``"detected"``, or why the lung fields were not found (the
         box is then the film inside its borders).
     """
-    b_r0, b_r1, b_c0, b_c1 = strip_uniform_border(image)
-    inner = image[b_r0:b_r1, b_c0:b_c1]
-    if b_r1 - b_r0 < 16 or b_c1 - b_c0 < 16 or float(inner.max() - inner.min()) <= BORDER_TOLERANCE:
+    inside = _inside_borders(image)
+    if inside is None:
         return (0, image.shape[0], 0, image.shape[1]), f"{NO_CONTENT} (the film is uniform)"
+    b_r0, b_r1, b_c0, b_c1 = inside
     box, reason = find_lung_box(image[b_r0:b_r1, b_c0:b_c1], margin)
     if box is None:
         return (b_r0, b_r1, b_c0, b_c1), reason
     r0, r1, c0, c1 = box
     return (b_r0 + r0, b_r0 + r1, b_c0 + c0, b_c0 + c1), reason
+
+
+def _inside_borders(image: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The film inside its uniform borders (:func:`strip_uniform_border`); None where nothing is left."""
+    b_r0, b_r1, b_c0, b_c1 = strip_uniform_border(image)
+    inner = image[b_r0:b_r1, b_c0:b_c1]
+    if b_r1 - b_r0 < 16 or b_c1 - b_c0 < 16 or float(inner.max() - inner.min()) <= BORDER_TOLERANCE:
+        return None
+    return b_r0, b_r1, b_c0, b_c1
+
+
+def lung_field_mask(image: np.ndarray) -> np.ndarray | None:
+    """The lung fields the crop is built on, as a boolean mask of the film's shape.
+
+    The regions :func:`locate_crop` finds the lungs from (dark regions of the body, inside the film's
+    uniform borders, on the thumbnail) are laid back onto the film (bilinear, at one half): a research
+    overlay of what the crop saw, not a delineation of the lungs' edges. The box itself is grown and
+    made symmetric; the mask is not.
+
+    Args:
+        image: ``(rows, columns)`` display intensities in [0, 1] (air dark).
+
+    Returns:
+        The mask, or None where no plausible lung fields were found (the crop fell back).
+
+    Raises:
+        ValueError: if ``image`` is not 2-D.
+    """
+    from PIL import Image
+
+    if image.ndim != 2:
+        raise ValueError(f"image must be 2-D (rows, columns), got shape {image.shape}")
+    inside = _inside_borders(image)
+    if inside is None:
+        return None
+    b_r0, b_r1, b_c0, b_c1 = inside
+    _, reason, fields = _find_lungs(image[b_r0:b_r1, b_c0:b_c1], 0.0)
+    if fields is None:
+        logger.debug("no lung fields to mask (%s)", reason)
+        return None
+    thumb, (rows_used, cols_used) = fields
+    shown = Image.fromarray(thumb.astype(np.float32), mode="F").resize(
+        (cols_used, rows_used), Image.Resampling.BILINEAR
+    )
+    mask = np.zeros(image.shape, dtype=bool)
+    mask[b_r0 : b_r0 + rows_used, b_c0 : b_c0 + cols_used] = np.asarray(shown) >= 0.5
+    return mask
 
 
 def crop_fractions(meta: Mapping[str, Any]) -> tuple[float, float, float, float] | None:

@@ -222,8 +222,7 @@ def film_decision(path: str | Path) -> tuple[str, str]:
         check_header(path)
     except ImageLoadError as exc:
         return "error", str(exc)
-    rows, cols = header.film_shape
-    return "selected", f"{header.format} film ({rows} x {cols}, one slice), taken as a frontal chest film"
+    return "selected", f"{header.format} film of {header.describe()} voxels, taken as a frontal chest film"
 
 
 # ---------------------------------------------------------------------------------------- intensity
