@@ -351,18 +351,21 @@ def build_report(report: _sr._Report) -> Dataset:
     _set(sr, 0x0040A050, "CS", "CONTINUOUS")  # Continuity Of Content
     _set(sr, 0x0040A504, "SQ", [_template("1500")])  # Content Template Sequence
     _set(sr, 0x0040A730, "SQ", _content(report))  # Content Sequence
-    _mark_encoding(sr, convert_encodings(sr.get("SpecificCharacterSet") or default_encoding))
+    _mark_encoding(sr)
     return sr
 
 
-def _mark_encoding(ds: Dataset, encodings: list[str]) -> None:
+def _mark_encoding(ds: Dataset) -> None:
     """Record on ``ds`` and its items that they hold Explicit VR Little Endian data in their character set.
 
     They were built so (every VR explicit, none ambiguous), so pydicom's writer need not walk each item
-    again to correct ambiguous VRs before writing it (a quarter of the writing time of this tree).
+    again to correct ambiguous VRs before writing it (it does so for a dataset whose recorded encoding
+    differs from the one it is written in). An item without its own Specific Character Set reports
+    pydicom's default one; the writer encodes it with its document's, whatever is recorded here.
     """
-    ds.set_original_encoding(False, True, encodings)
+    own = ds.get("SpecificCharacterSet")
+    ds.set_original_encoding(False, True, convert_encodings(own) if own else default_encoding)
     for element in ds.elements():
         if element.VR == "SQ":
             for item in element.value:
-                _mark_encoding(item, encodings)
+                _mark_encoding(item)
