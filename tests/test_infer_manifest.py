@@ -67,6 +67,7 @@ def test_columns_are_the_published_contract():
         "prediction",
         "threshold",
         "model_version",
+        "operating_point",
         "sr_path",
     )
 
@@ -176,7 +177,7 @@ def test_studies_take_the_maximum_and_list_studies_without_an_ok_image(tmp_path)
         ok_row("s3/a.dcm", 0.1, study="3.3", sop="3.3.1"),
         ok_row("film.png", 0.9),  # raster: no study
     ]
-    studies = aggregate_studies(rows, threshold=0.5, model_version="1.2.3")
+    studies = aggregate_studies(rows, threshold=0.5, model_version="1.2.3", operating_point="bundle")
     assert [s.study_uid for s in studies] == ["1.1", "2.2", "3.3"]
     one, two, three = studies
     assert (one.n_images, one.prob_pneumonia, one.prediction) == (2, 0.6, "pneumonia")
@@ -192,6 +193,7 @@ def test_studies_take_the_maximum_and_list_studies_without_an_ok_image(tmp_path)
         "prediction": "",
         "threshold": "0.5",
         "model_version": "1.2.3",
+        "operating_point": "bundle",
         "sr_path": "",
     }
 

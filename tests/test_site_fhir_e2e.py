@@ -143,6 +143,7 @@ def test_sr_and_fhir_record_the_site_operating_point(site_run: dict):
     first_srs = {p.stem: pydicom.dcmread(p).SOPInstanceUID for p in site_run["first"].sr_paths}
     for study in studies:
         uid = study["study_uid"]
+        assert study["operating_point"] == point.label  # studies.csv says it too
         sr = pydicom.dcmread(second / "sr" / f"{uid}.dcm")
         parameters = _parameters(sr)
         assert f"operating point={point.label}" in parameters

@@ -77,6 +77,7 @@ STUDY_COLUMNS: tuple[str, ...] = (
     "prediction",
     "threshold",
     "model_version",
+    "operating_point",
     "sr_path",
 )
 
@@ -255,6 +256,7 @@ class StudyRow:
         threshold: the run's operating point.
         model_version: the run's model version.
         sr_path: the study's SR, relative to the output folder (empty when none was written).
+        operating_point: where ``threshold`` comes from (as in the results rows).
     """
 
     study_uid: str
@@ -264,6 +266,7 @@ class StudyRow:
     threshold: float
     model_version: str
     sr_path: str = ""
+    operating_point: str = ""
 
     def as_csv_row(self) -> dict[str, str]:
         """Return the row as CSV cells."""
@@ -271,7 +274,9 @@ class StudyRow:
         return {column: _cell(values[column]) for column in STUDY_COLUMNS}
 
 
-def aggregate_studies(rows: Iterable[ResultRow], *, threshold: float, model_version: str) -> list[StudyRow]:
+def aggregate_studies(
+    rows: Iterable[ResultRow], *, threshold: float, model_version: str, operating_point: str = ""
+) -> list[StudyRow]:
     """Group rows by Study Instance UID, in order of first appearance.
 
     Every study seen gets a row, also one with no ``ok`` image (``n_images`` 0, no probability), so that a
@@ -289,7 +294,9 @@ def aggregate_studies(rows: Iterable[ResultRow], *, threshold: float, model_vers
     for study_uid, values in probs.items():
         top = max(values) if values else None
         prediction = "" if top is None else (PNEUMONIA if top >= threshold else NORMAL)
-        studies.append(StudyRow(study_uid, len(values), top, prediction, threshold, model_version))
+        studies.append(
+            StudyRow(study_uid, len(values), top, prediction, threshold, model_version, "", operating_point)
+        )
     return studies
 
 

@@ -924,7 +924,10 @@ class _Run:
         if self.masks:
             self._reused_masks(jobs)
         studies = aggregate_studies(
-            rows, threshold=self.bundle.threshold, model_version=self.bundle.model_version
+            rows,
+            threshold=self.bundle.threshold,
+            model_version=self.bundle.model_version,
+            operating_point=self.bundle.operating_point,
         )
         if self.write_sr:
             studies = self._write_srs(studies)
