@@ -21,6 +21,7 @@ one was not created by highdicom, and has none.
 from __future__ import annotations
 
 import datetime
+import functools
 
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import DataElement
@@ -49,6 +50,43 @@ _CONTAINS = "CONTAINS"
 _HAS_OBS_CONTEXT = "HAS OBS CONTEXT"
 _HAS_CONCEPT_MOD = "HAS CONCEPT MOD"
 _HAS_ACQ_CONTEXT = "HAS ACQ CONTEXT"
+
+
+class _C:
+    """The concepts of the report, looked up in pydicom's code dictionary once (each lookup is slow)."""
+
+    AlgorithmName = codes.DCM.AlgorithmName
+    AlgorithmParameters = codes.DCM.AlgorithmParameters
+    AlgorithmVersion = codes.DCM.AlgorithmVersion
+    Comment = codes.DCM.Comment
+    Derivation = codes.DCM.Derivation
+    DeviceObserverManufacturer = codes.DCM.DeviceObserverManufacturer
+    DeviceObserverModelName = codes.DCM.DeviceObserverModelName
+    DeviceObserverName = codes.DCM.DeviceObserverName
+    DeviceObserverUID = codes.DCM.DeviceObserverUID
+    Finding = codes.DCM.Finding
+    FrameOfReferenceUID = codes.DCM.FrameOfReferenceUID
+    HorizontalPixelSpacing = codes.DCM.HorizontalPixelSpacing
+    ImageLibrary = codes.DCM.ImageLibrary
+    ImageLibraryGroup = codes.DCM.ImageLibraryGroup
+    ImagingMeasurements = codes.DCM.ImagingMeasurements
+    LanguageOfContentItemAndDescendants = codes.DCM.LanguageOfContentItemAndDescendants
+    MeasurementGroup = codes.DCM.MeasurementGroup
+    Modality = codes.DCM.Modality
+    ObserverType = codes.DCM.ObserverType
+    PatientOrientationColumn = codes.DCM.PatientOrientationColumn
+    PatientOrientationRow = codes.DCM.PatientOrientationRow
+    PixelDataColumns = codes.DCM.PixelDataColumns
+    PixelDataRows = codes.DCM.PixelDataRows
+    ProcedureReported = codes.DCM.ProcedureReported
+    SourceOfMeasurement = codes.DCM.SourceOfMeasurement
+    TrackingIdentifier = codes.DCM.TrackingIdentifier
+    TrackingUniqueIdentifier = codes.DCM.TrackingUniqueIdentifier
+    VerticalPixelSpacing = codes.DCM.VerticalPixelSpacing
+    Maximum = codes.SCT.Maximum
+    Millimeter = codes.UCUM.Millimeter
+    Device = codes.cid270.Device
+    ImagingMeasurementReport = codes.cid7021.ImagingMeasurementReport
 
 
 def _set(ds: Dataset, tag: int, vr: str, value: object) -> None:
@@ -148,16 +186,16 @@ def _image(name: Code, sop_class_uid: str, sop_instance_uid: str, relationship: 
 def _algorithm(report: _sr._Report) -> list[Dataset]:
     """TID 4019 Algorithm Identification: name, version, one item per parameter."""
     items = [
-        _text(codes.DCM.AlgorithmName, report.algorithm_name, _HAS_CONCEPT_MOD),
-        _text(codes.DCM.AlgorithmVersion, report.algorithm_version, _HAS_CONCEPT_MOD),
+        _text(_C.AlgorithmName, report.algorithm_name, _HAS_CONCEPT_MOD),
+        _text(_C.AlgorithmVersion, report.algorithm_version, _HAS_CONCEPT_MOD),
     ]
-    items += [_text(codes.DCM.AlgorithmParameters, p, _HAS_CONCEPT_MOD) for p in report.parameters]
+    items += [_text(_C.AlgorithmParameters, p, _HAS_CONCEPT_MOD) for p in report.parameters]
     return items
 
 
 def _probability(report: _sr._Report, name: Code, value: float, derivation: Code | None = None) -> Dataset:
     item = _num(name, value, _sr.PROBABILITY_UNIT, _CONTAINS)
-    children = [] if derivation is None else [_code_item(codes.DCM.Derivation, derivation, _HAS_CONCEPT_MOD)]
+    children = [] if derivation is None else [_code_item(_C.Derivation, derivation, _HAS_CONCEPT_MOD)]
     _set(item, 0x0040A730, "SQ", children + _algorithm(report))
     return item
 
@@ -171,38 +209,42 @@ def _group(
 ) -> Dataset:
     """TID 1501 Measurement Group, as highdicom's ``MeasurementsAndQualitativeEvaluations`` writes it."""
     children = [
-        _text(codes.DCM.TrackingIdentifier, identifier, _HAS_OBS_CONTEXT),
-        _uidref(codes.DCM.TrackingUniqueIdentifier, report.tracking_uid(identifier), _HAS_OBS_CONTEXT),
-        _code_item(codes.DCM.Finding, _sr.PNEUMONIA, _CONTAINS),
+        _text(_C.TrackingIdentifier, identifier, _HAS_OBS_CONTEXT),
+        _uidref(_C.TrackingUniqueIdentifier, report.tracking_uid(identifier), _HAS_OBS_CONTEXT),
+        _code_item(_C.Finding, _sr.PNEUMONIA, _CONTAINS),
         *_algorithm(report),
         *measurements,
         _code_item(_sr.PNEUMONIA, _sr.PRESENT if present else _sr.ABSENT, _CONTAINS),
     ]
     if source is not None:
-        children.append(_image(codes.DCM.SourceOfMeasurement, *source, _CONTAINS))
-    return _container(codes.DCM.MeasurementGroup, _CONTAINS, children, template_id="1501")
+        children.append(_image(_C.SourceOfMeasurement, *source, _CONTAINS))
+    return _container(_C.MeasurementGroup, _CONTAINS, children, template_id="1501")
+
+
+@functools.lru_cache(maxsize=64)
+def _coded_modality(sop_class_uid: str) -> Code:
+    """The coded modality highdicom gives a SOP class (CID 29 / 32), cached: it builds a table per call."""
+    from highdicom.sr.templates import _get_coded_modality
+
+    return _get_coded_modality(sop_class_uid)
 
 
 def _library_entry(ds: Dataset) -> Dataset:
     """TID 1601 entry of one image, with its TID 1602 (and, where it has them, TID 1603) descriptors."""
-    from highdicom.sr.templates import _get_coded_modality
-
     entry = _sr._library_entry_source(ds)
-    descriptors = [_code_item(codes.DCM.Modality, _get_coded_modality(entry.SOPClassUID), _HAS_ACQ_CONTEXT)]
+    descriptors = [_code_item(_C.Modality, _coded_modality(str(entry.SOPClassUID)), _HAS_ACQ_CONTEXT)]
     if "FrameOfReferenceUID" in entry:
-        descriptors.append(
-            _uidref(codes.DCM.FrameOfReferenceUID, entry.FrameOfReferenceUID, _HAS_ACQ_CONTEXT)
-        )
-    descriptors.append(_num(codes.DCM.PixelDataRows, entry.Rows, _PIXELS, _HAS_ACQ_CONTEXT))
-    descriptors.append(_num(codes.DCM.PixelDataColumns, entry.Columns, _PIXELS, _HAS_ACQ_CONTEXT))
+        descriptors.append(_uidref(_C.FrameOfReferenceUID, entry.FrameOfReferenceUID, _HAS_ACQ_CONTEXT))
+    descriptors.append(_num(_C.PixelDataRows, entry.Rows, _PIXELS, _HAS_ACQ_CONTEXT))
+    descriptors.append(_num(_C.PixelDataColumns, entry.Columns, _PIXELS, _HAS_ACQ_CONTEXT))
     modality = entry.get("Modality")
     if modality in _sr._PROJECTION_MODALITIES:
         orientation, spacing = entry.PatientOrientation, entry.ImagerPixelSpacing
         descriptors += [
-            _text(codes.DCM.PatientOrientationRow, orientation[0], _HAS_ACQ_CONTEXT),
-            _text(codes.DCM.PatientOrientationColumn, orientation[1], _HAS_ACQ_CONTEXT),
-            _num(codes.DCM.HorizontalPixelSpacing, spacing[1], codes.UCUM.Millimeter, _HAS_ACQ_CONTEXT),
-            _num(codes.DCM.VerticalPixelSpacing, spacing[0], codes.UCUM.Millimeter, _HAS_ACQ_CONTEXT),
+            _text(_C.PatientOrientationRow, orientation[0], _HAS_ACQ_CONTEXT),
+            _text(_C.PatientOrientationColumn, orientation[1], _HAS_ACQ_CONTEXT),
+            _num(_C.HorizontalPixelSpacing, spacing[1], _C.Millimeter, _HAS_ACQ_CONTEXT),
+            _num(_C.VerticalPixelSpacing, spacing[0], _C.Millimeter, _HAS_ACQ_CONTEXT),
         ]
     elif modality in _sr._CROSS_SECTIONAL_MODALITIES:  # pragma: no cover - chest films are projections
         raise ValueError(f"cross-sectional modality {modality} has no image library entry here")
@@ -213,26 +255,24 @@ def _library_entry(ds: Dataset) -> Dataset:
 
 def _image_library(report: _sr._Report) -> Dataset:
     """TID 1600 Image Library: one group per coded modality and frame of reference, as highdicom groups."""
-    from highdicom.sr.templates import _get_coded_modality
-
     groups: dict[tuple[str, str, str | None], list[Dataset]] = {}
     for ds in report.sources:
-        modality = _get_coded_modality(ds.SOPClassUID)
+        modality = _coded_modality(str(ds.SOPClassUID))
         frame_of_reference = ds.get("FrameOfReferenceUID")
         key = (str(modality.value), str(modality.scheme_designator), frame_of_reference)
         groups.setdefault(key, []).append(_library_entry(ds))
-    group_items = [_container(codes.DCM.ImageLibraryGroup, _CONTAINS, entries) for entries in groups.values()]
-    return _container(codes.DCM.ImageLibrary, _CONTAINS, group_items)
+    group_items = [_container(_C.ImageLibraryGroup, _CONTAINS, entries) for entries in groups.values()]
+    return _container(_C.ImageLibrary, _CONTAINS, group_items)
 
 
 def _content(report: _sr._Report) -> list[Dataset]:
     """The root container's Content Sequence (TID 1500)."""
     observer = [
-        _code_item(codes.DCM.ObserverType, codes.cid270.Device, _HAS_OBS_CONTEXT),
-        _uidref(codes.DCM.DeviceObserverUID, report.device_observer_uid, _HAS_OBS_CONTEXT),
-        _text(codes.DCM.DeviceObserverName, report.algorithm_name, _HAS_OBS_CONTEXT),
-        _text(codes.DCM.DeviceObserverManufacturer, report.manufacturer, _HAS_OBS_CONTEXT),
-        _text(codes.DCM.DeviceObserverModelName, report.algorithm_name, _HAS_OBS_CONTEXT),
+        _code_item(_C.ObserverType, _C.Device, _HAS_OBS_CONTEXT),
+        _uidref(_C.DeviceObserverUID, report.device_observer_uid, _HAS_OBS_CONTEXT),
+        _text(_C.DeviceObserverName, report.algorithm_name, _HAS_OBS_CONTEXT),
+        _text(_C.DeviceObserverManufacturer, report.manufacturer, _HAS_OBS_CONTEXT),
+        _text(_C.DeviceObserverModelName, report.algorithm_name, _HAS_OBS_CONTEXT),
     ]
     groups = []
     for number, finding in enumerate(report.findings, start=1):
@@ -252,16 +292,16 @@ def _content(report: _sr._Report) -> list[Dataset]:
                 (finding.sop_class_uid, finding.sop_instance_uid),
             )
         )
-    study = _probability(report, _sr.PROB_PNEUMONIA, report.study_probability, derivation=codes.SCT.Maximum)
+    study = _probability(report, _sr.PROB_PNEUMONIA, report.study_probability, derivation=_C.Maximum)
     groups.append(_group(report, _sr.STUDY_GROUP_IDENTIFIER, [study], report.study_present, None))
     evaluations = [_text(_sr.OUTSIDE_INTENDED_USE, note, _CONTAINS) for note in report.notes]
-    evaluations.append(_text(codes.DCM.Comment, _sr.DISCLAIMER_TEXT, _CONTAINS))
+    evaluations.append(_text(_C.Comment, _sr.DISCLAIMER_TEXT, _CONTAINS))
     return [
-        _code_item(codes.DCM.LanguageOfContentItemAndDescendants, _LANGUAGE, _HAS_CONCEPT_MOD),
+        _code_item(_C.LanguageOfContentItemAndDescendants, _LANGUAGE, _HAS_CONCEPT_MOD),
         *observer,
-        _code_item(codes.DCM.ProcedureReported, _sr.PLAIN_CHEST_XRAY, _HAS_CONCEPT_MOD),
+        _code_item(_C.ProcedureReported, _sr.PLAIN_CHEST_XRAY, _HAS_CONCEPT_MOD),
         _image_library(report),
-        _container(codes.DCM.ImagingMeasurements, _CONTAINS, groups),
+        _container(_C.ImagingMeasurements, _CONTAINS, groups),
         _container(_sr.QUALITATIVE_EVALUATIONS, _CONTAINS, evaluations),
     ]
 
@@ -347,7 +387,7 @@ def build_report(report: _sr._Report) -> Dataset:
     _set(sr, 0x0040A496, "CS", "PRELIMINARY")  # Preliminary Flag
     # the root content item (TID 1500), at the top level of the document
     _set(sr, 0x0040A040, "CS", "CONTAINER")  # Value Type
-    _set(sr, 0x0040A043, "SQ", [_code(codes.cid7021.ImagingMeasurementReport)])  # Concept Name Code Seq.
+    _set(sr, 0x0040A043, "SQ", [_code(_C.ImagingMeasurementReport)])  # Concept Name Code Seq.
     _set(sr, 0x0040A050, "CS", "CONTINUOUS")  # Continuity Of Content
     _set(sr, 0x0040A504, "SQ", [_template("1500")])  # Content Template Sequence
     _set(sr, 0x0040A730, "SQ", _content(report))  # Content Sequence
