@@ -229,3 +229,29 @@ def test_cam_on_film() -> None:
         cam_on_film(cam * 2, (0.0, 1.0, 0.0, 1.0), (8, 10))
     with pytest.raises(ValueError, match="increasing"):
         cam_on_film(cam, (0.5, 0.25, 0.0, 1.0), (8, 10))
+
+
+def test_node_sends_the_segmentation_beside_the_sr(tmp_path: Path, repo_root: Path) -> None:
+    """serve --masks: the processor's results for a study are its SR and the SEG of its scored film."""
+    from pneumonia_monai.cli.serve import build_parser, config_from_args
+    from pneumonia_monai.node.processor import InferenceProcessor
+
+    args = ["--work-dir", str(tmp_path / "work"), "--dest-ae", "PACS@127.0.0.1:104"]
+    assert config_from_args(build_parser().parse_args([*args, "--masks"])).masks is True
+    assert config_from_args(build_parser().parse_args(args)).masks is False
+    sample = repo_root / "bundle" / "sample_data" / "dicom" / "pneumonia_dx"
+    frontal = pydicom.dcmread(sample / "frontal.dcm", stop_before_pixels=True)
+    study = tmp_path / "inbox" / str(frontal.StudyInstanceUID)
+    study.mkdir(parents=True)
+    for name in ("frontal.dcm", "lateral.dcm"):  # the lateral view is skipped: no score, no SEG
+        sop = pydicom.dcmread(sample / name, stop_before_pixels=True).SOPInstanceUID
+        shutil.copy(sample / name, study / f"{sop}.dcm")
+    processor = InferenceProcessor(bundle=repo_root / "bundle", device="cpu", masks=True)
+    results = processor.process(study, tmp_path / "out")
+    modalities = sorted(pydicom.dcmread(path, stop_before_pixels=True).Modality for path in results)
+    assert modalities == ["SEG", "SR"]
+    (seg_path,) = [path for path in results if path.name.endswith(".seg.dcm")]
+    seg = hd.seg.segread(seg_path)
+    assert seg.get_source_image_uids() == [
+        (frontal.StudyInstanceUID, frontal.SeriesInstanceUID, frontal.SOPInstanceUID)
+    ]

@@ -9,7 +9,8 @@ Examples::
 The node is a Storage SCP (C-ECHO, C-STORE of every storage SOP class, uncompressed and compressed).
 Each received instance is written durably to ``WORK/inbox/<StudyInstanceUID>/`` before its C-STORE is
 answered. Once no instance of a study arrived for ``--stable-seconds``, a worker runs the bundle on it
-and sends the study's SR (plus heatmap Secondary Captures with ``--heatmaps``) to the destination,
+and sends the study's SR (plus heatmap Secondary Captures with ``--heatmaps``, and a lung-field DICOM
+Segmentation per scored film with ``--masks``) to the destination,
 retrying ``--send-attempts`` times with exponential backoff; the study then moves to ``WORK/done/``,
 or to ``WORK/failed/`` with a ``reason.txt``. One result per study: instances arriving after their study
 was processed are kept in ``WORK/late/`` and logged, not processed again. Retention: the images and
@@ -97,6 +98,7 @@ _CONFIG_ARGS: dict[str, str] = {
     "keep_days": "keep_days",
     "keep_failed_days": "keep_failed_days",
     "heatmaps": "heatmaps",
+    "masks": "masks",
     "bundle": "bundle",
     "device": "device",
     "site": "site",
@@ -220,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="also send Grad-CAM heatmaps as Secondary Capture images",
     )
+    work.add_argument(
+        "--masks",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also send the lung fields of each scored film as a DICOM Segmentation, beside the SR",
+    )
     dest = parser.add_argument_group("destination (one of)")
     exclusive = dest.add_mutually_exclusive_group()
     exclusive.add_argument("--dest-ae", metavar="AET@HOST:PORT", help="send results with C-STORE to this SCP")
@@ -303,6 +311,7 @@ def _load_processor(config: NodeConfig) -> InferenceProcessor:
         heatmaps=config.heatmaps,
         site=None if config.site is None else read_site_overlay(config.site),
         fhir_dir=config.fhir_dir,
+        masks=config.masks,
     )
     processor.load()
     return processor

@@ -24,6 +24,7 @@ the command line wins over the file). The file holds a mapping whose keys are th
     dimse_timeout: 30
     network_timeout: 60
     heatmaps: false
+    masks: false                             # also a lung-field DICOM SEG per film, beside the SR
     bundle: /opt/pneumonia/bundle
     device: auto
     site: site_operating_point.json          # a site's threshold (evaluate --choose-threshold)
@@ -173,6 +174,7 @@ class NodeConfig:
         keep_failed_days: the same for ``failed/`` and ``quarantine/``, kept longer by default so that
             someone can look at why a study failed.
         heatmaps: also send Grad-CAM heatmaps as Secondary Capture images.
+        masks: also send the lung fields of each scored film as a DICOM Segmentation.
         bundle: the MONAI bundle to run; ``None`` lets the inference code find its default.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         site: a site overlay file (:mod:`pneumonia_monai.site_overlay`): call films at the site's
@@ -203,6 +205,7 @@ class NodeConfig:
     keep_days: float = 7.0
     keep_failed_days: float = 30.0
     heatmaps: bool = False
+    masks: bool = False
     bundle: Path | None = None
     device: str = "auto"
     site: Path | None = None
@@ -231,6 +234,7 @@ class NodeConfig:
         object.__setattr__(self, "allowed_calling_aes", allowed)
         _check_bool("require_called_ae", self.require_called_ae)
         _check_bool("heatmaps", self.heatmaps)
+        _check_bool("masks", self.masks)
         object.__setattr__(self, "stable_seconds", _check_seconds("stable_seconds", self.stable_seconds))
         object.__setattr__(
             self, "retry_backoff_seconds", _check_seconds("retry_backoff_seconds", self.retry_backoff_seconds)

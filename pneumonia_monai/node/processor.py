@@ -94,6 +94,8 @@ class InferenceProcessor:
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         heatmaps: also return the Grad-CAM Secondary Captures.
         batch_size: images per forward pass.
+        masks: also return the lung-field DICOM Segmentation of each scored film
+            (:mod:`pneumonia_monai.dicom.seg`), beside the SR.
         site: a site operating point (:func:`pneumonia_monai.site_overlay.read_site_overlay`), applied
             to the bundle when it is loaded (an overlay of another model version fails the load).
         fhir_dir: also write each study's FHIR Bundle there (``<StudyInstanceUID>.json``, atomically);
@@ -109,6 +111,7 @@ class InferenceProcessor:
         batch_size: int = 8,
         site: SiteOperatingPoint | None = None,
         fhir_dir: str | Path | None = None,
+        masks: bool = False,
     ) -> None:
         if bundle is not None and not isinstance(bundle, str | Path):
             raise TypeError(f"bundle must be a path or None, got {type(bundle).__name__}")
@@ -119,6 +122,7 @@ class InferenceProcessor:
         self.bundle = None if bundle is None else Path(bundle)
         self.device = device
         self.heatmaps = bool(heatmaps)
+        self.masks = bool(masks)
         self.batch_size = batch_size
         if site is not None and not isinstance(site, SiteOperatingPoint):
             raise TypeError(f"site must be a SiteOperatingPoint or None, got {type(site).__name__}")
@@ -175,6 +179,7 @@ class InferenceProcessor:
             force=True,
             progress=False,
             fhir=self.fhir_dir is not None,
+            masks=self.masks,
         )
         rows = json.loads(Path(summary.results_json).read_text(encoding="utf-8"))
         srs = {Path(path).stem: Path(path) for path in summary.sr_paths}
@@ -182,6 +187,8 @@ class InferenceProcessor:
         if self.heatmaps:
             for path in summary.sc_paths:
                 scs.setdefault(_study_of(Path(path)), []).append(Path(path))
+        for path in summary.seg_paths if self.masks else ():  # sent beside the SR, with the SCs
+            scs.setdefault(_study_of(Path(path)), []).append(Path(path))
         outcomes: dict[Path, list[Path] | Exception] = {}
         for study_dir in dirs:
             uid = study_dir.name

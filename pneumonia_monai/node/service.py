@@ -98,6 +98,7 @@ class DicomNode:
             heatmaps=config.heatmaps,
             site=None if config.site is None else read_site_overlay(config.site),
             fhir_dir=config.fhir_dir,
+            masks=config.masks,
         )
         self.destination: ResultDestination = destination or make_destination(
             config.destination, calling_ae_title=config.ae_title
