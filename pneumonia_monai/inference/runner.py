@@ -55,24 +55,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
 from pneumonia_monai.atomic import remove_stale_temporaries
-from pneumonia_monai.data.kaggle import JUNK_NAMES
 from pneumonia_monai.dicom import limits
 from pneumonia_monai.dicom.intended_use import UNKNOWN
 from pneumonia_monai.dicom.selection import (
-    SELECTED,
     SelectionRules,
-    decide_file,
-    entry_problem,
     iter_input_files,
 )
 from pneumonia_monai.inference.bundle import InferenceBundle, load_bundle
+from pneumonia_monai.inference.film_step import FilmContext, FilmItem, FilmJob
 from pneumonia_monai.inference.manifest import (
     ERROR,
     JOURNAL_NAME,
-    NORMAL,
     OK,
     PNEUMONIA,
     RESULTS_CSV,
@@ -93,7 +87,6 @@ from pneumonia_monai.inference.manifest import (
 )
 from pneumonia_monai.inference.masks import MASK_DIR
 from pneumonia_monai.site_overlay import SiteOperatingPoint, apply_site
-from pneumonia_monai.transforms.lung_crop import crop_fractions, lacks_content
 
 logger = logging.getLogger(__name__)
 
@@ -184,31 +177,10 @@ def _window(batch_size: int, workers: int) -> int:
 # ------------------------------------------------------------------------------------------ items
 
 
-@dataclass(frozen=True)
-class _Job:
-    index: int
-    path: Path
-    root: Path
-    rel: str
-    key: str
-
-
-@dataclass
-class _Item:
-    """A file on its way through the pipeline: a finished row, or a preprocessed image for the model."""
-
-    job: _Job
-    row: ResultRow | None = None
-    reused: StateEntry | None = None
-    image: torch.Tensor | None = None
-    box: tuple[float, float, float, float] = (0.0, 1.0, 0.0, 1.0)
-    reason: str = ""
-    study_uid: str = ""
-    series_uid: str = ""
-    sop_uid: str = ""
-    view: str = ""
-    intended_use: str = ""
-    cam: Any = None  # the Grad-CAM of ``image``, once computed for the heatmaps or the masks
+# The per-film step (triage, decoding and preprocessing, scoring) is shared with the Ray engine.
+_Job = FilmJob
+_Item = FilmItem
+_Context = FilmContext
 
 
 class _Ready:
@@ -219,87 +191,6 @@ class _Ready:
 
     def result(self) -> _Item:
         return self._item
-
-
-def _is_junk(rel: str) -> bool:
-    return any(part in JUNK_NAMES or part.startswith("._") for part in rel.split("/"))
-
-
-def _root_cause_message(exc: BaseException, job: _Job) -> str:
-    """The innermost meaningful message of an exception chain (MONAI wraps transform errors)."""
-    from pneumonia_monai.transforms import ImageLoadError
-
-    current: BaseException | None = exc
-    while current is not None:
-        if isinstance(current, ImageLoadError):
-            text = str(current)
-            break
-        if current.__cause__ is None:
-            text = f"cannot preprocess the image ({type(current).__name__}: {current})"
-            break
-        current = current.__cause__
-    # Readers quote the absolute path; the manifest names files relative to their input.
-    text = text.replace(os.path.realpath(job.path), job.rel).replace(str(job.path), job.rel)
-    return " ".join(text.split())
-
-
-class _Context:
-    """What the workers need: read-only during the run."""
-
-    def __init__(self, bundle: InferenceBundle, rules: SelectionRules) -> None:
-        self.bundle = bundle
-        self.rules = rules
-        self.common = {
-            "threshold": bundle.threshold,
-            "model_version": bundle.model_version,
-            "operating_point": bundle.operating_point,
-        }
-
-    def row(self, job: _Job, status: str, reason: str, **uids: str) -> ResultRow:
-        """A row without probabilities (``skipped`` or ``error``)."""
-        return ResultRow(job.rel, status, reason, **uids, **self.common)
-
-    def finished(self, job: _Job, status: str, reason: str, **uids: str) -> _Item:
-        """An item that needs no inference."""
-        return _Item(job, row=self.row(job, status, reason, **uids))
-
-    def prepare(self, job: _Job) -> _Item:
-        """Triage one file and, when it is to be inferred, decode and preprocess it (runs in a worker)."""
-        if _is_junk(job.rel):
-            return self.finished(job, SKIPPED, "junk file (macOS/Windows metadata)")
-        entry = entry_problem(job.path)  # links, pipes, unreadable folders: never opened
-        if entry is not None:
-            return self.finished(job, *entry)
-        uids: dict[str, str] = {}
-        try:
-            # DICOM by the selection rules; pictures and research films by name and header
-            # (selection.decide_film_file), as pneumonia-monai select decides them.
-            decision = decide_file(job.path, self.rules, root=job.root)
-            uids = {
-                "study_uid": decision.study_uid,
-                "series_uid": decision.series_uid,
-                "sop_uid": decision.sop_uid,
-                "view": decision.view,
-                "intended_use": decision.intended_use,
-            }
-            if decision.status != SELECTED:
-                return self.finished(job, decision.status, decision.reason, **uids)
-            reason = decision.reason
-            data = self.bundle.preprocessing({"image": str(job.path)})
-            meta = getattr(data["image"], "meta", {})
-            if lacks_content(str(meta.get("lung_crop", ""))):  # a blank film is never scored
-                status = str(meta["lung_crop"]).removeprefix("fallback: ")
-                return self.finished(job, ERROR, f"{status}: not scored", **uids)
-            box = crop_fractions(meta) or (0.0, 1.0, 0.0, 1.0)  # the whole film where unsaid
-            image = torch.as_tensor(data["image"]).as_subclass(torch.Tensor).detach()
-            expected = (1, *self.bundle.spatial_size)
-            if tuple(image.shape) != expected:
-                raise ValueError(f"preprocessing gave shape {tuple(image.shape)}, expected {expected}")
-            image = image.to(torch.float32).contiguous()
-        except Exception as exc:  # a broken file is an error row, never the end of the run
-            logger.debug("%s: %s", job.rel, type(exc).__name__, exc_info=True)
-            return self.finished(job, ERROR, _root_cause_message(exc, job), **uids)
-        return _Item(job, image=image, box=box, reason=reason, **uids)
 
 
 # ---------------------------------------------------------------------------------------- progress
@@ -689,44 +580,17 @@ class _Run:
             batch.clear()
 
     def _infer(self, batch: list[_Item]) -> None:
-        bundle = self.bundle
-        images = torch.stack([item.image for item in batch])  # type: ignore[misc]
         try:
-            probs = bundle.predict(images)
+            rows, probs = self.context.score(batch)
         except (
             RuntimeError,
             ValueError,
         ) as exc:  # e.g. out of device memory: these files are retried next run
-            reason = "inference failed (" + " ".join(f"{type(exc).__name__}: {exc}".split())[:300] + ")"
-            logger.error("a batch of %d image(s): %s", len(batch), reason)
-            for item in batch:
-                uids = {"study_uid": item.study_uid, "series_uid": item.series_uid, "sop_uid": item.sop_uid}
-                self._done(
-                    item.job, StateEntry(self.context.row(item.job, ERROR, reason, view=item.view, **uids))
-                )
+            for item, row in zip(batch, self.context.failed(batch, exc), strict=True):
+                self._done(item.job, StateEntry(row))
             return
         self.summary.n_inferred += len(batch)
-        for item, p in zip(batch, probs, strict=True):
-            prob = bundle.pneumonia_probability(p)
-            subtypes = (
-                {"prob_normal": float(p[0]), "prob_bacterial": float(p[1]), "prob_viral": float(p[2])}
-                if bundle.three_class
-                else {}
-            )
-            row = ResultRow(
-                item.job.rel,
-                OK,
-                item.reason,
-                item.study_uid,
-                item.series_uid,
-                item.sop_uid,
-                item.view,
-                prob_pneumonia=prob,
-                prediction=PNEUMONIA if prob >= bundle.threshold else NORMAL,
-                intended_use=item.intended_use,
-                **self.context.common,
-                **subtypes,
-            )
+        for item, p, row in zip(batch, probs, rows, strict=True):
             done_heatmaps = self.heatmaps and self._heatmap(item, p, row)
             if self.masks:
                 self._masks(item, p)

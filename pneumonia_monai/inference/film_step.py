@@ -1,0 +1,220 @@
+"""The per-film step of batch inference, shared by the local engine and the Ray engine.
+
+Both engines (:mod:`pneumonia_monai.inference.runner` in threads, :mod:`pneumonia_monai.inference.ray_engine`
+in Ray actors) run every file through the same functions, so their rows cannot drift apart:
+
+1. :meth:`FilmContext.prepare`: the file's bytes (a local file, or a URI of a manifest fetched once into
+   the run's cache, :mod:`pneumonia_monai.inference.sources`) -> header triage with the selection rules
+   (:func:`pneumonia_monai.dicom.selection.decide_file`) -> decoding and the bundle's ``preprocessing``;
+   a file that is not to be scored comes back as a finished row;
+2. :meth:`FilmContext.score`: a batch of prepared films -> the bundle's ``predict`` -> one ``ok`` row per
+   film, called at the bundle's threshold (:class:`~pneumonia_monai.inference.manifest.ResultRow` checks
+   the prediction against it); :meth:`FilmContext.failed` gives the rows of a batch whose forward failed.
+
+What is done with the rows (journal, duplicate SOP Instance UIDs, SRs, the results files) is the engines'
+common :class:`~pneumonia_monai.inference.runner._Run`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pneumonia_monai.data.kaggle import JUNK_NAMES
+from pneumonia_monai.dicom.selection import SELECTED, SelectionRules, decide_file, entry_problem
+from pneumonia_monai.inference.bundle import InferenceBundle
+from pneumonia_monai.inference.manifest import ERROR, NORMAL, OK, PNEUMONIA, SKIPPED, ResultRow
+from pneumonia_monai.transforms.lung_crop import crop_fractions, lacks_content
+
+logger = logging.getLogger(__name__)
+
+#: The crop box of a film whose preprocessing does not say (the whole film).
+WHOLE_FILM: tuple[float, float, float, float] = (0.0, 1.0, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class FilmJob:
+    """One input entry.
+
+    Attributes:
+        index: its place in the run's input order.
+        path: the local file (for a manifest URI: its copy in the run's cache, fetched by :meth:`prepare`).
+        root: the folder ``rel`` is relative to.
+        rel: the name its row carries (a manifest entry: the URI as given, without credentials).
+        key: what identifies its current content, for resuming (:func:`~.manifest.file_key`).
+        uri: the manifest URI it is fetched from (empty for a local file found under the inputs).
+    """
+
+    index: int
+    path: Path
+    root: Path
+    rel: str
+    key: str
+    uri: str = ""
+
+
+@dataclass
+class FilmItem:
+    """A file on its way through the pipeline: a finished row, or a preprocessed image for the model."""
+
+    job: FilmJob
+    row: ResultRow | None = None
+    reused: Any = None  # the StateEntry of an earlier run standing for this file
+    image: torch.Tensor | None = None
+    box: tuple[float, float, float, float] = WHOLE_FILM
+    reason: str = ""
+    study_uid: str = ""
+    series_uid: str = ""
+    sop_uid: str = ""
+    view: str = ""
+    intended_use: str = ""
+    cam: Any = None  # the Grad-CAM of ``image``, once computed for the heatmaps or the masks
+
+
+def is_junk(rel: str) -> bool:
+    """Whether a relative path is operating-system metadata (``__MACOSX``, ``._*``, ``.DS_Store``)."""
+    return any(part in JUNK_NAMES or part.startswith("._") for part in rel.split("/"))
+
+
+def root_cause_message(exc: BaseException, job: FilmJob) -> str:
+    """The innermost meaningful message of an exception chain (MONAI wraps transform errors)."""
+    from pneumonia_monai.transforms import ImageLoadError
+
+    current: BaseException | None = exc
+    text = f"cannot preprocess the image ({type(exc).__name__}: {exc})"
+    while current is not None:
+        if isinstance(current, ImageLoadError):
+            text = str(current)
+            break
+        if current.__cause__ is None:
+            text = f"cannot preprocess the image ({type(current).__name__}: {current})"
+            break
+        current = current.__cause__
+    # Readers quote the absolute path; the manifest names files relative to their input.
+    text = text.replace(os.path.realpath(job.path), job.rel).replace(str(job.path), job.rel)
+    return " ".join(text.split())
+
+
+class FilmContext:
+    """What the per-film step needs: the loaded bundle and the selection rules (read-only during a run)."""
+
+    def __init__(self, bundle: InferenceBundle, rules: SelectionRules) -> None:
+        if not isinstance(rules, SelectionRules):
+            raise TypeError(f"rules must be SelectionRules, got {type(rules).__name__}")
+        self.bundle = bundle
+        self.rules = rules
+        self.common = {
+            "threshold": bundle.threshold,
+            "model_version": bundle.model_version,
+            "operating_point": bundle.operating_point,
+        }
+
+    def row(self, job: FilmJob, status: str, reason: str, **uids: str) -> ResultRow:
+        """A row without probabilities (``skipped`` or ``error``)."""
+        return ResultRow(job.rel, status, reason, **uids, **self.common)
+
+    def finished(self, job: FilmJob, status: str, reason: str, **uids: str) -> FilmItem:
+        """An item that needs no inference."""
+        return FilmItem(job, row=self.row(job, status, reason, **uids))
+
+    def prepare(self, job: FilmJob) -> FilmItem:
+        """Triage one file and, when it is to be inferred, decode and preprocess it (runs in a worker)."""
+        if is_junk(job.rel):
+            return self.finished(job, SKIPPED, "junk file (macOS/Windows metadata)")
+        if job.uri:
+            from pneumonia_monai.inference.sources import SourceError, fetch
+
+            try:
+                fetch(job.uri, job.path)
+            except SourceError as exc:
+                return self.finished(job, ERROR, str(exc))
+        entry = entry_problem(job.path)  # links, pipes, unreadable folders: never opened
+        if entry is not None:
+            return self.finished(job, *entry)
+        uids: dict[str, str] = {}
+        try:
+            # DICOM by the selection rules; pictures and research films by name and header
+            # (selection.decide_film_file), as pneumonia-monai select decides them.
+            decision = decide_file(job.path, self.rules, root=job.root)
+            uids = {
+                "study_uid": decision.study_uid,
+                "series_uid": decision.series_uid,
+                "sop_uid": decision.sop_uid,
+                "view": decision.view,
+                "intended_use": decision.intended_use,
+            }
+            if decision.status != SELECTED:
+                return self.finished(job, decision.status, decision.reason, **uids)
+            reason = decision.reason
+            data = self.bundle.preprocessing({"image": str(job.path)})
+            meta = getattr(data["image"], "meta", {})
+            if lacks_content(str(meta.get("lung_crop", ""))):  # a blank film is never scored
+                status = str(meta["lung_crop"]).removeprefix("fallback: ")
+                return self.finished(job, ERROR, f"{status}: not scored", **uids)
+            box = crop_fractions(meta) or WHOLE_FILM
+            image = torch.as_tensor(data["image"]).as_subclass(torch.Tensor).detach()
+            expected = (1, *self.bundle.spatial_size)
+            if tuple(image.shape) != expected:
+                raise ValueError(f"preprocessing gave shape {tuple(image.shape)}, expected {expected}")
+            image = image.to(torch.float32).contiguous()
+        except Exception as exc:  # a broken file is an error row, never the end of the run
+            logger.debug("%s: %s", job.rel, type(exc).__name__, exc_info=True)
+            return self.finished(job, ERROR, root_cause_message(exc, job), **uids)
+        return FilmItem(job, image=image, box=box, reason=reason, **uids)
+
+    def score(self, batch: list[FilmItem]) -> tuple[list[ResultRow], Any]:
+        """Run the model on a batch of prepared items; return one ``ok`` row per item and the outputs.
+
+        Raises:
+            RuntimeError, ValueError: if the forward fails (out of device memory, say); the engine gives
+                the batch :meth:`failed` rows, retried by the next run.
+        """
+        bundle = self.bundle
+        probs = bundle.predict(torch.stack([item.image for item in batch]))  # type: ignore[misc]
+        rows = []
+        for item, p in zip(batch, probs, strict=True):
+            prob = bundle.pneumonia_probability(p)
+            subtypes = (
+                {"prob_normal": float(p[0]), "prob_bacterial": float(p[1]), "prob_viral": float(p[2])}
+                if bundle.three_class
+                else {}
+            )
+            rows.append(
+                ResultRow(
+                    item.job.rel,
+                    OK,
+                    item.reason,
+                    item.study_uid,
+                    item.series_uid,
+                    item.sop_uid,
+                    item.view,
+                    prob_pneumonia=prob,
+                    prediction=PNEUMONIA if prob >= bundle.threshold else NORMAL,
+                    intended_use=item.intended_use,
+                    **self.common,
+                    **subtypes,
+                )
+            )
+        return rows, probs
+
+    def failed(self, batch: list[FilmItem], exc: BaseException) -> list[ResultRow]:
+        """The ``error`` rows of a batch whose forward raised ``exc``."""
+        reason = "inference failed (" + " ".join(f"{type(exc).__name__}: {exc}".split())[:300] + ")"
+        logger.error("a batch of %d image(s): %s", len(batch), reason)
+        return [
+            self.row(
+                item.job,
+                ERROR,
+                reason,
+                view=item.view,
+                study_uid=item.study_uid,
+                series_uid=item.series_uid,
+                sop_uid=item.sop_uid,
+            )
+            for item in batch
+        ]
