@@ -242,6 +242,35 @@ def test_datalist_has_the_right_labels_and_patients(src: Path, converted: Path) 
     assert sorted(seen) == sorted(FILMS)
 
 
+def test_labels_csv_is_what_dicom_to_datalist_reads(src: Path, converted: Path, tmp_path: Path) -> None:
+    with (converted / "labels.csv").open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames or ()) == ("study_uid", "sop_uid", "label", "subtype", "kaggle_split")
+        labels = list(reader)
+    done = ("written", "unchanged")
+    by_output = {r["output"]: k for k, r in _rows(converted).items() if r["status"] in done}
+    expected = {}
+    for output, rel in by_output.items():
+        ds = dcmread(converted / output, stop_before_pixels=True)
+        label, subtype, _, _ = FILMS[rel]
+        expected[str(ds.SOPInstanceUID)] = (str(ds.StudyInstanceUID), label, subtype, Path(rel).parts[0])
+    got = {r["sop_uid"]: (r["study_uid"], r["label"], r["subtype"], r["kaggle_split"]) for r in labels}
+    assert got == expected
+    assert len(labels) == len(FILMS)  # the broken JPEG (not in FILMS) was not converted: no label row
+
+    for key in ("sop_uid", "study_uid"):
+        out = tmp_path / key / "datalist.json"
+        argv = ["dicom-to-datalist", str(converted), str(converted / "labels.csv"), str(out), "--key", key]
+        assert convert_cli.main([*argv, "--val-fraction", "0.3", "-q"]) == 0
+        datalist = json.loads(out.read_text(encoding="utf-8"))
+        entries = datalist["training"] + datalist["validation"]
+        assert len(entries) == len(expected)
+        for entry in entries:
+            ds = dcmread(out.parent / entry["image"], stop_before_pixels=True)
+            _, label, subtype, _ = expected[str(ds.SOPInstanceUID)]
+            assert (entry["label"], entry["subtype"]) == (0 if label == "normal" else 1, subtype)
+
+
 def test_subtype_mode_labels(src: Path, tmp_path: Path) -> None:
     out = tmp_path / "subtype"
     result = kaggle_to_dicom(src, out, label_mode="subtype")

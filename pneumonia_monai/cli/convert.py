@@ -6,7 +6,9 @@ Examples::
     pneumonia-monai convert dicom-to-datalist /archive/cxr labels.csv datalist.json --key study_uid \\
         --val-fraction 0.2 --seed 0 --salt-file ~/.pneumonia_salt --report datalist_report.csv
 
-``kaggle-to-dicom`` writes ``OUT/<patient>/<study>/<series>/<sop>.dcm``, ``OUT/datalist.json`` and
+``kaggle-to-dicom`` writes ``OUT/<patient>/<study>/<series>/<sop>.dcm``, ``OUT/datalist.json``,
+``OUT/labels.csv`` (one row per converted film: study_uid, sop_uid, label, subtype, kaggle_split: the
+labels CSV ``dicom-to-datalist`` reads, with ``--key sop_uid`` or ``--key study_uid``) and
 ``OUT/conversion.csv`` (one row per source file: source, output, status, reason).
 
 ``dicom-to-datalist`` reads a labels CSV with a key column (``study_uid``, ``sop_uid`` or
@@ -56,9 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     k2d = sub.add_parser(
         "kaggle-to-dicom",
-        help="Kaggle JPEG tree -> DICOM studies (DX For Presentation), datalist.json, conversion.csv",
+        help="Kaggle JPEG tree -> DICOM studies (DX For Presentation), datalist.json, labels.csv, "
+        "conversion.csv",
         description="Convert a Kaggle/Mendeley JPEG tree to DICOM: OUT/<patient>/<study>/<series>/<sop>.dcm "
-        "(deterministic UIDs, byte-identical re-runs), OUT/datalist.json and OUT/conversion.csv.",
+        "(deterministic UIDs, byte-identical re-runs), OUT/datalist.json, OUT/labels.csv (the labels CSV "
+        "of dicom-to-datalist) and OUT/conversion.csv.",
     )
     k2d.add_argument(
         "src", type=Path, metavar="SRC", help="the Kaggle tree (train/test/val, NORMAL/PNEUMONIA)"
@@ -133,6 +137,7 @@ def _kaggle_to_dicom(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         logger.error("%s", exc)
         return EXIT_USAGE
+    logger.info("labels of the converted films: %s", result.labels_path)
     if result.failed:
         logger.error("%d film(s) could not be converted: see %s", result.failed, result.report_path)
         return EXIT_FAILURES

@@ -80,6 +80,10 @@ NOMINAL_IMAGER_PIXEL_SPACING_MM = 1.0
 
 #: Columns of ``conversion.csv``.
 CONVERSION_COLUMNS: tuple[str, ...] = ("source", "output", "status", "reason")
+#: Columns of the ``labels.csv`` that ``kaggle-to-dicom`` writes and :func:`read_labels` reads
+#: (``--key sop_uid`` or ``--key study_uid``); ``kaggle_split`` is the Kaggle folder (``train``, ``val``,
+#: ``test``) the film came from, which :func:`read_labels` ignores.
+LABELS_COLUMNS: tuple[str, ...] = ("study_uid", "sop_uid", "label", "subtype", "kaggle_split")
 #: Columns of the ``dicom-to-datalist`` report.
 REPORT_COLUMNS: tuple[str, ...] = ("path", "outcome", "reason")
 
@@ -354,12 +358,14 @@ class KaggleConversion:
         datalist: the datalist written to ``OUT/datalist.json``.
         datalist_path: where ``datalist.json`` was written.
         report_path: where ``conversion.csv`` was written.
+        labels_path: where ``labels.csv`` was written (one row per converted film: :data:`LABELS_COLUMNS`).
     """
 
     rows: list[ConversionRow]
     datalist: dict[str, list[dict[str, Any]]]
     datalist_path: Path
     report_path: Path
+    labels_path: Path
 
     def counts(self) -> dict[str, int]:
         """Number of rows per status."""
@@ -392,7 +398,7 @@ def kaggle_to_dicom(
     namespace: str = KAGGLE_NAMESPACE,
     progress: Progress | None = None,
 ) -> KaggleConversion:
-    """Convert a Kaggle/Mendeley JPEG tree to DICOM studies, with ``datalist.json`` and ``conversion.csv``.
+    """Convert a Kaggle/Mendeley JPEG tree to DICOM studies, plus a datalist, a labels CSV and a report.
 
     Layout: ``OUT/<patient pseudonym>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``. UIDs:
     the study and series from the namespace and Kaggle patient id, the instance from the file's SHA-256 and
@@ -400,7 +406,10 @@ def kaggle_to_dicom(
     whole tree, so ``limit`` does not change it). Files already there with identical bytes are left alone.
 
     The datalist puts a film under ``test`` if it came from the Kaggle ``test`` folder, else ``training``;
-    its ``patient_id`` is the pseudonym. Every file under ``src`` gets a row in ``conversion.csv``.
+    its ``patient_id`` is the pseudonym. Every file under ``src`` gets a row in ``conversion.csv``. Every
+    film converted (written, or already there) gets a row in ``labels.csv``: its Study and SOP Instance
+    UIDs, its label (``normal``/``pneumonia``), subtype and Kaggle folder, the labels CSV that
+    :func:`dicom_to_datalist` (``pneumonia-monai convert dicom-to-datalist``) reads.
 
     Args:
         src: the Kaggle tree (see :func:`pneumonia_monai.data.kaggle.scan_kaggle_tree`).
@@ -436,6 +445,7 @@ def kaggle_to_dicom(
     chosen_paths = {Path(r.image).resolve() for r in chosen}
 
     rows_by_source: dict[str, ConversionRow] = {}
+    labels: list[dict[str, str]] = []
     datalist = _empty_datalist()
     for path in sorted((p for p in src.rglob("*") if p.is_file()), key=lambda p: p.relative_to(src).parts):
         rel = path.relative_to(src)
@@ -453,6 +463,17 @@ def kaggle_to_dicom(
     for record in items:
         row, entry = _convert_one(record, src, out, compression, label_mode, namespace, instance_numbers)
         rows_by_source[row.source] = row
+        if row.status in ("written", "unchanged"):
+            _, study_uid, _, sop_file = row.output.split("/")
+            labels.append(
+                {
+                    "study_uid": study_uid,
+                    "sop_uid": sop_file.removesuffix(".dcm"),
+                    "label": record.label,
+                    "subtype": record.subtype,
+                    "kaggle_split": record.source_split,
+                }
+            )
         if entry is not None:
             split = "test" if record.source_split == "test" else "training"
             datalist[split].append(entry)
@@ -460,9 +481,13 @@ def kaggle_to_dicom(
     rows = [rows_by_source[k] for k in sorted(rows_by_source, key=lambda s: Path(s).parts)]
     out.mkdir(parents=True, exist_ok=True)
     datalist_path, report_path = out / "datalist.json", out / "conversion.csv"
+    labels_path = out / "labels.csv"
     write_json_atomic(datalist_path, datalist)
+    write_csv_atomic(
+        labels_path, LABELS_COLUMNS, sorted(labels, key=lambda r: (r["study_uid"], r["sop_uid"]))
+    )
     write_csv_atomic(report_path, CONVERSION_COLUMNS, (row.as_row() for row in rows))
-    result = KaggleConversion(rows, datalist, datalist_path, report_path)
+    result = KaggleConversion(rows, datalist, datalist_path, report_path, labels_path)
     logger.info(
         "%d file(s) under %s: %s; datalist: %d training, %d test",
         len(rows),
