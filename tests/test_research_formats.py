@@ -19,6 +19,7 @@ import torch
 from monai.networks.nets import DenseNet121
 from PIL import Image
 
+from pneumonia_monai.data.films import list_films
 from pneumonia_monai.data.formats import film_stem, film_suffix, is_film_name
 from pneumonia_monai.data.kaggle import scan_kaggle_tree
 from pneumonia_monai.dicom.selection import select_files
@@ -119,11 +120,12 @@ def research_files(jpeg: Path, out: Path) -> dict[str, Path]:
     }
 
 
-def _run(bundle: InferenceBundle, path: Path) -> tuple[torch.Tensor, float]:
-    image = bundle.preprocessing({"image": str(path)})["image"].as_tensor()
+def _run(bundle: InferenceBundle, *paths: Path) -> tuple[list[torch.Tensor], list[float]]:
+    """The network inputs of ``paths`` and their p(pneumonia), in one forward pass."""
+    images = [bundle.preprocessing({"image": str(path)})["image"].as_tensor() for path in paths]
     with torch.inference_mode():
-        probs = bundle.predict(image[None])
-    return image, bundle.pneumonia_probability(probs[0])
+        probs = bundle.predict(torch.stack(images))
+    return images, [bundle.pneumonia_probability(p) for p in probs]
 
 
 def test_film_names() -> None:
@@ -146,9 +148,9 @@ def test_same_tensor_and_probability_in_every_research_format(
     film: str, tmp_path: Path, sample_tree: Path, bundle: InferenceBundle
 ) -> None:
     files = research_files(sample_tree / "train" / film, tmp_path)
-    reference, reference_prob = _run(bundle, files["png"])
-    for name, path in files.items():
-        image, prob = _run(bundle, path)
+    images, probs = _run(bundle, *files.values())
+    reference, reference_prob = images[0], probs[0]  # the PNG
+    for name, image, prob in zip(files, images, probs, strict=True):
         assert image.shape == reference.shape, name
         diff = float((image - reference).abs().max())
         assert diff <= 1 / 255, f"{name}: tensor differs from the PNG's by {diff:.5f}"
@@ -186,8 +188,7 @@ def test_the_model_never_sees_a_mirrored_film(
     png, mirror = tmp_path / "film.png", tmp_path / "mirror.png"
     Image.fromarray(grey).save(png)
     Image.fromarray(np.ascontiguousarray(grey[:, ::-1])).save(mirror)
-    upright, _ = _run(bundle, png)
-    mirrored, _ = _run(bundle, mirror)
+    (upright, mirrored), _ = _run(bundle, png, mirror)
     assert float((upright - mirrored).abs().max()) > 0.5  # the check has teeth: the mirror is far
     seen: list[torch.Tensor] = []
     handle = bundle.network.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().cpu()))
@@ -246,7 +247,7 @@ def test_volumes_and_vectors_are_refused_with_a_reason(tmp_path: Path, sample_im
     assert rows["broken.nii.gz"][0] == "error"
 
 
-def test_select_and_infer_take_single_slice_films(tmp_path: Path, sample_images: list[Path]) -> None:
+def test_select_takes_a_single_slice_film(tmp_path: Path, sample_images: list[Path]) -> None:
     grey = _grey(sample_images[0])
     nifti_lps(grey, tmp_path / "film.nii.gz")
     rows = {d.relative_path: (d.status, d.reason) for d in select_files([tmp_path]).decisions}
@@ -303,6 +304,10 @@ def test_datalist_reads_research_films(tmp_path: Path, sample_images: list[Path]
     nifti_lps(grey, tmp_path / "train" / "NORMAL" / "IM-0001-0001.nii.gz")
     itk_2d(grey, tmp_path / "train" / "PNEUMONIA" / "person7_bacteria_30.mha")
     (tmp_path / "train" / "PNEUMONIA" / "person7_bacteria_30.raw").write_bytes(b"")  # not a film
+    assert [Path(item["image"]).name for item in list_films(tmp_path)] == [
+        "IM-0001-0001.nii.gz",
+        "person7_bacteria_30.mha",
+    ]  # the bundle's own inference listing
     records = {Path(r.image).name: r for r in scan_kaggle_tree(tmp_path)}
     assert sorted(records) == ["IM-0001-0001.nii.gz", "person7_bacteria_30.mha"]
     assert records["IM-0001-0001.nii.gz"].patient_id == "IM-0001"
