@@ -323,8 +323,8 @@ class SelectionRules:
                 f"{source}: 'outside_intended_use' must be one of {_OUTSIDE_POLICIES}, "
                 f"got {self.outside_intended_use!r}"
             )
-        try:
-            self.intended_age  # noqa: B018 - validates the two bounds together
+        try:  # the two bounds, together
+            intended.AgeRange(self.intended_age_min_years, self.intended_age_max_years)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"{source}: intended_age_min_years/intended_age_max_years: {exc}") from None
         for key in ("body_parts", "frontal_views", "presentation_intents"):
