@@ -350,3 +350,48 @@ def test_parser_rejects_bad_options(tmp_path):
         with pytest.raises(SystemExit) as info:
             parser.parse_args(base + bad)
         assert info.value.code == EXIT_USAGE
+
+
+def test_too_few_films_for_bootstrap_intervals_are_flagged_not_printed(tmp_path, capsys, caplog):
+    """Six well-separated films: every resample has ROC AUC 1, an interval of [1.000, 1.000]."""
+    films = tmp_path / "films"
+    probs = {"n0": 0.1, "n1": 0.2, "n2": 0.3, "p0": 0.7, "p1": 0.8, "p2": 0.9}
+    results = [_ok(films / f"{name}.jpeg", p) for name, p in probs.items()]
+    labels = [
+        {"path": f"films/{name}.jpeg", "label": "pneumonia" if name[0] == "p" else "normal"} for name in probs
+    ]
+    with caplog.at_level(logging.WARNING, logger="pneumonia_monai"):
+        code, out = _run(tmp_path, results, labels)
+    assert code == EXIT_OK
+    report = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert report["confidence_intervals"]["binary"]["roc_auc"] == {"estimate": 1.0, "low": 1.0, "high": 1.0}
+    warning = report["bootstrap"]["warning"]
+    assert warning.startswith(
+        "bootstrap intervals on 3 normal and 3 pneumonia film(s): fewer than 10 of a class"
+    )
+    summary, note = capsys.readouterr().out.splitlines()
+    assert "ROC AUC 1.000, sensitivity 1.000, specificity 1.000;" in summary and "[" not in summary
+    assert note == f"no intervals shown: {warning}"
+    assert warning in caplog.text
+
+
+def test_enough_films_or_patients_for_bootstrap_give_no_warning(tmp_path, capsys):
+    from pneumonia_monai.evaluation.report import bootstrap_sample_warning
+
+    films = tmp_path / "films"
+    probs = {f"n{i}": 0.02 * i for i in range(10)} | {f"p{i}": 0.5 + 0.04 * i for i in range(10)}
+    results = [_ok(films / f"{name}.jpeg", p) for name, p in probs.items()]
+    labels = [
+        {"path": f"films/{name}.jpeg", "label": "pneumonia" if name[0] == "p" else "normal"} for name in probs
+    ]
+    code, out = _run(tmp_path, results, labels)
+    assert code == EXIT_OK
+    assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["bootstrap"]["warning"] is None
+    assert "no intervals shown" not in capsys.readouterr().out
+    # Units are patients when patient ids are given: 20 films of 4 patients are too few.
+    y = np.array([0] * 10 + [1] * 10)
+    assert bootstrap_sample_warning(y, None) is None
+    groups = np.array(["a"] * 5 + ["b"] * 5 + ["c"] * 5 + ["d"] * 5)
+    assert bootstrap_sample_warning(y, groups).startswith(
+        "bootstrap intervals on 2 normal and 2 pneumonia patient(s)"
+    )

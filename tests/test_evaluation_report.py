@@ -140,6 +140,7 @@ def test_binary_report_contract_and_values(tmp_path):
         "method": "percentile",
         "stratified_by": "class",
         "unit": "patient",
+        "warning": None,
     }
     assert saved["extra"] == {"model": "densenet121", "counts": [1, 2]}
     cis = saved["confidence_intervals"]

@@ -708,12 +708,17 @@ def main(argv: list[str] | None = None) -> int:
         )
     binary = report["binary"]
     ci = (report["confidence_intervals"] or {}).get("binary") or {}
+    too_few = report["bootstrap"].get("warning")
+    if too_few:
+        ci = {}  # not printed as if they meant something; metrics.json keeps them, with the warning
     sys.stdout.write(
         f"{split_name}: {len(evaluated)} film(s) evaluated at threshold {threshold:g}; "
         f"ROC AUC {_with_ci(binary['roc_auc'], ci.get('roc_auc'))}, "
         f"sensitivity {_with_ci(binary['sensitivity'], ci.get('sensitivity'))}, "
         f"specificity {_with_ci(binary['specificity'], ci.get('specificity'))}; report in {args.output}\n"
     )
+    if too_few:
+        sys.stdout.write(f"no intervals shown: {too_few}\n")
     return EXIT_FAILURES if missing else EXIT_OK
 
 

@@ -108,6 +108,10 @@ MULTICLASS_CI_METRICS: tuple[str, ...] = ("accuracy", "macro_f1")
 #: Montage categories, in drawing order, and the most tiles of each.
 MONTAGE_CATEGORIES: tuple[str, ...] = ("TP", "FP", "TN", "FN")
 MONTAGE_PER_CATEGORY = 4
+#: Fewest resampling units (patients, or films without patient ids) of each class (normal, pneumonia)
+#: for bootstrap intervals that mean something: with fewer, percentile intervals collapse (six films
+#: that the model separates give ROC AUC [1.000, 1.000] in every resample).
+MIN_BOOTSTRAP_UNITS_PER_CLASS = 10
 
 
 def to_json_ready(value: Any, *, where: str = "value") -> Any:
@@ -164,6 +168,31 @@ def _unit_2d(array: Any, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be (H, W) or (1, H, W), got shape {np.shape(array)}")
     low, high = float(arr.min()), float(arr.max())
     return (arr - low) / (high - low) if high > low else np.zeros_like(arr)
+
+
+def bootstrap_sample_warning(
+    y_true: np.ndarray, groups: np.ndarray | None, minimum: int = MIN_BOOTSTRAP_UNITS_PER_CLASS
+) -> str | None:
+    """Why bootstrap intervals on these films would mislead, or ``None`` when they have enough units.
+
+    The units are what :func:`~pneumonia_monai.evaluation.metrics.bootstrap_ci` resamples: patients when
+    ``groups`` is given, else films; counted per binary class (a patient with films of both classes
+    counts in both).
+    """
+    y_bin = np.asarray(y_true) > 0
+    units = np.arange(y_bin.size) if groups is None else np.asarray(groups)
+    unit_name = "film" if groups is None else "patient"
+    counts = {
+        "normal": int(np.unique(units[~y_bin]).size),
+        "pneumonia": int(np.unique(units[y_bin]).size),
+    }
+    if min(counts.values()) >= minimum:
+        return None
+    return (
+        f"bootstrap intervals on {counts['normal']} normal and {counts['pneumonia']} pneumonia "
+        f"{unit_name}(s): fewer than {minimum} of a class, too few to resample; the intervals are not "
+        f"estimable (they can collapse to the point estimate, e.g. [1.000, 1.000])"
+    )
 
 
 def select_montage_cases(
@@ -308,6 +337,9 @@ def write_report(
         multi.pop("binary")
 
     intervals: dict[str, Any] | None = None
+    interval_warning = bootstrap_sample_warning(y, groups) if n_resamples > 0 else None
+    if interval_warning is not None:
+        logger.warning("%s: %s", split_name, interval_warning)
     if n_resamples > 0:
         kwargs = {"n_resamples": int(n_resamples), "confidence": confidence, "seed": seed, "groups": groups}
         intervals = {
@@ -387,6 +419,7 @@ def write_report(
             "method": "percentile",
             "stratified_by": "class",
             "unit": "film" if groups is None else "patient",
+            "warning": interval_warning,
         },
         "binary": binary,
         "multiclass": multi,
