@@ -169,7 +169,8 @@ def retrieve_study(
     return sorted(written)
 
 
-def _write_instance(ds: Dataset, dest: Path, study_uid: str) -> Path:
+def _write_instance(ds: Dataset, dest: Path, study_uid: str, path: Path | None = None) -> Path:
+    """Write an instance to ``path`` (default ``dest/<SOPInstanceUID>.dcm``) atomically, its meta checked."""
     try:
         sop_uid = _check_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
     except ValueError as exc:
@@ -179,7 +180,7 @@ def _write_instance(ds: Dataset, dest: Path, study_uid: str) -> Path:
         raise DicomWebError(f"WADO-RS: instance {sop_uid} came without file meta information")
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = sop_uid
-    path = dest / f"{sop_uid}.dcm"
+    path = dest / f"{sop_uid}.dcm" if path is None else path
     write_dataset_atomic(ds, path)
     return path
 
@@ -239,3 +240,53 @@ def _referenced(response: Dataset) -> set[str] | None:
     if items is None:
         return None
     return {str(item.get("ReferencedSOPInstanceUID", "")) for item in items}
+
+
+def retrieve_instance(
+    url: str,
+    study_uid: str,
+    series_uid: str,
+    sop_uid: str,
+    path: str | Path,
+    *,
+    transfer_syntax: str = ORIGINAL_TRANSFER_SYNTAX,
+    headers: dict[str, str] | None = None,
+) -> Path:
+    """Fetch one instance with WADO-RS and write it (atomically) to the file ``path``.
+
+    Args:
+        url: base URL of the DICOMweb service.
+        study_uid: Study Instance UID (0020,000D) of the instance.
+        series_uid: Series Instance UID (0020,000E).
+        sop_uid: SOP Instance UID (0008,0018).
+        path: the file to write (its folder is created).
+        transfer_syntax: transfer syntax to ask for; ``"*"`` (default): as stored, no server transcoding.
+        headers: extra HTTP headers.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: for a bad UID or url.
+        DicomWebError: if the request fails, or the instance comes back with another SOP Instance UID or
+            without transfer syntax.
+    """
+    study_uid = _check_uid(study_uid, "study_uid")
+    series_uid = _check_uid(series_uid, "series_uid")
+    sop_uid = _check_uid(sop_uid, "sop_uid")
+    if transfer_syntax != ORIGINAL_TRANSFER_SYNTAX:
+        _check_uid(transfer_syntax, "transfer_syntax")
+    client = _client(url, headers)
+    try:
+        ds = client.retrieve_instance(
+            study_uid, series_uid, sop_uid, media_types=(("application/dicom", transfer_syntax),)
+        )
+    except requests.RequestException as exc:
+        raise DicomWebError(
+            f"WADO-RS retrieval of instance {sop_uid} from {_where(url)} failed: {exc}"
+        ) from exc
+    if str(ds.get("SOPInstanceUID", "")) != sop_uid:
+        raise DicomWebError(f"WADO-RS: asked for instance {sop_uid}, got another one")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _write_instance(ds, path.parent, study_uid, path)

@@ -74,6 +74,7 @@ class FilmItem:
     view: str = ""
     intended_use: str = ""
     cam: Any = None  # the Grad-CAM of ``image``, once computed for the heatmaps or the masks
+    heatmaps: bool = False  # whether the heatmaps of ``row`` were written (by a Ray actor)
 
 
 def is_junk(rel: str) -> bool:

@@ -83,6 +83,11 @@ STUDY_COLUMNS: tuple[str, ...] = (
 
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
+RESULTS_PARQUET = "results.parquet"
+#: Rows per Parquet file: a run of more rows writes ``results.parquet/part-NNNNN.parquet`` shards.
+PARQUET_SHARD_ROWS = 1_000_000
+#: Columns of ``results.parquet`` that are numbers (every other column is a string).
+_PARQUET_FLOATS = frozenset({"prob_pneumonia", "threshold", *SUBTYPE_COLUMNS})
 STUDIES_CSV = "studies.csv"
 STATE_DIR = ".state"
 JOURNAL_NAME = "journal.jsonl"
@@ -322,6 +327,57 @@ def write_results(
     csv_path = write_csv_atomic(out / RESULTS_CSV, columns, (row.as_csv_row(columns) for row in rows))
     json_path = write_json_atomic(out / RESULTS_JSON, [row.as_json(columns) for row in rows])
     return csv_path, json_path
+
+
+def write_results_parquet(
+    out_dir: str | Path,
+    rows: Sequence[ResultRow],
+    *,
+    three_class: bool = False,
+    shard_rows: int = PARQUET_SHARD_ROWS,
+) -> list[Path]:
+    """Write the rows of ``results.csv`` as ``results.parquet``; return the files written.
+
+    The same columns and values as ``results.json`` (paths escaped alike; probabilities and the threshold
+    as float64, empty cells null). Up to ``shard_rows`` rows make one file ``OUT/results.parquet``; more
+    make the folder ``OUT/results.parquet/`` of ``part-NNNNN.parquet`` shards of ``shard_rows`` rows, in
+    row order (``pyarrow.parquet.read_table`` and ``pandas.read_parquet`` read either). Each file is
+    written atomically; the other form, left by an earlier run, is removed afterwards.
+
+    Raises:
+        ValueError: if ``shard_rows`` is not a positive int.
+        ImportError: if pyarrow is not installed (``pip install .[ray]``).
+    """
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if isinstance(shard_rows, bool) or not isinstance(shard_rows, int) or shard_rows < 1:
+        raise ValueError(f"shard_rows must be a positive int, got {shard_rows!r}")
+    out = Path(out_dir)
+    columns = result_columns(three_class)
+    schema = pa.schema([(name, pa.float64() if name in _PARQUET_FLOATS else pa.string()) for name in columns])
+    target = out / RESULTS_PARQUET
+    chunks = [rows[start : start + shard_rows] for start in range(0, len(rows), shard_rows)] or [rows]
+    sharded = len(chunks) > 1
+    if sharded and target.is_file():
+        target.unlink()
+    written = []
+    for number, chunk in enumerate(chunks):
+        records = [row.as_json(columns) for row in chunk]
+        table = pa.Table.from_pylist(records, schema=schema)
+        path = target / f"part-{number:05d}.parquet" if sharded else target
+        if not sharded and target.is_dir():
+            shutil.rmtree(target)
+        with atomic.atomic_open(path, "wb", fsync=True) as handle:
+            pq.write_table(table, handle)
+        written.append(path)
+    if sharded:
+        for stale in target.glob("part-*.parquet"):
+            if stale not in written:
+                stale.unlink()
+    return written
 
 
 def write_studies(out_dir: str | Path, studies: Sequence[StudyRow]) -> Path:

@@ -71,6 +71,7 @@ from pneumonia_monai.inference.manifest import (
     PNEUMONIA,
     RESULTS_CSV,
     RESULTS_JSON,
+    RESULTS_PARQUET,
     SKIPPED,
     STATE_DIR,
     STATUSES,
@@ -83,6 +84,7 @@ from pneumonia_monai.inference.manifest import (
     file_key,
     write_json_atomic,
     write_results,
+    write_results_parquet,
     write_studies,
 )
 from pneumonia_monai.inference.masks import MASK_DIR
@@ -107,7 +109,12 @@ PROGRESS_SECONDS = 10.0
 #: What a run writes at the top of its output folder (besides ``.<name>.*.tmp`` temporary files).
 _OUTPUT_NAMES = frozenset(
     {LOCK_NAME, STATE_DIR, SR_DIR, HEATMAP_DIR, FHIR_DIR, MASK_DIR, RESULTS_CSV, RESULTS_JSON, STUDIES_CSV}
+    | {RESULTS_PARQUET}
 )
+#: Where entries of a manifest fetched from a URI are kept (:mod:`pneumonia_monai.inference.sources`).
+FETCHED = Path(STATE_DIR) / "fetched"
+#: The engines of :func:`run_inference`.
+ENGINES: tuple[str, ...] = ("local", "ray")
 #: Test hook: the process kills itself (SIGKILL, no clean-up) after recording this many files.
 KILL_AFTER_ENV = "PNEUMONIA_MONAI_TEST_KILL_AFTER"
 
@@ -255,15 +262,19 @@ def _kill_after() -> int | None:
     return count
 
 
-def _check_arguments(inputs: Sequence[str | Path], batch_size: int, workers: int) -> list[Path]:
+def _check_arguments(
+    inputs: Sequence[str | Path], batch_size: int, workers: int, *, manifest: str | Path | None = None
+) -> list[Path]:
     if isinstance(inputs, str | Path) or not isinstance(inputs, Sequence):
         raise TypeError("inputs must be a sequence of paths, not a single path")
-    if not inputs:
-        raise ValueError("inputs is empty: give at least one file or folder")
+    if not inputs and manifest is None:
+        raise ValueError("inputs is empty: give at least one file or folder, or a manifest")
+    if manifest is not None and not Path(manifest).is_file():
+        raise FileNotFoundError(f"manifest not found: {manifest}")
     # Absolute: ITK's lazy module loader changes the process's working directory while it loads a
     # module (itk.support.base.LibraryLoader), so a relative path opened by another worker meanwhile
     # would not be found.
-    paths = [Path(os.path.abspath(item)) for item in inputs]
+    paths = [Path(os.path.abspath(item)) for item in inputs]  # noqa: PTH100 - links are inputs, not resolved
     for path in paths:
         if not path.exists():
             raise FileNotFoundError(f"input not found: {path}")
@@ -303,6 +314,12 @@ def run_inference(
     precision: str | None = None,
     fhir: bool = False,
     masks: bool = False,
+    manifest: str | Path | None = None,
+    parquet: bool = False,
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_actors: int | None = None,
+    ray_cpus_per_actor: float = 1.0,
 ) -> RunSummary:
     """Run the bundle on every file under ``inputs`` and write the results into ``output``.
 
@@ -333,6 +350,16 @@ def run_inference(
         masks: also write the lung fields and the Grad-CAM as NIfTI on each ``ok`` film's own grid and
             affine, and the lung fields of each ``ok`` DICOM film as a DICOM Segmentation
             (``OUT/masks/``, :mod:`pneumonia_monai.inference.masks`).
+        manifest: a CSV or Parquet of URIs to infer on too, after ``inputs`` (local paths, object-store
+            URIs through fsspec, DICOMweb instance URLs; :mod:`pneumonia_monai.inference.sources`).
+        parquet: also write ``OUT/results.parquet`` (always with ``engine="ray"``;
+            :func:`~pneumonia_monai.inference.manifest.write_results_parquet`).
+        engine: ``"local"`` (threads of this process) or ``"ray"`` (a Ray Data actor pool,
+            :mod:`pneumonia_monai.inference.ray_engine`: ``bundle`` must then be a folder, no ``masks``).
+        ray_address: the Ray cluster (``auto``, ``ray://HOST:10001``); default: a running Ray of this
+            process, else a local one started for the run.
+        ray_actors: size of the Ray actor pool (default: the cluster's CPUs over ``ray_cpus_per_actor``).
+        ray_cpus_per_actor: CPUs each actor reserves (its forward's threads).
 
     Returns:
         The run's :class:`RunSummary`.
@@ -344,7 +371,13 @@ def run_inference(
         FileNotFoundError: if an input does not exist.
         ValueError, TypeError: for invalid arguments or an unavailable device.
     """
-    input_paths = _check_arguments(inputs, batch_size, workers)
+    input_paths = _check_arguments(inputs, batch_size, workers, manifest=manifest)
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "ray" and masks:
+        raise ValueError("masks are not written by engine 'ray' yet: run them with engine 'local'")
+    if engine == "ray" and isinstance(bundle, InferenceBundle):
+        raise TypeError("engine 'ray' loads the bundle in every actor: pass its folder, not a loaded bundle")
     rules = rules if rules is not None else SelectionRules.default()
     if not isinstance(rules, SelectionRules):
         raise TypeError(f"rules must be SelectionRules, got {type(rules).__name__}")
@@ -366,22 +399,55 @@ def run_inference(
     out = out.resolve()
     with _exclusive_lock(out), limits.film_budget():  # two films at --max-pixels are never in memory at once
         remove_stale_temporaries(
-            out, out / STATE_DIR, out / SR_DIR, out / HEATMAP_DIR, out / FHIR_DIR, out / MASK_DIR
-        )
-        return _Run(
-            loaded,
-            rules,
             out,
-            batch_size,
-            workers,
-            heatmaps,
-            write_sr,
-            force,
-            progress,
-            kill_after,
-            fhir,
-            masks=masks,
-        ).run(input_paths)
+            out / STATE_DIR,
+            out / SR_DIR,
+            out / HEATMAP_DIR,
+            out / FHIR_DIR,
+            out / MASK_DIR,
+            out / FETCHED,
+        )
+        options: dict[str, Any] = {"masks": masks, "manifest": manifest, "parquet": parquet}
+        run_class: type[_Run] = _Run
+        if engine == "ray":
+            from pneumonia_monai.inference.ray_engine import RAY_KILL_ENV, ActorSpec, RayRun, ray_session
+
+            run_class = RayRun
+            options["parquet"] = True
+            options["spec"] = ActorSpec(
+                str(loaded.root),
+                "cuda" if loaded.device.type == "cuda" else "cpu",
+                variant,
+                full_decode,
+                precision,
+                site,
+                rules,
+                str(out),
+                heatmaps,
+                loaded.fingerprint,
+                os.environ.get(RAY_KILL_ENV, ""),
+            )
+            options.update(
+                actors=ray_actors,
+                cpus_per_actor=ray_cpus_per_actor,
+                gpus_per_actor=1.0 if loaded.device.type == "cuda" else 0.0,
+            )
+        session = ray_session(ray_address) if engine == "ray" else contextlib.nullcontext()
+        with session:
+            return run_class(
+                loaded,
+                rules,
+                out,
+                batch_size,
+                workers,
+                heatmaps,
+                write_sr,
+                force,
+                progress,
+                kill_after,
+                fhir,
+                **options,
+            ).run(input_paths)
 
 
 class _Run:
@@ -402,10 +468,14 @@ class _Run:
         fhir: bool = False,
         *,
         masks: bool = False,
+        manifest: str | Path | None = None,
+        parquet: bool = False,
     ) -> None:
         self.bundle = bundle
         self.fhir = bool(fhir)
         self.masks = bool(masks)
+        self.manifest = None if manifest is None else Path(manifest)
+        self.parquet = bool(parquet)
         self.context = _Context(bundle, rules)
         self.out = out
         self.batch_size = batch_size
@@ -509,6 +579,10 @@ class _Run:
             jobs.append(_Job(len(jobs), path, root, rel, key))
         if excluded:
             logger.info("infer: %d output file(s) of this folder's runs are not inputs", excluded)
+        if self.manifest is not None:
+            from pneumonia_monai.inference.sources import manifest_jobs
+
+            jobs += manifest_jobs(self.manifest, self.state_dir, first_index=len(jobs))
         return jobs
 
     def _stream(self, jobs: list[_Job], previous: dict[str, StateEntry]) -> None:
@@ -572,7 +646,7 @@ class _Run:
             self._done(item.job, item.reused, record=False)
             return
         if row is not None:
-            self._done(item.job, StateEntry(row))
+            self._done(item.job, StateEntry(row, heatmaps=item.heatmaps))
             return
         batch.append(item)
         if len(batch) >= self.batch_size:
@@ -798,6 +872,8 @@ class _Run:
         if self.fhir:
             self._write_fhir_bundles(studies)
         write_results(self.out, rows, three_class=self.bundle.three_class)
+        if self.parquet:
+            write_results_parquet(self.out, rows, three_class=self.bundle.three_class)
         write_studies(self.out, studies)
         self.journal.compact(entry for entry in self.entries if entry is not None)
 
