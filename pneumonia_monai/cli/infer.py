@@ -13,8 +13,12 @@ with ``--fhir`` a FHIR R5 Bundle per study in ``OUT/fhir/`` (:mod:`pneumonia_mon
 calls films at a site's own operating point (:mod:`pneumonia_monai.site_overlay`) instead of the bundle's.
 ``--masks`` writes each film's lung fields and Grad-CAM as NIfTI on its own grid and affine, and a DICOM
 film's lung fields as a DICOM Segmentation, in ``OUT/masks/`` (:mod:`pneumonia_monai.inference.masks`).
-An interrupted run started again finishes the rest (``--force`` redoes everything). Another run writing to
-the same ``OUT`` makes this one stop at once (exit status 2).
+``--manifest FILE`` adds a CSV or Parquet of URIs (local paths, ``s3://``/``gs://``, DICOMweb instance URLs;
+:mod:`pneumonia_monai.inference.sources`); ``--engine ray`` scores the films in a Ray Data actor pool, on
+this machine or the cluster of ``--ray-address`` (:mod:`pneumonia_monai.inference.ray_engine`), with the
+same rows, and writes ``OUT/results.parquet`` too. An interrupted run started again finishes the rest
+(``--force`` redoes everything). Another run writing to the same ``OUT`` makes this one stop at once
+(exit status 2).
 
 Exit status: 0 when every file is ``ok`` or ``skipped``; 1 when a file ended in ``error`` (or an output could
 not be written); 2 for bad usage, an unusable bundle or a busy output folder.
@@ -108,6 +112,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write a FHIR R5 Bundle per study (OUT/fhir/<StudyInstanceUID>.json: DiagnosticReport, "
         "Observations, Device, after HL7's DICOM SR to FHIR mapping)",
     )
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="CSV or Parquet of URIs to classify too (column 'uri' or 'path'): local paths, s3:// or gs:// "
+        "(fsspec), DICOMweb instance URLs",
+    )
+    parser.add_argument(
+        "--parquet", action="store_true", help="also write OUT/results.parquet (always with --engine ray)"
+    )
+    scale = parser.add_argument_group("engine", "where the films are scored (the same rows either way)")
+    scale.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: threads of this process (default); ray: a Ray Data actor pool (pip install .[ray])",
+    )
+    scale.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="Ray cluster to join (auto, or ray://HOST:10001; default: start a local Ray)",
+    )
+    scale.add_argument(
+        "--ray-actors",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="actors scoring films, each loading the model once (default: the cluster's CPUs)",
+    )
+    scale.add_argument(
+        "--ray-cpus-per-actor",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="CPUs each actor reserves for its forward (default 1)",
+    )
     pull = parser.add_argument_group(
         "pull mode (DICOMweb)",
         "retrieve studies with WADO-RS into OUT/dicomweb/<StudyInstanceUID>/ and classify them too",
@@ -180,9 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     from pneumonia_monai.inference.runner import OutputBusyError, run_inference
     from pneumonia_monai.site_overlay import SiteOverlayError, read_site_overlay
 
-    if not args.inputs and not args.dicomweb:
+    if not args.inputs and not args.dicomweb and args.manifest is None:
         parser.print_usage(sys.stderr)
-        logger.error("give INPUT files or folders, or --dicomweb URL with --study or --query")
+        logger.error(
+            "give INPUT files or folders, --manifest FILE, or --dicomweb URL with --study or --query"
+        )
         return EXIT_USAGE
     if args.dicomweb and not (args.study or args.query):
         logger.error("--dicomweb needs --study UID or --query KEY=VALUE")
@@ -210,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             logger.error("DICOMweb: %s", exc)
             return EXIT_USAGE
         inputs += pulled
-        if not inputs:
+        if not inputs and args.manifest is None:
             logger.error("no study could be retrieved from %s", args.dicomweb)
             return EXIT_FAILURES
     try:
@@ -230,6 +274,12 @@ def main(argv: list[str] | None = None) -> int:
             variant=args.variant,
             site=site,
             fhir=args.fhir,
+            manifest=args.manifest,
+            parquet=args.parquet,
+            engine=args.engine,
+            ray_address=args.ray_address,
+            ray_actors=args.ray_actors,
+            ray_cpus_per_actor=args.ray_cpus_per_actor,
         )
     except BundleError as exc:
         logger.error("unusable bundle: %s", exc)

@@ -272,9 +272,10 @@ class RayRun(_Run):
                 self.cpus_per_actor,
                 self.gpus_per_actor,
             )
+            # Enough blocks to keep every actor busy, few enough that a block's overhead stays small.
+            blocks = max(-(-len(todo) // JOBS_PER_BLOCK), min(-(-len(todo) // self.batch_size), 4 * size))
             dataset = ray.data.from_items(
-                [_job_record(job) for job in todo],
-                override_num_blocks=max(1, -(-len(todo) // JOBS_PER_BLOCK)),
+                [_job_record(job) for job in todo], override_num_blocks=blocks
             ).map_batches(
                 FilmScorer,
                 fn_constructor_kwargs={"spec": self.spec},
