@@ -618,6 +618,9 @@ def report_cases(rg1: pydicom.Dataset) -> dict[str, tuple[list[pydicom.Dataset],
     sparse = copy.deepcopy(rg1)
     for keyword in ("PatientBirthDate", "StudyID", "AccessionNumber", "ReferringPhysicianName"):
         delattr(sparse, keyword)
+    utf8 = copy.deepcopy(rg1)
+    utf8.SpecificCharacterSet = "ISO_IR 192"
+    utf8.PatientName = "Müller^Jürgen=山田^太郎"
     return {
         "one image without pixel spacing": ([rg1], [finding(rg1, 0.7, True)], {}),
         "two projection images": (
@@ -641,6 +644,11 @@ def report_cases(rg1: pydicom.Dataset) -> dict[str, tuple[list[pydicom.Dataset],
             {"intended_use": "patient age 1 to 5 years", "operating_point": "site-a"},
         ),
         "Type 2 attributes missing": ([sparse], [finding(sparse, 0.5, True)], {}),
+        "UTF-8 names": (
+            [utf8],
+            [finding(utf8, 0.6, True)],
+            {"algorithm_name": "réseau-pneumonie", "algorithm_version": "1.2.3"},
+        ),
     }
 
 
@@ -653,6 +661,7 @@ def report_cases(rg1: pydicom.Dataset) -> dict[str, tuple[list[pydicom.Dataset],
         "three classes",
         "outside intended use, site operating point",
         "Type 2 attributes missing",
+        "UTF-8 names",
     ],
 )
 def test_report_built_item_by_item_equals_highdicoms(rg1: pydicom.Dataset, tmp_path: Path, case: str) -> None:
