@@ -1,4 +1,4 @@
-"""``pneumonia-monai infer``: run the bundle on files and folders of DICOM and JPEG/PNG chest films.
+"""``pneumonia-monai infer``: run the bundle on files and folders of chest films (DICOM, JPEG/PNG, NIfTI ...).
 
 Examples::
 
@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pneumonia-monai infer",
         description="Classify every chest film under the inputs (DICOM selected by the selection rules, "
-        "JPEG/PNG taken as frontal films) with the bundle's preprocessing, weights and threshold.",
+        "JPEG/PNG/TIFF taken as frontal films, NIfTI/MetaImage/NRRD films of one slice reoriented by their "
+        "affine) with the bundle's preprocessing, weights and threshold.",
     )
     parser.add_argument("inputs", nargs="*", type=Path, metavar="INPUT", help="files and folders")
     parser.add_argument("--output", "-o", type=Path, required=True, metavar="OUT", help="output folder")

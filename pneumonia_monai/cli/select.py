@@ -1,4 +1,8 @@
-"""``pneumonia-monai select``: triage DICOM folders, one row per file with its status and reason.
+"""``pneumonia-monai select``: triage folders of films, one row per file with its status and reason.
+
+DICOM files (by header) go through the selection rules; JPEG/PNG/TIFF pictures are taken as frontal chest
+films; NIfTI, MetaImage and NRRD files are decided from their header (one 2-D film is selected; volumes of
+more slices, 4-D and vector files are skipped with the reason), as ``infer`` decides them.
 
 Examples::
 
@@ -78,10 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the ``select`` argument parser."""
     parser = argparse.ArgumentParser(
         prog="pneumonia-monai select",
-        description="Decide, for every file under the inputs, whether it is a chest frontal CR/DX film the "
-        "model can read, and why (headers only; pixel data is not read).",
+        description="Decide, for every file under the inputs, whether it is a chest frontal film the model "
+        "can read (DICOM CR/DX by the rules; pictures; NIfTI/MetaImage/NRRD films of one slice), and why "
+        "(headers only; pixel data is not read).",
     )
-    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="DICOM files or folders")
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="files or folders")
     parser.add_argument(
         "--rules",
         type=Path,
