@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -244,6 +245,25 @@ def test_app_yaml_is_read_by_the_packager(deploy_python: Path) -> None:
     config = json.loads(result.stdout.strip().splitlines()[-1])
     assert config["title"].startswith("pneumonia_monai")
     assert config["version"] == json.loads((BUNDLE / "configs" / "metadata.json").read_text())["version"]
-    assert config["resources"]["gpu"] == 1
+    # The CPU option: no GPU required (holoscan run then checks for no NVIDIA Container Toolkit).
+    assert config["resources"]["gpu"] == 0 and "gpuMemory" not in config["resources"]
+    assert config["resources"]["cpu"] >= 1
     # The packager runs `python3 <app dir>`: the folder needs its __main__.py.
     assert (REPO / "deploy" / "__main__.py").is_file()
+
+
+def test_one_packaging_command_everywhere() -> None:
+    """README, deploy/README.md and app.yaml give one `monai-deploy package` command, of this version."""
+    pattern = re.compile(r"(?:\.venv-deploy/bin/)?monai-deploy package (?!`)[^\n`]+")
+    docs = [REPO / "README.md", REPO / "deploy" / "README.md", REPO / "deploy" / "app.yaml"]
+    commands = [(doc.name, c.strip()) for doc in docs for c in pattern.findall(doc.read_text())]
+    version = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["version"]
+    expected = (
+        ".venv-deploy/bin/monai-deploy package deploy -c deploy/app.yaml -m bundle "
+        f"-t pneumonia-monai-deploy:{version} --platform x86_64"
+    )
+    assert [name for name, _ in commands] == ["README.md", "README.md", "app.yaml"], commands
+    assert {command for _, command in commands} == {expected}, commands
+    for doc in (REPO / "README.md", REPO / "deploy" / "README.md"):
+        text = doc.read_text()
+        assert "Docker" in text and "network access" in text
