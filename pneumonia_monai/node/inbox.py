@@ -634,7 +634,8 @@ class Inbox:
         try:
             for part in (INSTANCES, RESULTS):
                 if (entry / part).exists():
-                    shutil.rmtree(entry / part)
+                    with contextlib.suppress(FileNotFoundError):  # a concurrent purge got there first
+                        shutil.rmtree(entry / part)
         except OSError as exc:
             logger.warning("retention: cannot delete the data of %s: %s", entry, exc)
             return False
