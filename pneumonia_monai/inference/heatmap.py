@@ -361,6 +361,36 @@ def reduce_for_display(film01: np.ndarray, sides: tuple[int, int] = FILM_HEATMAP
     return _block_mean(film, k) if k > 1 else film
 
 
+def _box_fractions(box: Sequence[float]) -> tuple[float, float, float, float]:
+    """Check a crop given as film fractions ``(row0, row1, col0, col1)``; return them as floats.
+
+    Raises:
+        ValueError: if ``box`` is not four increasing fractions in [0, 1].
+    """
+    if len(box) != 4:
+        raise ValueError(f"box must be (row0, row1, col0, col1) fractions, got {box!r}")
+    f_r0, f_r1, f_c0, f_c1 = (float(v) for v in box)
+    if not (0.0 <= f_r0 < f_r1 <= 1.0 and 0.0 <= f_c0 < f_c1 <= 1.0):
+        raise ValueError(f"box must be increasing fractions in [0, 1], got {box!r}")
+    return f_r0, f_r1, f_c0, f_c1
+
+
+def box_pixels(box: Sequence[float], rows: int, cols: int) -> tuple[int, int, int, int]:
+    """The pixels ``(r0, r1, c0, c1)`` of a crop given as film fractions, on a grid of ``rows`` x ``cols``.
+
+    Each edge is ``round(fraction * size)``; the crop keeps at least one pixel each way, inside the grid.
+    The heatmap overlays (:func:`film_heatmap`) and the heatmap masks
+    (:func:`pneumonia_monai.inference.masks.cam_on_film`) place the Grad-CAM with it.
+
+    Raises:
+        ValueError: if ``box`` is not four increasing fractions in [0, 1].
+    """
+    f_r0, f_r1, f_c0, f_c1 = _box_fractions(box)
+    r0 = min(rows - 1, round(f_r0 * rows))
+    c0 = min(cols - 1, round(f_c0 * cols))
+    return r0, max(r0 + 1, round(f_r1 * rows)), c0, max(c0 + 1, round(f_c1 * cols))
+
+
 def film_heatmap(
     film01: np.ndarray,
     cam: np.ndarray,
@@ -411,11 +441,7 @@ def film_heatmap(
     # first (a view and one small array), so the checks and drawing below stay small (float32).
     grey = _check_unit_array("film01", reduce_for_display(film01, sides), np.float32)
     scale = display_scale(shape, sides)
-    if len(box) != 4:
-        raise ValueError(f"box must be (row0, row1, col0, col1) fractions, got {box!r}")
-    f_r0, f_r1, f_c0, f_c1 = (float(v) for v in box)
-    if not (0.0 <= f_r0 < f_r1 <= 1.0 and 0.0 <= f_c0 < f_c1 <= 1.0):
-        raise ValueError(f"box must be increasing fractions in [0, 1], got {box!r}")
+    fractions = _box_fractions(box)
     cmap = _blend_colormap(alpha, colormap)
     rows, cols = (max(1, round(n * scale)) for n in shape)
     levels = Image.fromarray(np.round(grey * 255.0).astype(np.uint8))
@@ -423,8 +449,7 @@ def film_heatmap(
         resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BICUBIC
         levels = levels.resize((cols, rows), resample)
     shown = np.asarray(levels, dtype=np.float32) / np.float32(255.0)
-    r0, r1 = round(f_r0 * rows), max(round(f_r0 * rows) + 1, round(f_r1 * rows))
-    c0, c1 = round(f_c0 * cols), max(round(f_c0 * cols) + 1, round(f_c1 * cols))
+    r0, r1, c0, c1 = box_pixels(fractions, rows, cols)
     cam_img = Image.fromarray(heat.astype(np.float32), mode="F").resize(
         (c1 - c0, r1 - r0), Image.Resampling.BILINEAR
     )

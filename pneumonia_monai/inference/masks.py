@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from pneumonia_monai.atomic import write_bytes_atomic
+from pneumonia_monai.inference.heatmap import box_pixels
 from pneumonia_monai.transforms.volume_io import FilmGrid
 
 logger = logging.getLogger(__name__)
@@ -91,28 +92,11 @@ def _dicom_spacing(path: Path) -> tuple[float, float]:
     return 1.0, 1.0
 
 
-def box_pixels(box: Sequence[float], rows: int, cols: int) -> tuple[int, int, int, int]:
-    """The pixels ``(r0, r1, c0, c1)`` of a crop given as film fractions, at least one pixel each way.
-
-    The rounding of :func:`pneumonia_monai.inference.heatmap.film_heatmap` (``round(fraction * size)``).
-
-    Raises:
-        ValueError: if ``box`` is not four increasing fractions in [0, 1].
-    """
-    if len(box) != 4:
-        raise ValueError(f"box must be (row0, row1, col0, col1) fractions, got {box!r}")
-    f_r0, f_r1, f_c0, f_c1 = (float(v) for v in box)
-    if not (0.0 <= f_r0 < f_r1 <= 1.0 and 0.0 <= f_c0 < f_c1 <= 1.0):
-        raise ValueError(f"box must be increasing fractions in [0, 1], got {box!r}")
-    r0 = min(rows - 1, round(f_r0 * rows))
-    c0 = min(cols - 1, round(f_c0 * cols))
-    return r0, max(r0 + 1, round(f_r1 * rows)), c0, max(c0 + 1, round(f_c1 * cols))
-
-
 def cam_on_film(cam: np.ndarray, box: Sequence[float], shape: tuple[int, int]) -> np.ndarray:
     """Lay a Grad-CAM of the network input (the crop, resized) back onto the film: float32 of ``shape``.
 
-    The map is resized (bilinear) onto the crop's pixels; outside the crop the film gets 0.
+    The map is resized (bilinear) onto the crop's pixels (:func:`~.heatmap.box_pixels`, as the overlays
+    place it); outside the crop the film gets 0.
 
     Raises:
         ValueError: if ``cam`` is not a 2-D map in [0, 1] or ``box`` is not a crop.
