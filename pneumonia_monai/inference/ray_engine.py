@@ -35,8 +35,8 @@ from typing import Any
 
 from pneumonia_monai.dicom.selection import SelectionRules
 from pneumonia_monai.inference.film_step import FilmItem, FilmJob
-from pneumonia_monai.inference.manifest import ResultRow, StateEntry
-from pneumonia_monai.inference.runner import _Run
+from pneumonia_monai.inference.manifest import OK, ResultRow, StateEntry
+from pneumonia_monai.inference.runner import HEATMAP_DIR, _Run, heatmap_png_name
 from pneumonia_monai.site_overlay import SiteOperatingPoint
 
 logger = logging.getLogger(__name__)
@@ -257,7 +257,13 @@ class RayRun(_Run):
         def drain() -> None:  # rows go to the run in input order (the duplicate SOP rule needs it)
             nonlocal cursor
             while cursor in ready:
-                self._consume(ready.pop(cursor), [])
+                item = ready.pop(cursor)
+                self._consume(item, [])
+                row = self.rows[cursor]
+                if item.heatmaps and row is not None and row.status != OK:
+                    # A later file of a SOP Instance UID, scored by an actor before the first-file rule
+                    # made it a duplicate: its PNG goes, as the local engine never writes one.
+                    (self.out / HEATMAP_DIR / heatmap_png_name(item.job.rel)).unlink(missing_ok=True)
                 cursor += 1
 
         drain()

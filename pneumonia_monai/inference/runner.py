@@ -177,6 +177,11 @@ def in_flight_limit(batch_size: int, workers: int) -> int:
     return _window(batch_size, workers) + batch_size
 
 
+def heatmap_png_name(rel: str) -> str:
+    """The name of a film's heatmap PNG in ``OUT/heatmaps/``: its relative path, ``/`` as ``__``."""
+    return rel.replace("/", "__") + ".png"
+
+
 def _window(batch_size: int, workers: int) -> int:
     return batch_size + 2 * max(workers, 1)
 
@@ -691,7 +696,7 @@ class _Run:
     # ---- heatmaps
 
     def _png_path(self, job: _Job) -> Path:
-        name = job.rel.replace("/", "__") + ".png"
+        name = heatmap_png_name(job.rel)
         if name in self.heatmap_names:  # the same relative path under two inputs
             digest = hashlib.sha256(str(job.path.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[
                 :8
@@ -883,7 +888,7 @@ class _Run:
         for job, row in zip(jobs, self.rows, strict=True):
             if row is None or row.status != OK:
                 continue
-            png = self.out / HEATMAP_DIR / (job.rel.replace("/", "__") + ".png")
+            png = self.out / HEATMAP_DIR / heatmap_png_name(job.rel)
             if png not in fresh and png.is_file():
                 self.summary.png_paths.append(png)
                 sc_path = self.out / HEATMAP_DIR / f"{row.sop_uid}.dcm"
