@@ -254,6 +254,16 @@ def test_select_takes_a_single_slice_film(tmp_path: Path, sample_images: list[Pa
     voxels = f"{grey.shape[1]} x 1 x {grey.shape[0]}"  # i to the left, j the one slice, k up
     rows_expected = ("selected", f"NIfTI film of {voxels} voxels, taken as a frontal chest film")
     assert rows["film.nii.gz"] == rows_expected
+    # A detached MetaImage: the header is the film, its voxel data file is accounted for as such.
+    itk_2d(grey, tmp_path / "detached.mhd")
+    (tmp_path / "stray.raw").write_bytes(b"\0" * 64)
+    rows = {d.relative_path: (d.status, d.reason) for d in select_files([tmp_path]).decisions}
+    assert rows["detached.mhd"][0] == "selected"
+    assert rows["detached.raw"] == (
+        "skipped",
+        "MetaImage voxel data of detached.mhd (read through that header)",
+    )
+    assert rows["stray.raw"][0] == "skipped" and rows["stray.raw"][1].startswith("not a DICOM file")
 
 
 def test_one_intensity_rule() -> None:

@@ -69,3 +69,23 @@ def format_name(path: str | Path) -> str:
     if suffix in PICTURE_SUFFIXES:
         return {".jpg": "JPEG", ".tif": "TIFF"}.get(suffix, suffix.lstrip(".").upper())
     return ""
+
+
+#: Suffixes of the voxel data file a detached MetaImage header (``.mhd``) points to.
+METAIMAGE_DATA_SUFFIXES: frozenset[str] = frozenset({".raw", ".zraw"})
+
+
+def metaimage_header_of(path: str | Path) -> Path | None:
+    """The ``.mhd`` header beside a MetaImage voxel data file of the same name, or None.
+
+    ``film.raw`` (or ``film.zraw``) next to ``film.mhd`` is that film's voxel data: it is read through
+    the header, never as a film of its own.
+    """
+    path = Path(path)
+    if film_suffix(path) not in METAIMAGE_DATA_SUFFIXES:
+        return None
+    for suffix in (".mhd", ".MHD"):
+        header = path.with_name(film_stem(path) + suffix)
+        if header.is_file():
+            return header
+    return None

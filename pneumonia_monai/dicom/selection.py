@@ -1052,12 +1052,21 @@ def decide_film_file(path: str | Path) -> tuple[str, str] | None:
     A file named as a JPEG, PNG or TIFF picture is taken as a frontal chest film; a NIfTI, MetaImage or
     NRRD file is decided from its header (:func:`pneumonia_monai.transforms.volume_io.film_decision`:
     one 2-D grey film is selected, a volume of more slices, a 4-D or vector file skipped, each with its
-    reason). A file that is DICOM by its header is never decided here, whatever its name.
+    reason); the ``.raw`` / ``.zraw`` voxel data beside a ``.mhd`` header of the same name is skipped as such.
+    A file that is DICOM by its header is never decided here, whatever its name.
     """
-    from pneumonia_monai.data.formats import PICTURE_SUFFIXES, VOLUME_SUFFIXES, film_suffix
+    from pneumonia_monai.data.formats import (
+        PICTURE_SUFFIXES,
+        VOLUME_SUFFIXES,
+        film_suffix,
+        metaimage_header_of,
+    )
     from pneumonia_monai.dicom.io import is_dicom
 
     suffix = film_suffix(path)
+    header = metaimage_header_of(path)
+    if header is not None:
+        return SKIPPED, f"MetaImage voxel data of {header.name} (read through that header)"
     if (suffix not in PICTURE_SUFFIXES and suffix not in VOLUME_SUFFIXES) or is_dicom(path):
         return None
     if suffix in PICTURE_SUFFIXES:
