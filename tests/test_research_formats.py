@@ -19,6 +19,7 @@ import torch
 from monai.networks.nets import DenseNet121
 from PIL import Image
 
+from pneumonia_monai.data.datalist import prepare_datalist
 from pneumonia_monai.data.films import list_films
 from pneumonia_monai.data.formats import film_stem, film_suffix, is_film_name
 from pneumonia_monai.data.kaggle import scan_kaggle_tree
@@ -325,3 +326,22 @@ def test_datalist_reads_research_films(tmp_path: Path, sample_images: list[Path]
         "person7",
         "bacterial",
     )
+
+
+def test_bundle_datalist_of_a_relative_tree_has_absolute_paths(
+    tmp_path: Path, sample_images: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The training loaders read in threads while ITK may change the working directory: paths are absolute."""
+    grey = _grey(sample_images[0])
+    for label, name in (("NORMAL", "IM-0001-0001.mha"), ("PNEUMONIA", "person7_bacteria_30.nii.gz")):
+        (tmp_path / "tree" / "train" / label).mkdir(parents=True)
+        path = tmp_path / "tree" / "train" / label / name
+        if name.endswith(".mha"):
+            itk_2d(grey, path)
+        else:
+            nifti_lps(grey, path)
+    monkeypatch.chdir(tmp_path)
+    datalist = prepare_datalist("tree", val_fraction=0.5, split_mode="random")
+    images = [item["image"] for items in datalist.values() for item in items]
+    assert len(images) == 2
+    assert all(Path(image).is_absolute() and Path(image).is_file() for image in images)

@@ -176,7 +176,10 @@ def prepare_datalist(
     Raises:
         FileNotFoundError: if ``dataset_dir`` does not exist.
     """
-    source = Path(dataset_dir)
+    # Absolute, as the docstring says: the loaders run in threads (CacheDataset, ThreadDataLoader), and
+    # ITK's lazy module loader changes the process's working directory while it loads a module for a
+    # MetaImage or NRRD film, so a relative path opened by another thread meanwhile would not be found.
+    source = Path(dataset_dir).absolute()
     if source.is_file():
         with source.open(encoding="utf-8") as fh:
             raw = json.load(fh)
