@@ -83,3 +83,37 @@ def test_pull_usage_and_failures(tmp_path: Path, tiny_bundle: Path, orthanc: Ort
          "--study", "1.2.826.0.1.3680043.8.498.1", "-q"]
     )  # fmt: skip
     assert rc == 1
+
+
+def test_manifest_of_dicomweb_instance_urls(
+    tmp_path: Path, tiny_bundle: Path, orthanc: OrthancServer
+) -> None:
+    """``--manifest`` entries that are WADO-RS instance URLs are fetched as stored and triaged like files."""
+    import pydicom
+
+    def url(path: Path) -> str:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        return (
+            f"{orthanc.dicomweb_url}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+            f"/instances/{ds.SOPInstanceUID}"
+        )
+
+    frontal, lateral = (
+        SAMPLE_DICOM / "pneumonia_dx" / "frontal.dcm",
+        SAMPLE_DICOM / "pneumonia_dx" / "lateral.dcm",
+    )
+    unknown = url(frontal).rsplit("/", 1)[0] + "/1.2.3.4.5"
+    entries = [url(frontal), url(lateral), unknown]
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("uri\n" + "\n".join(entries) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    rc = infer_main(["--manifest", str(manifest), "--output", str(out), "--bundle", str(tiny_bundle), "-q"])
+    assert rc == 1  # the unknown instance is an error row
+    rows = (out / "results.csv").read_text().splitlines()[1:]
+    statuses = [row.split(",")[1] for row in rows]
+    assert statuses == ["ok", "skipped", "error"]
+    assert [row.split(",")[0] for row in rows] == entries
+    fetched = sorted((out / ".state" / "fetched").iterdir())
+    assert len(fetched) == 2 and fetched[0].read_bytes()[128:132] == b"DICM"
+    study_uid = pydicom.dcmread(frontal, stop_before_pixels=True).StudyInstanceUID
+    assert (out / "sr" / f"{study_uid}.dcm").is_file()
