@@ -129,3 +129,136 @@ def test_a_uint8_cast_would_be_caught(tmp_path: Path, sample_tree: Path, bundle:
     Image.fromarray((naive * 255).astype(np.uint8)).save(naive_path)
     image, _ = _run(bundle, naive_path)
     assert float((image - reference).abs().max()) > 0.1
+
+
+# ------------------------------------------------------------------------------ reduced decoding
+
+#: Side of the hospital-size parity films: decoded at half size for the 224-pixel network (747 needed).
+BIG = 1536
+
+
+@pytest.fixture(scope="module")
+def full_bundle(bundle: InferenceBundle) -> InferenceBundle:
+    """The same bundle decoding every pixel (``infer --full-decode``), fp32 as the shipped config says."""
+    return load_bundle(bundle.root, device="cpu", full_decode=True, precision="fp32")
+
+
+def _big_encodings(jpeg: Path, out: Path) -> dict[str, Path]:
+    """The film upscaled to BIG x BIG (as a JPEG), in every encoding, plus a JPEG Baseline DICOM."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    with Image.open(jpeg) as img:
+        big = img.convert("L").resize((BIG, BIG), Image.Resampling.BICUBIC)
+    big_jpeg = out / f"big_{jpeg.name}"
+    big.save(big_jpeg, quality=95)
+    files = _encodings(big_jpeg, out)
+    ds = dcmread(files["dicom"])
+    ds.PixelData = encapsulate([big_jpeg.read_bytes()])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.save_as(out / "jpeg_baseline.dcm", enforce_file_format=True)
+    files["jpeg_baseline_dicom"] = out / "jpeg_baseline.dcm"
+    return files
+
+
+def _probs(bundle: InferenceBundle, paths: list[Path]) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+    """p(pneumonia) of films (one batch) and the shapes the films were decoded at."""
+    images = [bundle.preprocessing({"image": str(path)})["image"] for path in paths]
+    probs = bundle.predict(torch.stack([image.as_tensor() for image in images]))[:, 1]
+    return probs, [tuple(image.meta["film_shape"]) for image in images]
+
+
+def test_reduced_decoding_keeps_parity_in_every_encoding(
+    tmp_path: Path, sample_tree: Path, bundle: InferenceBundle, full_bundle: InferenceBundle
+) -> None:
+    """Every reduced path (JPEG DCT scaling, JPEG 2000 level, block averages) gives the full decode's
+    probability within 0.01, and each was really taken (the film is decoded at half its size)."""
+    from pneumonia_monai.dicom.io import read_image
+    from pneumonia_monai.dicom.reduced import min_decoded_side
+
+    files = _big_encodings(sample_tree / "train" / FILMS[2], tmp_path)
+    assert len(files) == 10
+    names, paths = list(files), list(files.values())
+    reduced, reduced_shapes = _probs(bundle, paths)
+    full, full_shapes = _probs(full_bundle, paths)
+    for name, p_reduced, p_full, r_shape, f_shape in zip(
+        names, reduced, full, reduced_shapes, full_shapes, strict=True
+    ):
+        assert f_shape == (BIG, BIG) and r_shape == (BIG // 2, BIG // 2), (name, r_shape, f_shape)
+        assert abs(p_reduced - p_full) <= 0.01, f"{name}: reduced p={p_reduced:.4f} vs full p={p_full:.4f}"
+    side = min_decoded_side(bundle.spatial_size)
+    for name in ("jpeg2000", "12bit_monochrome1_jpeg2000", "jpeg_baseline_dicom", "rle", "dicom"):
+        image, meta = read_image(files[name], min_side=side)
+        assert meta["reduction"] == 2 and image.shape == (BIG // 2, BIG // 2), name
+
+
+@pytest.mark.parametrize("name", ["RG1_UNCI", "RG1_J2KR", "RG1_J2KI"])
+def test_reduced_decoding_keeps_parity_on_a_real_cr(
+    name: str, bundle: InferenceBundle, full_bundle: InferenceBundle
+) -> None:
+    """pydicom-data's RG1 (a 1,955 x 1,841 15-bit CR) uncompressed, JPEG 2000 lossless and lossy: the
+    wavelet's low band and the block average both stay within 0.01 of the full decode."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(f"{name}.dcm", download=False)
+    assert path is not None, f"{name} not found: install the test extra (pydicom-data)"
+    (reduced,), (reduced_shape,) = _probs(bundle, [Path(path)])
+    (full,), (full_shape,) = _probs(full_bundle, [Path(path)])
+    assert abs(reduced_shape[0] - full_shape[0] / 2) <= 1, (reduced_shape, full_shape)
+    assert abs(reduced - full) <= 0.01, f"{name}: reduced p={reduced:.4f} vs full p={full:.4f}"
+
+
+# ---------------------------------------------------------------------------------- bf16 forward
+
+
+def test_the_shipped_forward_keeps_parity_with_plain_fp32(
+    tmp_path: Path, sample_tree: Path, bundle: InferenceBundle
+) -> None:
+    """The precision and layout the bundle runs in (channels-last, bf16 only where it kept parity) give
+    the plain fp32 forward's probabilities within 0.01 on the parity films."""
+    files = _encodings(sample_tree / "train" / FILMS[2], tmp_path)
+    images = torch.stack(
+        [bundle.preprocessing({"image": str(p)})["image"].as_tensor() for p in files.values()]
+    )
+    chosen = bundle.predict(images)
+    plain = DenseNet121(spatial_dims=2, in_channels=1, out_channels=2)
+    plain.load_state_dict(bundle.network.state_dict())
+    with torch.inference_mode():
+        reference = bundle.postprocess(plain.eval()(images))
+    assert float(np.abs(chosen - reference).max()) <= 0.01
+
+
+class _PrecisionSensitive(torch.nn.Module):
+    """A stand-in network whose second logit moves by ``shift`` under CPU autocast (as bf16 error would)."""
+
+    def __init__(self, shift: float) -> None:
+        super().__init__()
+        self.shift = shift
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base = x.float().mean(dim=(1, 2, 3)) * self.scale
+        second = base + (self.shift if torch.is_autocast_enabled("cpu") else 0.0)
+        return torch.stack([torch.zeros_like(base), second], dim=1)
+
+
+@pytest.mark.parametrize(("shift", "expected"), [(0.001, "bf16"), (0.5, "fp32")])
+def test_bf16_runs_only_where_it_keeps_parity(
+    shift: float, expected: str, bundle: InferenceBundle, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    """On a CPU with native bf16, ``auto`` keeps bf16 only when the sample films' probabilities stay
+    within 0.01 of fp32 (a logit shift of 0.001 moves p by 0.00025; 0.5 by about 0.12)."""
+    import logging
+
+    from pneumonia_monai.engine import precision
+    from pneumonia_monai.inference import bundle as bundle_module
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda cpuinfo="/proc/cpuinfo": True)
+    monkeypatch.setattr(bundle_module, "PARITY_FILMS", 4)
+    with caplog.at_level(logging.WARNING, logger="pneumonia_monai"):
+        inferer = bundle_module._cpu_inferer(
+            _PrecisionSensitive(shift), "auto", bundle.root, bundle.preprocessing
+        )
+    assert inferer.precision == expected and inferer.channels_last
+    assert ("running in fp32" in caplog.text) == (expected == "fp32")

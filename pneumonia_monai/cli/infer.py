@@ -76,6 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the network runs (default: auto)",
     )
     parser.add_argument(
+        "--precision",
+        default=None,
+        choices=("auto", "bf16", "fp32"),
+        help="CPU forward precision (default: the bundle's; bf16 only where it keeps parity with fp32)",
+    )
+    parser.add_argument(
+        "--full-decode",
+        action="store_true",
+        help="decode every pixel of each film (default: only as finely as the network input needs)",
+    )
+    parser.add_argument(
         "--batch-size", type=positive_int, default=8, metavar="N", help="images per forward pass"
     )
     parser.add_argument(
@@ -281,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
             ray_address=args.ray_address,
             ray_actors=args.ray_actors,
             ray_cpus_per_actor=args.ray_cpus_per_actor,
+            full_decode=args.full_decode,
+            precision=args.precision,
         )
     except BundleError as exc:
         logger.error("unusable bundle: %s", exc)

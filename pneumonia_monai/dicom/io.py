@@ -32,7 +32,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
 from pydicom.pixels.utils import as_pixel_options
 
-from pneumonia_monai.dicom import codecs, limits, pixels
+from pneumonia_monai.dicom import codecs, limits, pixels, reduced
 
 logger = logging.getLogger(__name__)
 
@@ -212,6 +212,45 @@ def _decode_first_frame(ds: Dataset, tsyntax: uid.UID) -> tuple[np.ndarray, str]
     return arr, photometric.strip().upper()
 
 
+def _reduction(ds: Dataset, min_side: int | None) -> int:
+    """The reduction factor for frame 0 (:func:`pneumonia_monai.dicom.reduced.reduction_factor`).
+
+    1 (decoded whole) without ``min_side``, for colour, for more than 16 bits stored and with *Pixel
+    Padding Value* (0028,0120), which is matched on each stored value.
+    """
+    if min_side is None:
+        return 1
+    pi = str(ds.PhotometricInterpretation).strip().upper()
+    if pi not in pixels.GRAYSCALE or int(ds.BitsStored) > 16 or ds.get("PixelPaddingValue") not in (None, ""):
+        return 1
+    return reduced.reduction_factor(int(ds.Rows), int(ds.Columns), min_side)
+
+
+def _decode_frame(ds: Dataset, tsyntax: uid.UID, min_side: int | None) -> tuple[np.ndarray, str, int]:
+    """Decode frame 0, reduced where ``min_side`` allows; return it, its photometric and the factor.
+
+    A JPEG 2000 level or a DCT-scaled JPEG comes from the codec (integer stored values); any other
+    reduction decodes whole and block-averages the masked stored values (float32). Where the reduced
+    decode fails, the film is decoded whole (and the failure logged at debug level).
+    """
+    factor = _reduction(ds, min_side)
+    if factor > 1 and tsyntax.is_encapsulated:
+        limits.check_codestream(ds, tsyntax)  # before the codec allocates what the codestream claims
+        try:
+            done = reduced.decode_reduced(ds, tsyntax, factor)
+        except Exception as exc:  # noqa: BLE001 - the full decode below gets its chance
+            logger.debug("reduced decode failed (%s: %s); decoding whole", type(exc).__name__, exc)
+            done = None
+        if done is not None:
+            arr, used = done
+            return arr, str(ds.PhotometricInterpretation).strip().upper(), used
+    arr, photometric = _decode_first_frame(ds, tsyntax)
+    if factor > 1 and arr.ndim == 2 and min(arr.shape) >= factor:
+        stored = pixels.mask_unused_bits(arr, int(ds.BitsStored), int(ds.PixelRepresentation))
+        return reduced.block_average(stored, factor), photometric, factor
+    return arr, photometric, 1
+
+
 def _text(ds: Dataset, keyword: str) -> str:
     value = ds.get(keyword)
     return "" if value is None else str(value).strip()
@@ -229,7 +268,9 @@ def _pixel_spacing(ds: Dataset) -> tuple[list[float] | None, str | None]:
     return None, None
 
 
-def _meta(ds: Dataset, tsyntax: uid.UID, info: dict[str, Any]) -> dict[str, Any]:
+def _meta(
+    ds: Dataset, tsyntax: uid.UID, info: dict[str, Any], image: np.ndarray, factor: int
+) -> dict[str, Any]:
     """Non-PHI facts of the file (no patient name, id, birth date ...)."""
     spacing, spacing_source = _pixel_spacing(ds)
     return {
@@ -250,11 +291,19 @@ def _meta(ds: Dataset, tsyntax: uid.UID, info: dict[str, Any]) -> dict[str, Any]
         "inverted": bool(info["inverted"]),
         "frames": int(ds.get("NumberOfFrames") or 1),
         "frame_used": 0,
+        "decoded_rows": int(image.shape[0]),
+        "decoded_columns": int(image.shape[1]),
+        "reduction": factor,
     }
 
 
-def read_image(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """Read a DICOM file as a display image.
+def read_image(path: str | Path, *, min_side: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read a DICOM file as a display image, whole or at a reduced resolution.
+
+    Args:
+        path: the file.
+        min_side: decode at the coarsest power-of-two reduction whose shorter side is still at least
+            this many pixels (:mod:`pneumonia_monai.dicom.reduced`); None decodes every pixel.
 
     Returns:
         ``(image, meta)``: a float32 ``(rows, columns)`` array in [0, 1] in display sense (0 black,
@@ -262,7 +311,9 @@ def read_image(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
         non-PHI facts: ``study_uid``, ``series_uid``, ``sop_uid``, ``sop_class_uid``, ``modality``,
         ``photometric_interpretation``, ``transfer_syntax_uid``, ``rows``, ``columns``,
         ``bits_stored``, ``view_position``, ``pixel_spacing`` (list or None) with
-        ``pixel_spacing_source``, ``voi_source``, ``inverted``, ``frames`` and ``frame_used``.
+        ``pixel_spacing_source``, ``voi_source``, ``inverted``, ``frames``, ``frame_used``, and the
+        image's own size with the factor it was reduced by: ``decoded_rows``, ``decoded_columns``,
+        ``reduction`` (``rows`` and ``columns`` are the header's).
 
     Raises:
         DicomReadError: for a missing, empty, non-DICOM or truncated file, missing Image Pixel
@@ -289,7 +340,7 @@ def read_image(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
         )
 
     try:
-        return _read(path)
+        return _read(path, min_side)
     except DicomReadError:
         raise
     except (limits.SizeLimitError, limits.DeflateError) as exc:
@@ -298,12 +349,12 @@ def read_image(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
         raise DicomReadError(f"cannot read the DICOM data set: {type(exc).__name__}: {exc}") from exc
 
 
-def _read(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+def _read(path: Path, min_side: int | None) -> tuple[np.ndarray, dict[str, Any]]:
     # pydicom converts elements lazily, so it may warn at any step, not only in dcmread
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            return _read_dataset(path, caught)
+            return _read_dataset(path, caught, min_side)
         finally:
             if caught:
                 logger.debug("%s: pydicom warned: %s", path, _warning_text(caught))
@@ -324,7 +375,9 @@ def _header_pixels(path: Path) -> int:
     return count
 
 
-def _read_dataset(path: Path, caught: list[warnings.WarningMessage]) -> tuple[np.ndarray, dict[str, Any]]:
+def _read_dataset(
+    path: Path, caught: list[warnings.WarningMessage], min_side: int | None
+) -> tuple[np.ndarray, dict[str, Any]]:
     # The film's share of the memory budget is taken before its pixel data is read (when batch
     # inference runs inside limits.film_budget), and given back once the image
     # returned is garbage, or at once on failure.
@@ -334,7 +387,7 @@ def _read_dataset(path: Path, caught: list[warnings.WarningMessage]) -> tuple[np
         _check_attributes(ds, _warning_text(caught))
         limits.check_dataset_size(ds)
         tsyntax = _transfer_syntax(ds)
-        arr, photometric = _decode_first_frame(ds, tsyntax)
+        arr, photometric, factor = _decode_frame(ds, tsyntax, min_side)
         del ds.PixelData  # the encoded frames are not needed past here (a film at the budget: 128 MiB)
         frames = int(ds.get("NumberOfFrames") or 1)
         if frames > 1:
@@ -346,4 +399,4 @@ def _read_dataset(path: Path, caught: list[warnings.WarningMessage]) -> tuple[np
     except BaseException:
         ticket.release()
         raise
-    return ticket.attach(image), _meta(ds, tsyntax, info)
+    return ticket.attach(image), _meta(ds, tsyntax, info, image, factor)

@@ -465,6 +465,8 @@ def to_display(
     Args:
         ds: the data set (Image Pixel, Modality LUT, VOI LUT, Presentation LUT attributes are read).
         arr: one frame of stored values ``(rows, columns)``, or ``(rows, columns, 3)`` colour samples.
+            A floating-point grayscale frame is taken as block averages of stored values whose unused
+            bits were already masked (:func:`pneumonia_monai.dicom.reduced.block_average`).
         photometric: the colour space ``arr`` is in when the decoder changed it (pydicom 3 returns
             YBR_FULL / YBR_ICT / YBR_RCT data as RGB and says so); defaults to the data set's
             *Photometric Interpretation*.
@@ -506,7 +508,8 @@ def to_display(
     step = max(1, BLOCK_PIXELS // max(1, arr.shape[1]))
     for first_row in range(0, arr.shape[0], step):
         rows = slice(first_row, first_row + step)
-        stored = mask_unused_bits(arr[rows], bits_stored, pixel_rep)
+        # a float frame holds block averages of masked stored values (dicom.reduced)
+        stored = arr[rows] if arr.dtype.kind == "f" else mask_unused_bits(arr[rows], bits_stored, pixel_rep)
         padded = padding_mask(ds, stored)
         values, value_range, info["modality_lut"] = apply_modality_lut(ds, stored)
         out, voi_info = apply_voi(ds, values, value_range, log=first_row == 0)

@@ -9,6 +9,12 @@ frontal view by its affine), carry no VOI: they are scaled by the rule of
 :func:`~pneumonia_monai.transforms.volume_io.display_intensities`.
 
 The array is ``(1, rows, columns)``: channel first, row-major, as stored (no transpose).
+
+With ``min_side`` (set by :class:`~pneumonia_monai.transforms.pipeline.ChestXRayPreprocessd` from the
+network input when ``reduced_decode`` is on), a large film is decoded at a reduced resolution whose
+shorter side stays at least ``min_side`` pixels (:mod:`pneumonia_monai.dicom.reduced`): a JPEG with
+DCT-domain scaling, a DICOM film as that module says; other rasters (PNG) are decoded whole, then
+block-averaged.
 """
 
 from __future__ import annotations
@@ -37,8 +43,14 @@ class ImageLoadError(ValueError):
     """A film that cannot be loaded; the message says why."""
 
 
-def load_raster(path: str | Path) -> np.ndarray:
+def load_raster(path: str | Path, *, min_side: int | None = None) -> np.ndarray:
     """Load a JPEG/PNG as a float32 ``(rows, columns)`` array in [0, 1].
+
+    With ``min_side``, a film whose shorter side is at least twice that is reduced by the largest
+    power of two that keeps it at least ``min_side``
+    (:func:`~pneumonia_monai.dicom.reduced.reduction_factor`): a JPEG in the DCT domain
+    (libjpeg-turbo's scaled decoding, Pillow's draft mode), other formats by
+    block averages of the decoded grey levels.
 
     The image's size is checked against the pixel budget (:func:`pneumonia_monai.dicom.limits.max_pixels`,
     also Pillow's ``MAX_IMAGE_PIXELS``) from its header, before it is decoded.
@@ -48,6 +60,7 @@ def load_raster(path: str | Path) -> np.ndarray:
             budget.
     """
     from pneumonia_monai.dicom import limits  # sets Pillow's MAX_IMAGE_PIXELS to the pixel budget
+    from pneumonia_monai.dicom.reduced import block_average, reduction_factor
 
     path = Path(path)
     try:
@@ -59,14 +72,20 @@ def load_raster(path: str | Path) -> np.ndarray:
                 raise ImageLoadError(f"{exc}; not decoded") from None
             ticket = limits.film_ticket(rows * columns)  # given back when the array returned is garbage
             try:
+                factor = reduction_factor(rows, columns, min_side)
+                if factor > 1 and img.format == "JPEG":
+                    img.draft(img.mode, (columns // factor, rows // factor))  # DCT scaling 1/factor
+                    factor = 1  # the decoder did it
                 img.load()
                 mode = img.mode
                 if mode in _EIGHT_BIT_MODES:
-                    return ticket.attach(np.asarray(img.convert("L"), dtype=np.float32) / 255.0)
+                    grey = np.asarray(img.convert("L"), dtype=np.float32)
+                    return ticket.attach(block_average(grey, factor) / 255.0)
                 if mode in _SIXTEEN_BIT_MODES:  # no VOI: the rule of the research formats
                     from pneumonia_monai.transforms.volume_io import display_intensities
 
-                    return ticket.attach(display_intensities(np.asarray(img)))
+                    arr = display_intensities(np.asarray(img))
+                    return ticket.attach(block_average(arr, factor))
             except BaseException:
                 ticket.release()
                 raise
@@ -82,8 +101,10 @@ def load_raster(path: str | Path) -> np.ndarray:
     raise ImageLoadError(f"unsupported image mode {mode!r} (expected 8-bit grey/RGB or 16-bit grey)")
 
 
-def load_film(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
+def load_film(path: str | Path, *, min_side: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Load a film of any supported format; DICOM is recognised by its header, not its name.
+
+    ``min_side``: decode at a reduced resolution whose shorter side is at least this (None: whole).
 
     Returns:
         ``(image, meta)``: a float32 ``(rows, columns)`` array in [0, 1] and non-PHI facts about the
@@ -97,7 +118,7 @@ def load_film(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     path = Path(path)
     if dicom_io.is_dicom(path):
         try:
-            image, meta = dicom_io.read_image(path)
+            image, meta = dicom_io.read_image(path, min_side=min_side)
         except dicom_io.DicomReadError as exc:
             raise ImageLoadError(str(exc)) from exc
         return image, {"format": "dicom", **meta}
@@ -106,15 +127,27 @@ def load_film(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     if volume_io.is_volume_film(path):  # NIfTI, MetaImage, NRRD: reoriented, decoded whole
         image, facts, _ = volume_io.load_volume_film(path)
         return image, facts
-    return load_raster(path), {"format": "raster"}
+    return load_raster(path, min_side=min_side), {"format": "raster"}
 
 
 class LoadChestXRay(Transform):
-    """Load a film path into a ``(1, rows, columns)`` float32 :class:`~monai.data.MetaTensor`."""
+    """Load a film path into a ``(1, rows, columns)`` float32 :class:`~monai.data.MetaTensor`.
+
+    Args:
+        min_side: decode large films at a reduced resolution whose shorter side is at least this many
+            pixels (:mod:`pneumonia_monai.dicom.reduced`); None (the default) decodes every pixel.
+    """
+
+    def __init__(self, min_side: int | None = None) -> None:
+        if min_side is not None and (
+            isinstance(min_side, bool) or not isinstance(min_side, int) or min_side < 1
+        ):
+            raise ValueError(f"min_side must be None or a positive int, got {min_side!r}")
+        self.min_side = min_side
 
     def __call__(self, path: str | Path) -> MetaTensor:
         """Load ``path``; the meta dictionary holds ``filename_or_obj``, ``format`` and ``spatial_shape``."""
-        image, facts = load_film(path)
+        image, facts = load_film(path, min_side=self.min_side)
         # Only keys every format has, so that a batch mixing JPEG and DICOM films collates.
         meta = {
             "filename_or_obj": str(path),
@@ -127,9 +160,11 @@ class LoadChestXRay(Transform):
 class LoadChestXRayd(MapTransform):
     """Dictionary version of :class:`LoadChestXRay`: replaces each path under ``keys`` by its image."""
 
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self, keys: KeysCollection, allow_missing_keys: bool = False, min_side: int | None = None
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.loader = LoadChestXRay()
+        self.loader = LoadChestXRay(min_side=min_side)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         """Load every path under ``keys``."""

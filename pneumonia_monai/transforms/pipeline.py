@@ -45,10 +45,11 @@ def _chain(
     cropper: Transform,
     route: Sequence[Transform] = (),
     allow_missing_keys: bool = False,
+    min_side: int | None = None,
 ) -> list[Transform]:
     """The steps, in their one order: load, (route augmentations), crop, resize, float32."""
     return [
-        LoadChestXRayd(keys, allow_missing_keys=allow_missing_keys),
+        LoadChestXRayd(keys, allow_missing_keys=allow_missing_keys, min_side=min_side),
         *route,
         cropper,
         Resized(keys, spatial_size=size, mode="area", allow_missing_keys=allow_missing_keys),
@@ -91,6 +92,9 @@ class ChestXRayPreprocessd(MapTransform):
         spatial_size: output ``(rows, columns)``.
         lung_crop: crop to the lung fields (``False``: resize the whole film).
         crop_margin: margin around the lung fields, as a fraction of the film's size.
+        reduced_decode: decode large films only as finely as ``spatial_size`` needs (shorter side at
+            least :func:`~pneumonia_monai.dicom.reduced.min_decoded_side`; see
+            :mod:`pneumonia_monai.dicom.reduced`). ``False`` (the default) decodes every pixel.
     """
 
     def __init__(
@@ -100,13 +104,25 @@ class ChestXRayPreprocessd(MapTransform):
         lung_crop: bool = True,
         crop_margin: float = 0.05,
         allow_missing_keys: bool = False,
+        reduced_decode: bool = False,
     ) -> None:
+        from pneumonia_monai.dicom.reduced import min_decoded_side
+
         super().__init__(keys, allow_missing_keys)
         self.spatial_size = _size(spatial_size)
+        self.min_side = min_decoded_side(self.spatial_size) if reduced_decode else None
         cropper = LungFieldCropd(
             keys, margin=crop_margin, enabled=lung_crop, allow_missing_keys=allow_missing_keys
         )
-        self.chain = Compose(_chain(keys, self.spatial_size, cropper, allow_missing_keys=allow_missing_keys))
+        self.chain = Compose(
+            _chain(
+                keys,
+                self.spatial_size,
+                cropper,
+                allow_missing_keys=allow_missing_keys,
+                min_side=self.min_side,
+            )
+        )
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         """Return a copy of ``data`` with each film replaced by its preprocessed tensor."""
