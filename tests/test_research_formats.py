@@ -345,3 +345,18 @@ def test_bundle_datalist_of_a_relative_tree_has_absolute_paths(
     images = [item["image"] for items in datalist.values() for item in items]
     assert len(images) == 2
     assert all(Path(image).is_absolute() and Path(image).is_file() for image in images)
+
+
+def test_sixteen_bit_pictures_read_as_monai_itk_reads_them(tmp_path: Path, sample_images: list[Path]) -> None:
+    """Pillow decodes 16-bit PNG/TIFF (as it does 8-bit ones); MONAI's ITKReader gives the same film."""
+    from monai.data import ITKReader
+    from monai.transforms import LoadImage
+
+    twelve = _grey(sample_images[0]).astype(np.uint16) * 16 + 8
+    for name in ("film.png", "film.tif"):
+        Image.fromarray(twelve).save(tmp_path / name)
+        image, _ = load_film(tmp_path / name)
+        loaded = LoadImage(reader=ITKReader(), image_only=True, dtype=None)(str(tmp_path / name))
+        grid = FilmGrid.from_affine(tuple(loaded.shape), np.asarray(loaded.affine))
+        np.testing.assert_array_equal(image, display_intensities(grid.to_display(np.asarray(loaded))))
+        np.testing.assert_allclose(image, twelve / 4095.0, rtol=1e-6)

@@ -79,8 +79,9 @@ class BatchStudyProcessor(StudyProcessor, Protocol):
 class InferenceProcessor:
     """The default processor: :func:`pneumonia_monai.inference.runner.run_inference` on the studies.
 
-    A study's results are its SR (``OUT/sr/<StudyInstanceUID>.dcm``) and, with ``heatmaps``, the
-    heatmap Secondary Captures of its images. A study without SR fails (:class:`StudyProcessingError`)
+    A study's results are its SR (``OUT/sr/<StudyInstanceUID>.dcm``), with ``heatmaps`` the heatmap
+    Secondary Captures of its images, and with ``masks`` the lung-field Segmentations of its scored
+    films (``OUT/masks/<SOPInstanceUID>.seg.dcm``). A study without SR fails (:class:`StudyProcessingError`)
     if one of its images was scored (its report could not be built: an output failure) or one of its
     files ended in ``error`` (quoting the files' reasons); when all of them were ``skipped`` (no
     frontal chest film) it has nothing to report and the reasons are logged. Such a failure is the
