@@ -360,3 +360,21 @@ def test_sixteen_bit_pictures_read_as_monai_itk_reads_them(tmp_path: Path, sampl
         grid = FilmGrid.from_affine(tuple(loaded.shape), np.asarray(loaded.affine))
         np.testing.assert_array_equal(image, display_intensities(grid.to_display(np.asarray(loaded))))
         np.testing.assert_allclose(image, twelve / 4095.0, rtol=1e-6)
+
+
+def test_pixel_budget_is_checked_from_the_header(tmp_path: Path, sample_images: list[Path]) -> None:
+    from pneumonia_monai.dicom import limits
+
+    grey = _grey(sample_images[0])
+    nifti_lps(grey, tmp_path / "film.nii.gz")
+    itk_2d(grey, tmp_path / "film.nrrd")
+    previous = limits.set_max_pixels(1000)
+    try:
+        for name, fmt in (("film.nii.gz", "NIfTI"), ("film.nrrd", "NRRD")):
+            status, reason = film_decision(tmp_path / name)
+            assert status == "error"
+            assert reason.startswith(f"image too large ({fmt} header)") and reason.endswith("not decoded")
+            with pytest.raises(ImageLoadError, match="over the limit of 1000"):
+                load_film(tmp_path / name)
+    finally:
+        limits.set_max_pixels(previous)

@@ -189,12 +189,18 @@ def check_header(path: str | Path) -> VolumeHeader:
         ImageLoadError: if the header cannot be read, the file is not one 2-D grey film (the message is
             :meth:`VolumeHeader.problem`) or it is over the pixel budget.
     """
-    from pneumonia_monai.dicom import limits
-
     header = read_header(path)
     problem = header.problem()
     if problem is not None:
         raise ImageLoadError(problem)
+    _check_size(header)
+    return header
+
+
+def _check_size(header: VolumeHeader) -> None:
+    """Refuse a film over the pixel budget (:func:`pneumonia_monai.dicom.limits.check_decoded_size`)."""
+    from pneumonia_monai.dicom import limits
+
     rows, cols = header.film_shape
     try:
         limits.check_decoded_size(
@@ -202,7 +208,6 @@ def check_header(path: str | Path) -> VolumeHeader:
         )
     except limits.SizeLimitError as exc:
         raise ImageLoadError(f"{exc}; not decoded") from None
-    return header
 
 
 def film_decision(path: str | Path) -> tuple[str, str]:
@@ -219,7 +224,7 @@ def film_decision(path: str | Path) -> tuple[str, str]:
     if problem is not None:
         return "skipped", problem
     try:
-        check_header(path)
+        _check_size(header)
     except ImageLoadError as exc:
         return "error", str(exc)
     return "selected", f"{header.format} film of {header.describe()} voxels, taken as a frontal chest film"
