@@ -378,3 +378,16 @@ def test_pixel_budget_is_checked_from_the_header(tmp_path: Path, sample_images: 
                 load_film(tmp_path / name)
     finally:
         limits.set_max_pixels(previous)
+
+
+def test_two_d_and_singleton_four_d_nifti_are_films(tmp_path: Path, sample_images: list[Path]) -> None:
+    grey = _grey(sample_images[0])
+    voxels = np.ascontiguousarray(grey.T)  # i to the left (columns), j to the back (rows): as ITK writes
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0])
+    nib.save(nib.Nifti1Image(voxels, affine), tmp_path / "two_d.nii")
+    nib.save(nib.Nifti1Image(voxels[:, :, None, None], affine), tmp_path / "one_time_point.nii.gz")
+    for name in ("two_d.nii", "one_time_point.nii.gz"):
+        assert film_decision(tmp_path / name)[0] == "selected", name
+        image, facts = load_film(tmp_path / name)
+        assert facts["plane"] == "axial"
+        np.testing.assert_array_equal(image, grey.astype(np.float32) / 255.0, err_msg=name)
