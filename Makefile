@@ -45,7 +45,7 @@ test: install system-deps lint
 
 benchmark: install
 	$(PY) scripts/benchmark_train.py
-	$(PY) scripts/benchmark_infer.py --n 96 --batch-size 8 --workers 0 2 --workdir $(BENCH_DIR)
+	$(PY) scripts/benchmark_infer.py --n 120 --batch-size 8 --workers 2 --workdir $(BENCH_DIR)
 
 # The node's study latency against a private Orthanc (root: Orthanc runs in a network namespace).
 benchmark-node: install system-deps
