@@ -178,7 +178,6 @@ def memory(args: argparse.Namespace) -> int:
     originals = args.workdir / "originals"  # hard links need the same file system
     originals.mkdir(exist_ok=True)
     frontal = Path(shutil.copy(sorted(TRAIN.rglob("*.jpeg"))[0], originals / "frontal.jpeg"))
-    lateral = Path(shutil.copy(LATERAL, originals / "lateral.dcm"))
     every = max(1, round(1 / args.frontal_share)) if args.frontal_share > 0 else 0
     manifest = args.workdir / "manifest.csv"
     if not manifest.is_file() or sum(1 for _ in manifest.open()) != args.memory_entries + 1:
@@ -189,7 +188,9 @@ def memory(args: argparse.Namespace) -> int:
             writer.writerow(["uri"])
             for i in range(args.memory_entries):
                 sub = folder / f"{i // 1000:04d}"
-                sub.mkdir(exist_ok=True)
+                if not sub.is_dir():  # a copy per folder: a file has at most 65,000 links on ext4
+                    sub.mkdir()
+                    lateral = Path(shutil.copy(LATERAL, originals / f"lateral-{sub.name}.dcm"))
                 scored = every and i % every == 0
                 link = sub / (f"{i:06d}.jpeg" if scored else f"{i:06d}.dcm")
                 os.link(frontal if scored else lateral, link)
