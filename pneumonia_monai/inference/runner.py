@@ -17,9 +17,10 @@ received study). Its pipeline, for every file found under the inputs, in a stabl
 
 One DICOM SR is written per study with at least one ``ok`` DICOM image
 (:func:`pneumonia_monai.dicom.sr.build_pneumonia_sr`): during the run, for a study as soon as a batch
-passes without adding to it (while the threads decode), and at the end for the rest and for any study
-whose results changed since. At the end ``results.csv``, ``results.json`` and ``studies.csv`` are rebuilt
-from the rows of every file found (see :mod:`pneumonia_monai.inference.manifest`).
+passes without adding to it (in an output thread, while the threads decode and the network runs), and
+at the end for the rest and for any study whose results changed since. At the end ``results.csv``,
+``results.json`` and ``studies.csv`` are rebuilt from the rows of every file found (see
+:mod:`pneumonia_monai.inference.manifest`).
 
 Memory is bounded whatever the number of files: at most :func:`in_flight_limit` preprocessed images exist
 at any time (a bounded window of submitted work plus one batch); rows hold no pixels.
@@ -513,6 +514,8 @@ class _Run:
         #: Study Instance UID -> digest of the results its FHIR Bundle on disk was built from.
         self.fhir_state: dict[str, Any] = {}
         self._recent_studies: set[str] = set()
+        #: The thread writing the SRs of settled studies during the stream (None: in this thread).
+        self._writer: ThreadPoolExecutor | None = None
         #: Study Instance UID -> {job index: (job, row)} of its ``ok`` DICOM images done so far.
         self._ok_by_study: dict[str, dict[int, tuple[_Job, ResultRow]]] = {}
 
@@ -597,6 +600,11 @@ class _Run:
         executor = (
             ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="infer") if self.workers else None
         )
+        # SRs of settled studies are written by one thread of their own while the network runs (its
+        # forward releases the GIL); with no worker threads everything stays in this thread.
+        self._writer = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer-out") if self.workers else None
+        )
         try:
             for job in jobs:
                 while len(pending) >= window:
@@ -616,6 +624,9 @@ class _Run:
         finally:
             if executor is not None:
                 executor.shutdown(wait=True, cancel_futures=True)
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)  # every SR begun is finished before the end of the run
+                self._writer = None
 
     def _note_in_flight(self, count: int) -> None:
         self.summary.peak_in_flight = max(self.summary.peak_in_flight, count)
@@ -928,8 +939,12 @@ class _Run:
             return
         for study_uid in sorted(settled):
             images = self._study_images(study_uid)
-            if images:
+            if not images:
+                continue
+            if self._writer is None:
                 self._write_sr(study_uid, images, final=False)
+            else:  # _write_sr(final=False) logs its own failures; the end of the run retries them
+                self._writer.submit(self._write_sr, study_uid, images, final=False)
 
     def _write_sr(
         self, study_uid: str, images: list[tuple[_Job, ResultRow]], *, final: bool = True
