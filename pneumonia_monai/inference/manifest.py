@@ -86,6 +86,8 @@ RESULTS_JSON = "results.json"
 RESULTS_PARQUET = "results.parquet"
 #: Rows per Parquet file: a run of more rows writes ``results.parquet/part-NNNNN.parquet`` shards.
 PARQUET_SHARD_ROWS = 1_000_000
+#: Rows per row group of ``results.parquet`` (what the writer holds as Python values at once).
+_PARQUET_GROUP_ROWS = 10_000
 #: Columns of ``results.parquet`` that are numbers (every other column is a string).
 _PARQUET_FLOATS = frozenset({"prob_pneumonia", "threshold", *SUBTYPE_COLUMNS})
 STUDIES_CSV = "studies.csv"
@@ -365,13 +367,13 @@ def write_results_parquet(
         target.unlink()
     written = []
     for number, chunk in enumerate(chunks):
-        records = [row.as_json(columns) for row in chunk]
-        table = pa.Table.from_pylist(records, schema=schema)
         path = target / f"part-{number:05d}.parquet" if sharded else target
         if not sharded and target.is_dir():
             shutil.rmtree(target)
-        with atomic.atomic_open(path, "wb", fsync=True) as handle:
-            pq.write_table(table, handle)
+        with atomic.atomic_open(path, "wb", fsync=True) as handle, pq.ParquetWriter(handle, schema) as writer:
+            for start in range(0, max(len(chunk), 1), _PARQUET_GROUP_ROWS):  # a row group at a time in memory
+                records = [row.as_json(columns) for row in chunk[start : start + _PARQUET_GROUP_ROWS]]
+                writer.write_table(pa.Table.from_pylist(records, schema=schema))
         written.append(path)
     if sharded:
         for stale in target.glob("part-*.parquet"):

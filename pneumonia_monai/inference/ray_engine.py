@@ -105,9 +105,9 @@ class FilmScorer:
         self.context = self.run.context
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
-        """Score one batch of jobs (columns of :func:`_job_record`); return one row per job."""
+        """Score one batch of jobs (columns of :func:`_jobs_table`); return one row per job."""
         jobs = [
-            FilmJob(int(index), Path(path), Path(root), str(rel), str(key), str(uri))
+            FilmJob(int(index), Path(_text(path)), Path(_text(root)), _text(rel), str(key), str(uri))
             for index, path, root, rel, key, uri in zip(
                 batch["index"],
                 batch["path"],
@@ -163,15 +163,27 @@ class FilmScorer:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _job_record(job: FilmJob) -> dict[str, Any]:
-    return {
-        "index": job.index,
-        "path": str(job.path),
-        "root": str(job.root),
-        "rel": job.rel,
-        "key": job.key,
-        "uri": job.uri,
-    }
+def _jobs_table(jobs: list[FilmJob]) -> Any:
+    """The jobs as an Arrow table of the columns :meth:`FilmScorer.__call__` reads."""
+    import pyarrow as pa
+
+    def text(values: list[str]) -> Any:  # paths that are not UTF-8 travel losslessly
+        return pa.array([value.encode("utf-8", "surrogateescape") for value in values], pa.binary())
+
+    return pa.table(
+        {
+            "index": pa.array([job.index for job in jobs], pa.int64()),
+            "path": text([str(job.path) for job in jobs]),
+            "root": text([str(job.root) for job in jobs]),
+            "rel": text([job.rel for job in jobs]),
+            "key": pa.array([job.key for job in jobs], pa.string()),
+            "uri": pa.array([job.uri for job in jobs], pa.string()),
+        }
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
 
 
 @contextmanager
@@ -280,8 +292,11 @@ class RayRun(_Run):
             )
             # Enough blocks to keep every actor busy, few enough that a block's overhead stays small.
             blocks = max(-(-len(todo) // JOBS_PER_BLOCK), min(-(-len(todo) // self.batch_size), 4 * size))
-            dataset = ray.data.from_items(
-                [_job_record(job) for job in todo], override_num_blocks=blocks
+            # Columns (Arrow), not a dict per job: the driver's share of a big manifest stays small.
+            table = _jobs_table(todo)
+            step = -(-len(todo) // blocks)
+            dataset = ray.data.from_arrow(
+                [table.slice(start, step) for start in range(0, len(todo), step)]
             ).map_batches(
                 FilmScorer,
                 fn_constructor_kwargs={"spec": self.spec},
