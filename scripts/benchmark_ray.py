@@ -15,9 +15,10 @@ and checks that every engine gave the same rows (probabilities within 1e-4).
 
 **Memory.** With ``--memory-entries N``, a manifest of ``N`` entries is written: hard links to one small
 lateral CR (triaged from its header and skipped, as most of an archive's non-chest or lateral films are)
-and, for ``--frontal-share`` of them, to a small frontal JPEG film (scored). It runs the Ray engine on it
-and prints the driver's peak resident set (``VmHWM`` of this process, read from ``/proc/self/status``) and
-the largest peak of the Ray actors (``VmHWM`` of each ``ray::`` worker process, polled while they run).
+and, for ``--frontal-share`` of them, to a small frontal JPEG film (scored). It runs the Ray engine (or,
+with ``--engine local``, the local one) on it and prints the driver's peak resident set (``VmHWM`` of
+this process, read from ``/proc/self/status``) and the largest peak of the Ray actors (``VmHWM`` of each
+``ray::`` worker process, polled while they run).
 """
 
 from __future__ import annotations
@@ -197,7 +198,8 @@ def memory(args: argparse.Namespace) -> int:
                 writer.writerow([str(link)])
     out = args.workdir / "memory-out"
     monitor = ActorMemory()
-    ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level=logging.WARNING)
+    if args.engine == "ray":
+        ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level=logging.WARNING)
     monitor.start()
     try:
         start = time.perf_counter()
@@ -208,18 +210,20 @@ def memory(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             force=True,
             progress=False,
-            engine="ray",
-            ray_actors=args.cpus,
+            engine=args.engine,
+            ray_actors=args.cpus if args.engine == "ray" else None,
+            workers=args.workers,
         )
         elapsed = time.perf_counter() - start
     finally:
         monitor.stop.set()
         monitor.join()
-        ray.shutdown()
+        if args.engine == "ray":
+            ray.shutdown()
     rows = sum(1 for _ in (out / "results.csv").open()) - 1
     print(
-        f"{args.memory_entries} manifest entries ({summary.counts}) in {elapsed:.0f} s; "
-        f"rows written: {rows}; "
+        f"engine {args.engine}: {args.memory_entries} manifest entries ({summary.counts}) "
+        f"in {elapsed:.0f} s; rows written: {rows}; "
         f"driver peak RSS (VmHWM) {vm_hwm_kb():,} kB; largest Ray worker peak RSS "
         f"{max(monitor.peaks.values(), default=0):,} kB over {len(monitor.peaks)} ray:: process(es)"
     )
@@ -235,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="the local engine's decoding threads")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray (default 2)")
     parser.add_argument("--memory-entries", type=int, default=0, help="run the memory test on N entries")
+    parser.add_argument("--engine", choices=("ray", "local"), default="ray", help="engine of the memory test")
     parser.add_argument(
         "--frontal-share", type=float, default=0.01, help="share of scored films (memory test)"
     )
