@@ -124,3 +124,27 @@ def test_a_large_jpeg_is_decoded_with_dct_scaling(tmp_path: Path) -> None:
     half = load_raster(path, min_side=747)
     assert full.shape == (1600, 1600) and half.shape == (800, 800)
     np.testing.assert_allclose(half, block_average(full, 2), atol=3 / 255)
+
+
+def test_infer_full_decode_recomputes_and_agrees(tmp_path: Path, repo_root: Path) -> None:
+    """``infer --full-decode`` (and ``--precision``) are accepted; a full-decode run does not reuse the
+    reduced run's rows (another fingerprint), and gives its probability within 0.01."""
+    from pneumonia_monai.cli.infer import build_parser
+    from pneumonia_monai.inference.manifest import read_results_csv
+    from pneumonia_monai.inference.runner import run_inference
+
+    args = build_parser().parse_args(["in", "-o", "out", "--full-decode", "--precision", "fp32"])
+    assert args.full_decode is True and args.precision == "fp32"
+    assert build_parser().parse_args(["in", "-o", "out"]).full_decode is False
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _big_dx(folder, "jpeg2000")
+    out = tmp_path / "out"
+    reduced = run_inference([folder], out, bundle=repo_root / "bundle", device="cpu", write_sr=False)
+    p_reduced = float(read_results_csv(out / "results.csv")[0]["prob_pneumonia"])
+    full = run_inference(
+        [folder], out, bundle=repo_root / "bundle", device="cpu", write_sr=False, full_decode=True
+    )
+    p_full = float(read_results_csv(out / "results.csv")[0]["prob_pneumonia"])
+    assert reduced.n_inferred == 1 and full.n_inferred == 1 and full.n_reused == 0
+    assert abs(p_reduced - p_full) <= 0.01
