@@ -152,6 +152,8 @@ def _thumbnail(image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
         ``(thumbnail, (rows_used, cols_used))``: the float64 thumbnail and the part of the film it
         shows (rows and columns from 0).
     """
+    from pneumonia_monai.dicom.reduced import block_sums  # the DICOM stack is imported when used
+
     rows, cols = image.shape
     k = 1 << (max(1, max(rows, cols) // (2 * THUMBNAIL_SIZE)).bit_length() - 1)  # a power of two
     if k >= 2:
@@ -164,10 +166,8 @@ def _thumbnail(image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
             chunk = np.clip(image[r : min(r + band, rows), :cols], 0.0, 1.0)  # a copy of the band
             chunk *= 255.0
             np.rint(chunk, out=chunk)
-            blocks = chunk.reshape(chunk.shape[0] // k, k, cols // k, k)
             # grey levels are integers <= 255, so float32 sums of up to 65,793 of them are exact
-            # (rows first: numpy reduces a long contiguous axis much faster than a short inner one)
-            sums = blocks.sum(axis=1, dtype=np.float32).sum(axis=-1, dtype=np.float32)
+            sums = block_sums(chunk, k)
             levels[r // k : r // k + sums.shape[0]] = sums.astype(np.float64) / (k * k)
     else:
         levels = np.clip(image, 0.0, 1.0)  # a new array, then in place
