@@ -2,7 +2,9 @@
 
 :func:`read_image` reads the whole data set with pydicom (``force=True``, so files without the
 128-byte preamble are read too), decodes **the first frame only** with pydicom 3's decoder for the
-file's transfer syntax and runs :func:`pneumonia_monai.dicom.pixels.to_display` on it.
+file's transfer syntax and runs :func:`pneumonia_monai.dicom.pixels.to_display` on it. With
+``min_side`` it decodes at a reduced resolution instead (a JPEG 2000 level, a DCT-scaled JPEG, or block
+averages of the stored values; :mod:`pneumonia_monai.dicom.reduced`) and says so in ``meta["reduction"]``.
 
 Multi-frame rule: frame 0 is used; ``meta["frames"]`` says how many the file holds and
 ``meta["frame_used"]`` which one was used (always 0), and a debug message is logged. A chest film
