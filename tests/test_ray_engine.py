@@ -131,6 +131,9 @@ def test_ray_rerun_resumes_every_row(ray_run, bundle_dir, dataset):
     errors = first.counts["error"]
     assert summary.n_inferred == 0 and summary.n_reused == len(before) - errors  # errors are retried
     assert read_results_csv(out / "results.csv") == before
+    # the local engine into the same folder, without --parquet: no results.parquet left to disagree
+    assert run_inference([dataset], out, bundle=bundle_dir, heatmaps=True, progress=False).n_inferred == 0
+    assert read_results_csv(out / "results.csv") == before and not (out / RESULTS_PARQUET).exists()
 
 
 def test_killed_actor_leaves_one_row_per_file(

@@ -890,6 +890,8 @@ class _Run:
         write_results(self.out, rows, three_class=self.bundle.three_class)
         if self.parquet:
             write_results_parquet(self.out, rows, three_class=self.bundle.three_class)
+        else:
+            _remove_stale_parquet(self.out / RESULTS_PARQUET)
         write_studies(self.out, studies)
         self.journal.compact(entry for entry in self.entries if entry is not None)
 
@@ -1063,6 +1065,19 @@ class _Run:
             self.fhir_state[study.study_uid] = digest
             self.summary.fhir_paths.append(path)
         write_json_atomic(self.state_dir / FHIR_STATE_NAME, self.fhir_state)
+
+
+def _remove_stale_parquet(path: Path) -> None:
+    """Remove the ``results.parquet`` of an earlier run that this run does not rewrite (it would disagree)."""
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+    else:
+        return
+    logger.info("%s of an earlier run removed: this run writes no Parquet (--parquet)", path.name)
 
 
 def _reusable(entry: StateEntry | None, heatmaps: bool) -> bool:
