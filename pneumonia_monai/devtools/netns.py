@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import functools
 import os
 import socket
 import struct
@@ -45,7 +46,11 @@ IFF_UP = 0x1
 #: ``struct ifreq``: a 16-byte interface name, then a 24-byte union whose first member (here) is the flags.
 _IFREQ = struct.Struct("16sh22x")
 
-_libc = ctypes.CDLL(None, use_errno=True)
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """The C library, for setns(2) and unshare(2); opened on first use, not at import."""
+    return ctypes.CDLL(None, use_errno=True)
 
 
 class NamespaceUnavailableError(OSError):
@@ -60,7 +65,7 @@ def _check(result: int, what: str) -> None:
 
 def _enter(fd: int) -> None:
     """Move the calling thread into the network namespace ``fd`` refers to."""
-    _check(_libc.setns(fd, CLONE_NEWNET), "setns(CLONE_NEWNET)")
+    _check(_libc().setns(fd, CLONE_NEWNET), "setns(CLONE_NEWNET)")
 
 
 def _loopback_up() -> None:
@@ -99,7 +104,7 @@ class NetworkNamespace:
     def __init__(self) -> None:
         def create() -> int:
             # unshare(2) moves this (throw-away) thread only; /proc/thread-self names its new namespace.
-            _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+            _check(_libc().unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
             _loopback_up()
             return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
 
