@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pneumonia_monai.dicom.selection import SelectionRules
     from pneumonia_monai.inference.bundle import BundleError
+    from pneumonia_monai.inference.ray_engine import RayEngineError
     from pneumonia_monai.inference.runner import OutputBusyError, run_inference
     from pneumonia_monai.site_overlay import SiteOverlayError, read_site_overlay
 
@@ -304,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, TypeError) as exc:
         logger.error("%s", exc)
         return EXIT_USAGE
+    except RayEngineError as exc:
+        logger.error("%s", exc)
+        return EXIT_FAILURES
     except OSError as exc:
         logger.error("cannot write the outputs: %s", exc)
         return EXIT_FAILURES

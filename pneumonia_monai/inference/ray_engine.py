@@ -48,6 +48,10 @@ RAY_KILL_ENV = "PNEUMONIA_MONAI_TEST_RAY_KILL_MARKER"
 JOBS_PER_BLOCK = 64
 
 
+class RayEngineError(RuntimeError):
+    """Ray could not be reached or the actor pool failed; the rows taken so far are in the journal."""
+
+
 @dataclass(frozen=True)
 class ActorSpec:
     """What every :class:`FilmScorer` needs to rebuild the driver's run (pickled to the actors).
@@ -192,6 +196,7 @@ def ray_session(address: str | None, *, num_cpus: int | None = None) -> Iterator
 
     Raises:
         ValueError: if Ray is not installed (``pip install .[ray]``).
+        RayEngineError: if Ray cannot be started or joined.
     """
     try:
         import ray
@@ -199,7 +204,14 @@ def ray_session(address: str | None, *, num_cpus: int | None = None) -> Iterator
         raise ValueError("engine 'ray' needs Ray: pip install 'pneumonia-monai[ray]'") from exc
     started = False
     if not ray.is_initialized():
-        ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+        try:
+            ray.init(
+                address=address, num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING
+            )
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise RayEngineError(
+                f"cannot start or join Ray at {address or 'a new local Ray'}: {exc}"
+            ) from exc
         started = True
     elif address is not None:
         logger.info("Ray is already initialised in this process: --ray-address %s not used", address)
@@ -306,24 +318,32 @@ class RayRun(_Run):
                 num_cpus=self.cpus_per_actor,
                 num_gpus=self.gpus_per_actor,
             )
-            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-                for index, state, heatmaps, scored, failed in zip(
-                    batch["index"],
-                    batch["row"],
-                    batch["heatmaps"],
-                    batch["scored"],
-                    batch["output_failed"],
-                    strict=True,
-                ):
-                    index = int(index)
-                    if index in taken:  # exactly one row per file, whatever is delivered
-                        logger.warning("%s: a second row from Ray ignored", jobs[index].rel)
-                        continue
-                    taken.add(index)
-                    self.summary.n_inferred += bool(scored)
-                    self.summary.output_failures += bool(failed)
-                    row = ResultRow.from_state(json.loads(str(state)))
-                    ready[index] = FilmItem(jobs[index], row=row, heatmaps=bool(heatmaps))
-                drain()
+            try:
+                for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                    for index, state, heatmaps, scored, failed in zip(
+                        batch["index"],
+                        batch["row"],
+                        batch["heatmaps"],
+                        batch["scored"],
+                        batch["output_failed"],
+                        strict=True,
+                    ):
+                        index = int(index)
+                        if index in taken:  # exactly one row per file, whatever is delivered
+                            logger.warning("%s: a second row from Ray ignored", jobs[index].rel)
+                            continue
+                        taken.add(index)
+                        self.summary.n_inferred += bool(scored)
+                        self.summary.output_failures += bool(failed)
+                        row = ResultRow.from_state(json.loads(str(state)))
+                        ready[index] = FilmItem(jobs[index], row=row, heatmaps=bool(heatmaps))
+                    drain()
+            except ray.exceptions.RayError as exc:  # a worker that cannot load the bundle, a lost cluster
+                lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+                cause = lines[-1][:500] if lines else type(exc).__name__  # Ray's traceback ends in the cause
+                raise RayEngineError(
+                    f"the Ray engine stopped with {len(taken)} of {len(jobs)} file(s) done ({cause}); "
+                    "the rows done are kept, and the same command resumes once the cause is fixed"
+                ) from exc
         if cursor != len(jobs):
-            raise RuntimeError(f"Ray gave no row for {len(jobs) - cursor} file(s)")
+            raise RayEngineError(f"Ray gave no row for {len(jobs) - cursor} file(s)")
