@@ -251,3 +251,25 @@ def test_node_sends_the_segmentation_beside_the_sr(tmp_path: Path, repo_root: Pa
     assert seg.get_source_image_uids() == [
         (frontal.StudyInstanceUID, frontal.SeriesInstanceUID, frontal.SOPInstanceUID)
     ]
+
+
+def test_two_inputs_with_the_same_relative_path_keep_their_own_outputs(
+    tmp_path: Path, bundle: InferenceBundle, sample_images: list[Path]
+) -> None:
+    """``a/film.png`` and ``b/film.png``: two heatmaps and two pairs of masks, the same names on resume."""
+    for folder, image in (("a", sample_images[0]), ("b", sample_images[1])):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(_grey(image)).save(tmp_path / folder / "film.png")
+    inputs, out = [tmp_path / "a", tmp_path / "b"], tmp_path / "out"
+    first = run_inference(inputs, out, bundle=bundle, workers=0, masks=True, heatmaps=True, progress=False)
+    assert first.counts["ok"] == 2
+    pngs = sorted(p.name for p in (out / "heatmaps").glob("*.png"))
+    masks = sorted(p.name for p in (out / MASK_DIR).iterdir())
+    assert len(pngs) == 2 and len(set(pngs)) == 2 and all(n.startswith("film.png.") for n in pngs)
+    assert len(masks) == 4 and sorted(first.mask_paths) == sorted(out / MASK_DIR / n for n in masks)
+    contents = {n: (out / MASK_DIR / n).read_bytes() for n in masks}
+    assert len(set(contents.values())) == 4  # nothing overwritten by the other film's
+    again = run_inference(inputs, out, bundle=bundle, workers=0, masks=True, heatmaps=True, progress=False)
+    assert (again.n_reused, again.n_inferred) == (2, 0)
+    assert sorted(p.name for p in again.png_paths) == pngs
+    assert sorted(again.mask_paths) == sorted(first.mask_paths)

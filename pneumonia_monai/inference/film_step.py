@@ -17,9 +17,12 @@ common :class:`~pneumonia_monai.inference.runner._Run`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,8 @@ class FilmJob:
         rel: the name its row carries (a manifest entry: the URI as given, without credentials).
         key: what identifies its current content, for resuming (:func:`~.manifest.file_key`).
         uri: the manifest URI it is fetched from (empty for a local file found under the inputs).
+        stem: the name of its per-film output files (heatmap PNG, mask NIfTIs), set by
+            :func:`with_output_stems` (empty: :func:`output_stem` of ``rel``).
     """
 
     index: int
@@ -56,6 +61,36 @@ class FilmJob:
     rel: str
     key: str
     uri: str = ""
+    stem: str = ""
+
+    @property
+    def output_name(self) -> str:
+        """The stem its per-film output files are named by (see :func:`with_output_stems`)."""
+        return self.stem or output_stem(self.rel)
+
+
+def output_stem(rel: str) -> str:
+    """A relative path as one file name: each ``/`` as ``__``."""
+    return rel.replace("/", "__")
+
+
+def with_output_stems(jobs: Sequence[FilmJob]) -> list[FilmJob]:
+    """Name each entry's per-film outputs so that no two entries of a run share a file.
+
+    The stem is :func:`output_stem` of the entry's relative path; where two or more entries have the same
+    one (the same relative path under two inputs), each of them gets a digest of its real path (or URI)
+    after it. The names depend only on the inputs, so a resumed run finds the files it wrote.
+    """
+    counts = Counter(output_stem(job.rel) for job in jobs)
+    named = []
+    for job in jobs:
+        stem = output_stem(job.rel)
+        if counts[stem] > 1:
+            source = job.uri.encode("utf-8") if job.uri else os.fsencode(os.path.realpath(job.path))
+            stem = f"{stem}.{hashlib.sha256(source).hexdigest()[:8]}"
+            logger.warning("%s: another input has an entry of that name; outputs named %s", job.rel, stem)
+        named.append(replace(job, stem=stem))
+    return named
 
 
 @dataclass

@@ -47,9 +47,13 @@ SEG_SUFFIX = ".seg.dcm"
 _INTENT_LABEL = "label"
 
 
-def mask_names(rel: str) -> tuple[str, str]:
-    """The names of a film's lung-mask and heatmap NIfTI files, from its path relative to its input."""
-    stem = rel.replace("/", "__")
+def mask_names(stem: str) -> tuple[str, str]:
+    """The names of a film's lung-mask and heatmap NIfTI files, from its output stem.
+
+    The stem is the job's :attr:`~pneumonia_monai.inference.film_step.FilmJob.output_name` (its relative
+    path with ``/`` as ``__``, plus a digest where two inputs share it); a ``/`` left in it becomes ``__``.
+    """
+    stem = stem.replace("/", "__")
     return stem + LUNGS_SUFFIX, stem + HEATMAP_SUFFIX
 
 

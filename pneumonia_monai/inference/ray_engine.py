@@ -287,7 +287,7 @@ class RayRun(_Run):
                 if item.heatmaps and row is not None and row.status != OK:
                     # A later file of a SOP Instance UID, scored by an actor before the first-file rule
                     # made it a duplicate: its PNG goes, as the local engine never writes one.
-                    (self.out / HEATMAP_DIR / heatmap_png_name(item.job.rel)).unlink(missing_ok=True)
+                    (self.out / HEATMAP_DIR / heatmap_png_name(item.job)).unlink(missing_ok=True)
                 cursor += 1
 
         drain()

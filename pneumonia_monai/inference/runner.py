@@ -64,7 +64,7 @@ from pneumonia_monai.dicom.selection import (
     iter_input_files,
 )
 from pneumonia_monai.inference.bundle import InferenceBundle, load_bundle
-from pneumonia_monai.inference.film_step import FilmContext, FilmItem, FilmJob
+from pneumonia_monai.inference.film_step import FilmContext, FilmItem, FilmJob, with_output_stems
 from pneumonia_monai.inference.manifest import (
     ERROR,
     JOURNAL_NAME,
@@ -178,9 +178,9 @@ def in_flight_limit(batch_size: int, workers: int) -> int:
     return _window(batch_size, workers) + batch_size
 
 
-def heatmap_png_name(rel: str) -> str:
-    """The name of a film's heatmap PNG in ``OUT/heatmaps/``: its relative path, ``/`` as ``__``."""
-    return rel.replace("/", "__") + ".png"
+def heatmap_png_name(job: FilmJob) -> str:
+    """The name of a film's heatmap PNG in ``OUT/heatmaps/`` (:func:`~.film_step.with_output_stems`)."""
+    return job.output_name + ".png"
 
 
 def _window(batch_size: int, workers: int) -> int:
@@ -499,7 +499,6 @@ class _Run:
         self.rows: list[ResultRow | None] = []
         self.entries: list[tuple[str, StateEntry] | None] = []
         self.first_by_sop: dict[str, str] = {}
-        self.heatmap_names: set[str] = set()
         self.summary = RunSummary(
             counts=dict.fromkeys(STATUSES, 0),
             images_per_second=0.0,
@@ -591,7 +590,7 @@ class _Run:
             from pneumonia_monai.inference.sources import manifest_jobs
 
             jobs += manifest_jobs(self.manifest, self.state_dir, first_index=len(jobs))
-        return jobs
+        return with_output_stems(jobs)
 
     def _stream(self, jobs: list[_Job], previous: dict[str, StateEntry]) -> None:
         window = _window(self.batch_size, self.workers)
@@ -707,17 +706,7 @@ class _Run:
     # ---- heatmaps
 
     def _png_path(self, job: _Job) -> Path:
-        name = heatmap_png_name(job.rel)
-        if name in self.heatmap_names:  # the same relative path under two inputs
-            digest = hashlib.sha256(str(job.path.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[
-                :8
-            ]
-            name = f"{job.rel.replace('/', '__')}.{digest}.png"
-            logger.warning(
-                "%s: another input has a file of the same relative path; heatmap named %s", job.rel, name
-            )
-        self.heatmap_names.add(name)
-        return self.out / HEATMAP_DIR / name
+        return self.out / HEATMAP_DIR / heatmap_png_name(job)
 
     def _heatmap(self, item: _Item, probs: Any, row: ResultRow) -> bool:
         """Write the PNG overlay (and the Secondary Capture for DICOM); return whether all was written.
@@ -780,7 +769,7 @@ class _Run:
             return False
         from pneumonia_monai.inference.masks import mask_names
 
-        heat = self.out / MASK_DIR / mask_names(job.rel)[1]
+        heat = self.out / MASK_DIR / mask_names(job.output_name)[1]
         return not (self.masks and entry.row.status == OK and not heat.is_file())  # type: ignore[union-attr]
 
     def _masks(self, item: _Item, probs: Any) -> bool:
@@ -794,7 +783,7 @@ class _Run:
 
         job, folder = item.job, self.out / MASK_DIR
         what = f"{self.bundle.model_name} {self.bundle.model_version}"
-        lungs_name, heat_name = mask_names(job.rel)
+        lungs_name, heat_name = mask_names(job.output_name)
         try:
             cam = self._cam(item, probs)
             film, _, grid = load_film_and_grid(job.path)
@@ -843,7 +832,7 @@ class _Run:
         for job, row in zip(jobs, self.rows, strict=True):
             if row is None or row.status != OK:
                 continue
-            paths = [folder / name for name in mask_names(job.rel)]
+            paths = [folder / name for name in mask_names(job.output_name)]
             if any(path in fresh for path in paths):
                 continue
             self.summary.mask_paths += [path for path in paths if path.is_file()]
@@ -901,7 +890,7 @@ class _Run:
         for job, row in zip(jobs, self.rows, strict=True):
             if row is None or row.status != OK:
                 continue
-            png = self.out / HEATMAP_DIR / heatmap_png_name(job.rel)
+            png = self.out / HEATMAP_DIR / heatmap_png_name(job)
             if png not in fresh and png.is_file():
                 self.summary.png_paths.append(png)
                 sc_path = self.out / HEATMAP_DIR / f"{row.sop_uid}.dcm"
