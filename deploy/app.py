@@ -62,7 +62,11 @@ class PneumoniaDeployApp(Application):
             name="pneumonia_classifier",
         )
         writer = PneumoniaSRWriterOperator(
-            self, output_folder=output_path, classifier_op=classifier, name="pneumonia_sr_writer"
+            self,
+            output_folder=output_path,
+            classifier_op=classifier,
+            selection_rules=selector.selection_rules,
+            name="pneumonia_sr_writer",
         )
         self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
         self.add_flow(

@@ -30,7 +30,8 @@ import torch
 from monai.bundle import ConfigParser
 from pydicom.dataset import Dataset
 
-from pneumonia_monai.dicom.selection import SELECTED, Header, SelectionRules, decide_header
+from pneumonia_monai.dicom.intended_use import UNKNOWN
+from pneumonia_monai.dicom.selection import SELECTED, Header, SelectionRules, decide_header, intended_use_of
 from pneumonia_monai.dicom.sr import ImageFinding, build_pneumonia_sr
 from pneumonia_monai.engine.checkpoint import load_network_state
 
@@ -178,8 +179,8 @@ class Prediction:
         """``"pneumonia"`` when present, else ``"normal"``."""
         return "pneumonia" if self.present else NORMAL_CLASS
 
-    def finding(self, ds: Dataset) -> ImageFinding:
-        """The SR finding of this prediction for the image ``ds``."""
+    def finding(self, ds: Dataset, intended_use: str = UNKNOWN) -> ImageFinding:
+        """The SR finding of this prediction for the image ``ds`` (``intended_use`` as selection found)."""
         subtypes: dict[str, float] = {}
         if set(self.probabilities) == {"normal", "bacterial", "viral"}:
             subtypes = {
@@ -192,6 +193,7 @@ class Prediction:
             sop_class_uid=str(ds.SOPClassUID),
             prob_pneumonia=self.prob_pneumonia,
             present=self.present,
+            intended_use=intended_use,
             **subtypes,
         )
 
@@ -363,19 +365,27 @@ def build_study_reports(
     algorithm_name: str,
     algorithm_version: str,
     threshold: float,
+    rules: SelectionRules | None = None,
 ) -> list[Dataset]:
     """Build one pneumonia SR (TID 1500 Comprehensive SR) per study of ``results``.
+
+    A film whose patient is outside the intended ages of ``rules`` (default: the package's selection
+    rules; :func:`pneumonia_monai.dicom.selection.intended_use_of`) gets a note in its report, as ``infer``
+    writes it.
 
     Raises:
         ValueError: if a study has no film (see :func:`pneumonia_monai.dicom.sr.build_pneumonia_sr`
             for the other checks).
     """
+    rules = SelectionRules.default() if rules is None else rules
     reports = []
     for study_uid, classified in results.items():
         if not classified:
             raise ValueError(f"study {study_uid} has no classified film")
         sources = [c.film.dataset for c in classified]
-        findings = [c.prediction.finding(c.film.dataset) for c in classified]
+        findings = [
+            c.prediction.finding(c.film.dataset, intended_use_of(c.film.dataset, rules)) for c in classified
+        ]
         reports.append(
             build_pneumonia_sr(
                 sources,
@@ -383,6 +393,7 @@ def build_study_reports(
                 algorithm_name=algorithm_name,
                 algorithm_version=algorithm_version,
                 threshold=threshold,
+                intended_use=rules.intended_age.describe(),
             )
         )
     return reports

@@ -202,6 +202,8 @@ class PneumoniaSRWriterOperator(Operator):
         fragment: the application.
         output_folder: where the reports are written (created if missing).
         classifier_op: the classifier operator, for the algorithm's name, version and threshold.
+        selection_rules: the rules the films were selected by, for the intended use quoted in the note
+            of a film outside it (default: the package's).
     """
 
     INPUT = "classified_studies"
@@ -212,12 +214,16 @@ class PneumoniaSRWriterOperator(Operator):
         *args: Any,
         output_folder: str | Path,
         classifier_op: PneumoniaClassifierOperator,
+        selection_rules: SelectionRules | None = None,
         **kwargs: Any,
     ) -> None:
         if not isinstance(classifier_op, PneumoniaClassifierOperator):
             raise TypeError(
                 f"classifier_op must be a PneumoniaClassifierOperator, got {type(classifier_op).__name__}"
             )
+        if selection_rules is not None and not isinstance(selection_rules, SelectionRules):
+            raise TypeError(f"selection_rules must be SelectionRules, got {type(selection_rules).__name__}")
+        self.selection_rules = selection_rules or SelectionRules.default()
         self.output_folder = Path(output_folder)
         self.classifier_op = classifier_op
         self.written: list[Path] = []
@@ -239,6 +245,7 @@ class PneumoniaSRWriterOperator(Operator):
             algorithm_name=classifier.name,
             algorithm_version=classifier.version,
             threshold=classifier.threshold,
+            rules=self.selection_rules,
         )
         self.output_folder.mkdir(parents=True, exist_ok=True)
         for report in reports:

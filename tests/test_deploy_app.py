@@ -34,7 +34,7 @@ from PIL import Image
 from pydicom.sr.codedict import codes
 from pydicom.uid import ComprehensiveSRStorage
 
-from pneumonia_monai.dicom.sr import ABSENT, PNEUMONIA, PRESENT, PROB_PNEUMONIA
+from pneumonia_monai.dicom.sr import ABSENT, OUTSIDE_INTENDED_USE, PNEUMONIA, PRESENT, PROB_PNEUMONIA
 
 pytestmark = pytest.mark.slow
 
@@ -149,8 +149,14 @@ def test_app_writes_pneumonia_sr_per_study(deploy_python: Path, random_bundle: P
     )
     # Study B: a 12-bit CR MONOCHROME1 AP film (inverted polarity: the DICOM pipeline must undo it).
     normal = _film("NORMAL").astype(np.uint16) * 16
+    # An adult's film (Patient's Age 062Y): outside the intended use, scored with a note in its SR.
     ap = make_cr(
-        inputs / "b" / "ap.dcm", pixels=4095 - normal, bits_stored=12, photometric="MONOCHROME1", view="AP"
+        inputs / "b" / "ap.dcm",
+        pixels=4095 - normal,
+        bits_stored=12,
+        photometric="MONOCHROME1",
+        view="AP",
+        PatientAge="062Y",
     )
     # Study C: an abdomen film only: no report.
     abdomen = make_dx(inputs / "c" / "abdomen.dcm", body_part="ABDOMEN")
@@ -183,6 +189,8 @@ def test_app_writes_pneumonia_sr_per_study(deploy_python: Path, random_bundle: P
         assert _evidence_instances(ds) == {str(source.SOPInstanceUID)}
         assert PNEUMONIA_SCT in _codes(ds)
         assert str(lateral.SOPInstanceUID) not in _referenced_instances(ds)
+        note = (OUTSIDE_INTENDED_USE.value, OUTSIDE_INTENDED_USE.scheme_designator)
+        assert (note in _codes(ds)) == (source is ap)  # only the adult's film is outside the intended use
 
         report = hd.sr.srread(path)
         groups = report.content.get_image_measurement_groups()
