@@ -69,6 +69,13 @@ class FilmJob:
         return self.stem or output_stem(self.rel)
 
 
+#: The longest output stem kept as it is: with the longest suffix (``.heatmap.nii.gz`` and a ``.tmp``
+#: name while it is written) a file name stays within the 255 bytes of common file systems.
+MAX_STEM_BYTES = 180
+#: Characters of a longer stem kept (its end: the file's own name), before a digest of its source.
+STEM_TAIL = 40
+
+
 def output_stem(rel: str) -> str:
     """A relative path as one file name: each ``/`` as ``__``."""
     return rel.replace("/", "__")
@@ -79,16 +86,19 @@ def with_output_stems(jobs: Sequence[FilmJob]) -> list[FilmJob]:
 
     The stem is :func:`output_stem` of the entry's relative path; where two or more entries have the same
     one (the same relative path under two inputs), each of them gets a digest of its real path (or URI)
-    after it. The names depend only on the inputs, so a resumed run finds the files it wrote.
+    after it; a stem over :data:`MAX_STEM_BYTES` (a long URL) is cut to its last :data:`STEM_TAIL`
+    characters plus a digest. The names depend only on the inputs, so a resumed run finds its files.
     """
     counts = Counter(output_stem(job.rel) for job in jobs)
     named = []
     for job in jobs:
         stem = output_stem(job.rel)
+        source = job.uri.encode("utf-8") if job.uri else os.fsencode(os.path.realpath(job.path))
         if counts[stem] > 1:
-            source = job.uri.encode("utf-8") if job.uri else os.fsencode(os.path.realpath(job.path))
             stem = f"{stem}.{hashlib.sha256(source).hexdigest()[:8]}"
             logger.warning("%s: another input has an entry of that name; outputs named %s", job.rel, stem)
+        if len(os.fsencode(stem)) > MAX_STEM_BYTES:  # e.g. a DICOMweb URL: a name must fit in 255 bytes
+            stem = f"{stem[-STEM_TAIL:]}.{hashlib.sha256(source).hexdigest()[:16]}"
         named.append(replace(job, stem=stem))
     return named
 

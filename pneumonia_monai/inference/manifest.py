@@ -423,16 +423,19 @@ class StateEntry:
     Attributes:
         row: its result row.
         heatmaps: whether its heatmap outputs were written.
+        masks: whether its mask outputs (NIfTI files, and the SEG of a DICOM film) were all written.
     """
 
     row: ResultRow
     heatmaps: bool = False
+    masks: bool = False
 
 
 class StateJournal:
     """Append-only journal of finished files, for resuming a run.
 
-    Each line is ``{"v": 2, "fingerprint": ..., "key": ..., "heatmaps": bool, "row": {...}}``; the last
+    Each line is ``{"v": 2, "fingerprint": ..., "key": ..., "heatmaps": bool, "masks": bool, "row": {...}}``
+    (``masks`` may be absent: false); the last
     line of a key wins. Lines are flushed to the operating system as they are written, so a killed process
     loses at most the line it was writing, which :meth:`load` skips. Not safe for two writers: the runner
     holds ``OUT/.lock`` while it writes.
@@ -464,7 +467,7 @@ class StateJournal:
                     if data.get("v") != JOURNAL_VERSION or data.get("fingerprint") != self.fingerprint:
                         continue
                     entries[str(data["key"])] = StateEntry(
-                        ResultRow.from_state(data["row"]), bool(data["heatmaps"])
+                        ResultRow.from_state(data["row"]), bool(data["heatmaps"]), bool(data.get("masks"))
                     )
                 except (ValueError, TypeError, KeyError, AttributeError) as exc:
                     skipped += 1
@@ -479,6 +482,7 @@ class StateJournal:
             "fingerprint": self.fingerprint,
             "key": key,
             "heatmaps": entry.heatmaps,
+            "masks": entry.masks,
             "row": entry.row.to_state(),
         }
         return json.dumps(data, allow_nan=False, separators=(",", ":")) + "\n"

@@ -111,14 +111,17 @@ class FilmScorer:
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         """Score one batch of jobs (columns of :func:`_jobs_table`); return one row per job."""
         jobs = [
-            FilmJob(int(index), Path(_text(path)), Path(_text(root)), _text(rel), str(key), str(uri))
-            for index, path, root, rel, key, uri in zip(
+            FilmJob(
+                int(index), Path(_text(path)), Path(_text(root)), _text(rel), str(key), str(uri), _text(stem)
+            )
+            for index, path, root, rel, key, uri, stem in zip(
                 batch["index"],
                 batch["path"],
                 batch["root"],
                 batch["rel"],
                 batch["key"],
                 batch["uri"],
+                batch["stem"],
                 strict=True,
             )
         ]
@@ -182,6 +185,7 @@ def _jobs_table(jobs: list[FilmJob]) -> Any:
             "rel": text([job.rel for job in jobs]),
             "key": pa.array([job.key for job in jobs], pa.string()),
             "uri": pa.array([job.uri for job in jobs], pa.string()),
+            "stem": text([job.output_name for job in jobs]),  # the driver's output names
         }
     )
 

@@ -46,6 +46,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -525,6 +526,8 @@ class _Run:
 
         start = time.perf_counter()
         log_missing_decoders()
+        if self.force and self.manifest is not None:  # a changed object under the same URI is read again
+            shutil.rmtree(self.out / FETCHED, ignore_errors=True)
         jobs = self._jobs(inputs)
         previous = {} if self.force else self.journal.load()
         self.sr_state = {} if self.force else _read_json_object(self.state_dir / SR_STATE_NAME)
@@ -681,10 +684,9 @@ class _Run:
         self.summary.n_inferred += len(batch)
         for item, p, row in zip(batch, probs, rows, strict=True):
             done_heatmaps = self.heatmaps and self._heatmap(item, p, row)
-            if self.masks:
-                self._masks(item, p)
+            done_masks = self.masks and self._masks(item, p)
             item.image = item.cam = None  # no pixels are kept past this point
-            self._done(item.job, StateEntry(row, heatmaps=done_heatmaps))
+            self._done(item.job, StateEntry(row, heatmaps=done_heatmaps, masks=done_masks))
         self._write_srs_of_settled_studies({item.study_uid for item in batch if item.study_uid})
 
     def _done(self, job: _Job, entry: StateEntry, *, record: bool = True) -> None:
@@ -769,8 +771,10 @@ class _Run:
             return False
         from pneumonia_monai.inference.masks import mask_names
 
+        if not self.masks or entry.row.status != OK:  # type: ignore[union-attr]
+            return True
         heat = self.out / MASK_DIR / mask_names(job.output_name)[1]
-        return not (self.masks and entry.row.status == OK and not heat.is_file())  # type: ignore[union-attr]
+        return entry.masks and heat.is_file()  # type: ignore[union-attr]  # all written, and still there
 
     def _masks(self, item: _Item, probs: Any) -> bool:
         """Write the heatmap and lung-field NIfTI files (and the SEG of a DICOM film); return whether done.
@@ -1022,7 +1026,7 @@ class _Run:
                         sop_instance_uid=row.sop_uid,
                         sop_class_uid=str(
                             dcmread(
-                                job.path, stop_before_pixels=True, specific_tags=["SOPClassUID"]
+                                job.path, stop_before_pixels=True, force=True, specific_tags=["SOPClassUID"]
                             ).SOPClassUID
                         ),
                         prob_pneumonia=row.prob_pneumonia,  # type: ignore[arg-type]
