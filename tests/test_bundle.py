@@ -113,9 +113,15 @@ def test_ckpt_export_torchscript(bundle_copy: Path) -> None:
         torch.testing.assert_close(scripted(x), net(x))
 
 
-def test_bundle_properties(repo_root: Path) -> None:
+def test_bundle_properties(tmp_path: Path, repo_root: Path) -> None:
     bundle = repo_root / "bundle"
-    train = _workflow(bundle, "train.json", dataset_dir=str(bundle / "sample_data/chest_xray"))
+    train = _workflow(  # checking the properties builds the datalist and the handlers: outside the tree
+        bundle,
+        "train.json",
+        dataset_dir=str(bundle / "sample_data/chest_xray"),
+        output_dir=str(tmp_path / "runs"),
+        ckpt_dir=str(tmp_path / "ckpt"),
+    )
     assert train.check_properties() == []
     assert Path(train.parser.get_parsed_content("bundle_root")) == bundle.resolve()
     for key in ("network_def", "preprocessing", "postprocessing", "inferer", "device"):
