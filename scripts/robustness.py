@@ -34,6 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pneumonia_monai.atomic import atomic_open
+from pneumonia_monai.data.datalist import resolve_items
 from pneumonia_monai.inference.bundle import InferenceBundle, load_bundle
 from pneumonia_monai.transforms.io import load_raster
 
@@ -98,15 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    items = json.loads(args.datalist.read_text(encoding="utf-8")).get(args.split) or []
+    try:
+        items = resolve_items(
+            json.loads(args.datalist.read_text(encoding="utf-8")), args.split, args.datalist.parent
+        )
+    except KeyError:
+        items = []
     if not items:
         logger.error("%s has no %r list", args.datalist, args.split)
         return 2
     items = items[: args.limit] if args.limit > 0 else items
-    base = args.datalist.parent
-    paths = [
-        str(Path(it["image"]) if Path(it["image"]).is_absolute() else base / it["image"]) for it in items
-    ]
+    paths = [item["image"] for item in items]
     bundle = load_bundle(args.bundle, device="cpu", variant=args.variant)
     reference = score(bundle, paths)
     table = {}

@@ -28,6 +28,7 @@ import torch
 from torch.nn import functional
 from tqdm import tqdm
 
+from pneumonia_monai.data.datalist import resolve_items
 from pneumonia_monai.evaluation.metrics import binary_metrics, expected_calibration_error, roc_auc
 from pneumonia_monai.inference.bundle import InferenceBundle, load_bundle
 
@@ -93,15 +94,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    items = json.loads(args.datalist.read_text(encoding="utf-8")).get(args.split) or []
+    try:
+        items = resolve_items(
+            json.loads(args.datalist.read_text(encoding="utf-8")), args.split, args.datalist.parent
+        )
+    except KeyError:
+        items = []
     if not items:
         logger.error("%s has no %r list", args.datalist, args.split)
         return 2
     items = items[: args.limit] if args.limit > 0 else items
-    base = args.datalist.parent
-    paths = [
-        str(Path(it["image"]) if Path(it["image"]).is_absolute() else base / it["image"]) for it in items
-    ]
+    paths = [item["image"] for item in items]
     y = np.asarray([1 if int(it["label"]) > 0 else 0 for it in items])
     bundle = load_bundle(args.bundle, device="cpu")
     logits = logits_of_views(bundle, paths, args.batch_size)
