@@ -26,6 +26,7 @@ from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import ComputedRadiographyImageStorage
+from test_node_hardening import wait_until
 
 from pneumonia_monai.cli import serve
 from pneumonia_monai.inference import bundle as bundle_module
@@ -39,15 +40,6 @@ from pneumonia_monai.node.service import SECONDS_PER_DAY, DicomNode
 REPO = Path(__file__).resolve().parents[1]
 NODE_AET = "PNEUMONIA"
 DAY = SECONDS_PER_DAY
-
-
-def wait_until(predicate: Callable[[], object], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 class FileProcessor:
@@ -208,7 +200,7 @@ def test_keep_days_0_deletes_a_study_once_sent_but_keeps_a_failed_one(
     sent_node = start_node(keep_days=0)
     paths = study(tmp_path / "a", 2)
     send(sent_node.port, *(dcmread(p) for p in paths))
-    assert wait_until(lambda: len(sent_node.finished) == 1, 30)
+    wait_until(lambda: len(sent_node.finished) == 1, 30, "the sent study to finish")
     done = sent_node.finished[0].path
     assert sent_node.finished[0].status == DONE
     assert sorted(p.name for p in done.iterdir()) == ["status.json"]
@@ -217,7 +209,7 @@ def test_keep_days_0_deletes_a_study_once_sent_but_keeps_a_failed_one(
     failing = start_node(keep_days=0, destination=RecordingDestination(fail=True), send_attempts=1)
     paths = study(tmp_path / "b")
     send(failing.port, dcmread(paths[0]))
-    assert wait_until(lambda: len(failing.finished) == 1, 30)
+    wait_until(lambda: len(failing.finished) == 1, 30, "the failing study to finish")
     assert failing.finished[0].status == FAILED
     assert len(list((failing.finished[0].path / "instances").iterdir())) == 1
 
@@ -232,7 +224,7 @@ def test_the_node_applies_the_default_retention_at_start(
     _, old = _finish(inbox, DONE, 7.01, now)
     _, young = _finish(inbox, DONE, 6.99, now)
     start_node(work_dir=work)  # defaults: keep_days 7, keep_failed_days 30
-    assert wait_until(lambda: not (old / "instances").exists(), 10)
+    wait_until(lambda: not (old / "instances").exists(), 10, "the old images to be deleted")
     assert (old / "status.json").is_file()
     assert (young / "instances").is_dir() and (young / "results" / "sr.dcm").is_file()
 
@@ -277,7 +269,7 @@ def test_the_bundle_is_loaded_once_for_every_study_the_node_processes(
     node = start_node(processor=processor, destination=destination)
     for index, name in enumerate(("a", "b")):  # one after the other: two batches
         send(node.port, dcmread(study(tmp_path / name)[0]))
-        assert wait_until(lambda n=index + 1: len(node.finished) == n, 120)
+        wait_until(lambda n=index + 1: len(node.finished) == n, 120, f"study {index + 1} to finish")
     assert [f.status for f in node.finished] == [DONE, DONE]
     assert len(destination.sent) == 2
     assert len(loads) == 1
