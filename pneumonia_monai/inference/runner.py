@@ -816,16 +816,26 @@ class _Run:
         return True
 
     def _write_seg(self, source_path: Path, lungs: Any, path: Path) -> None:
+        from pneumonia_monai.dicom.seg import build_lung_seg
+
+        self._write_derived(
+            source_path,
+            lambda header: build_lung_seg(
+                header,
+                lungs,
+                algorithm_name=self.bundle.model_name,
+                algorithm_version=self.bundle.model_version,
+            ),
+            path,
+        )
+
+    def _write_derived(self, source_path: Path, build: Any, path: Path) -> None:
+        """Write (atomically) the object ``build`` makes from the header of the film at ``source_path``."""
         from pydicom import dcmread
 
-        from pneumonia_monai.dicom.seg import build_lung_seg
         from pneumonia_monai.dicom.sr import write_dataset_atomic
 
-        header = dcmread(source_path, stop_before_pixels=True, force=True)
-        seg = build_lung_seg(
-            header, lungs, algorithm_name=self.bundle.model_name, algorithm_version=self.bundle.model_version
-        )
-        write_dataset_atomic(seg, path)
+        write_dataset_atomic(build(dcmread(source_path, stop_before_pixels=True, force=True)), path)
 
     def _reused_masks(self, jobs: list[_Job]) -> None:
         """List the mask files of rows reused from an earlier run (they were written then)."""
@@ -845,20 +855,19 @@ class _Run:
                 self.summary.seg_paths.append(seg_path)
 
     def _write_sc(self, source_path: Path, rgb: Any, path: Path) -> None:
-        from pydicom import dcmread
-
         from pneumonia_monai.dicom.secondary_capture import build_heatmap_sc
-        from pneumonia_monai.dicom.sr import write_dataset_atomic
 
-        header = dcmread(source_path, stop_before_pixels=True, force=True)
-        sc = build_heatmap_sc(
-            header,
-            rgb,
-            algorithm_name=self.bundle.model_name,
-            algorithm_version=self.bundle.model_version,
-            operating_point=self.bundle.operating_point,
+        self._write_derived(
+            source_path,
+            lambda header: build_heatmap_sc(
+                header,
+                rgb,
+                algorithm_name=self.bundle.model_name,
+                algorithm_version=self.bundle.model_version,
+                operating_point=self.bundle.operating_point,
+            ),
+            path,
         )
-        write_dataset_atomic(sc, path)
 
     # ---- end of run
 
