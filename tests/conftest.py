@@ -12,6 +12,9 @@ import pytest
 from pneumonia_monai.devtools.netns import NamespaceUnavailableError
 from pneumonia_monai.devtools.orthanc import OrthancServer
 
+#: repo_guard: the session fails if it wrote into the repository tree; pytester: tests of that plugin.
+pytest_plugins = ["pytester", "repo_guard"]
+
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundle"
 SAMPLE_TREE = BUNDLE / "sample_data" / "chest_xray"
