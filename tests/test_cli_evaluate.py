@@ -13,6 +13,7 @@ import pytest
 from pneumonia_monai.cli import evaluate
 from pneumonia_monai.cli.common import EXIT_FAILURES, EXIT_OK, EXIT_USAGE
 from pneumonia_monai.cli.main import main as dispatcher
+from pneumonia_monai.evaluation import join
 from pneumonia_monai.evaluation.metrics import binary_metrics
 
 RESULT_COLUMNS = [
@@ -139,6 +140,26 @@ def test_end_to_end_binary(binary_case, capsys):
     for name in ("roc.png", "pr.png", "calibration.png", "confusion_matrix.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "12 film(s) evaluated" in capsys.readouterr().out
+
+
+def test_join_without_the_command_line(binary_case):
+    """evaluation.join pairs and accounts on its own: the CLI only parses, calls and reports."""
+    tmp_path, results, labels = binary_case
+    results_csv = _write_csv(tmp_path / "results.csv", RESULT_COLUMNS, results)
+    labels_csv = _write_csv(tmp_path / "labels.csv", list(labels[0]), labels)
+    joined = join.join(results_csv, labels_csv, results_root=tmp_path, labels_root=tmp_path)
+    assert joined.num_classes == 2
+    assert joined.accounting["matched_by"] == {"path": 10, "file_name": 2}
+    assert joined.accounting["evaluated"] == 12 and joined.missing == 0
+    assert joined.accounting["results_without_label_by_status"] == {"error": 1, "skipped": 1}
+    assert sorted(row["path"] for row in joined.unmatched) == sorted(
+        str(tmp_path / "films" / name) for name in ("broken.dcm", "lateral.dcm")
+    )
+    np.testing.assert_array_equal(joined.y_true(), [0] * 6 + [1] * 6)
+    np.testing.assert_allclose(joined.probs(), NORMAL + PNEUMONIA)
+    assert joined.groups() is None  # no patient ids
+    assert joined.written_thresholds() == {0.5}
+    assert join.model_version(joined.scored_rows) == "0.1.0"
 
 
 def test_labelled_images_without_prediction_exit_1(binary_case, caplog):
@@ -317,13 +338,13 @@ def test_three_class_datalist_with_patients(tmp_path):
     ],
 )
 def test_class_index_table(value, subtype, num_classes, expected):
-    assert evaluate.class_index(value, subtype, num_classes) == expected
+    assert join.class_index(value, subtype, num_classes) == expected
 
 
 @pytest.mark.parametrize("value", ["pnuemonia", "3", -1, True, ""])
 def test_class_index_rejects(value):
-    with pytest.raises(evaluate.InputError):
-        evaluate.class_index(value, "", 2)
+    with pytest.raises(join.InputError):
+        join.class_index(value, "", 2)
 
 
 def test_malformed_inputs_exit_2(binary_case, caplog):
