@@ -54,16 +54,16 @@ def test_query_studies_with_filters(orthanc: OrthancServer, studies: dict[str, l
     found = query_studies(orthanc.dicomweb_url)
     assert all(isinstance(ds, Dataset) for ds in found)
     assert {str(ds.StudyInstanceUID) for ds in found} == {a, b}
-    (only_b,) = query_studies(orthanc.dicomweb_url, AccessionNumber="ACC-B")
+    (only_b,) = query_studies(orthanc.dicomweb_url, {"AccessionNumber": "ACC-B"})
     assert only_b.StudyInstanceUID == b
     (only_a,) = query_studies(
-        orthanc.dicomweb_url, StudyInstanceUID=a, fields=["NumberOfStudyRelatedInstances"]
+        orthanc.dicomweb_url, {"StudyInstanceUID": a}, fields=["NumberOfStudyRelatedInstances"]
     )
     assert int(only_a.NumberOfStudyRelatedInstances) == 2
     assert len(query_studies(orthanc.dicomweb_url, limit=1)) == 1
-    assert query_studies(orthanc.dicomweb_url, StudyInstanceUID=generate_uid()) == []
+    assert query_studies(orthanc.dicomweb_url, {"StudyInstanceUID": generate_uid()}) == []
     with pytest.raises(ValueError, match="not a DICOM keyword"):
-        query_studies(orthanc.dicomweb_url, PatientsName="x")
+        query_studies(orthanc.dicomweb_url, {"PatientsName": "x"})
     with pytest.raises(ValueError, match="http"):
         query_studies("ftp://example.org/dicom-web")
 

@@ -6,6 +6,7 @@ import json
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from monai.networks.nets import DenseNet121
 
 from pneumonia_monai.cli.infer import main as infer_main
 from pneumonia_monai.devtools.orthanc import OrthancServer
+from pneumonia_monai.dicomweb import pull
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DICOM = REPO / "bundle" / "sample_data" / "dicom"
@@ -83,6 +85,53 @@ def test_pull_usage_and_failures(tmp_path: Path, tiny_bundle: Path, orthanc: Ort
          "--study", "1.2.826.0.1.3680043.8.498.1", "-q"]
     )  # fmt: skip
     assert rc == 1
+
+
+def test_query_keys_are_qido_filters_never_parameters_of_the_query(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every ``--query KEY=VALUE`` reaches QIDO-RS as a filter on attribute KEY, whatever KEY is.
+
+    ``fields=X`` was once spread as a keyword argument into ``query_studies`` and landed on its own
+    ``fields`` parameter (X's characters were then checked as attribute keywords); ``limit=X`` on its
+    ``limit``. A key that is no DICOM keyword is refused by name, before any request.
+    """
+    searches: list[dict[str, Any]] = []
+
+    class RecordingClient:
+        """Stands in for dicomweb-client's DICOMwebClient: records each study search, finds nothing."""
+
+        def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
+            self.url = url
+
+        def set_http_retry_params(self, retry: bool) -> None:
+            assert retry is False
+
+        def search_for_studies(self, **kwargs: Any) -> list[dict]:
+            searches.append(kwargs)
+            return []
+
+    monkeypatch.setattr(pull, "DICOMwebClient", RecordingClient)
+    base = ["--output", str(tmp_path / "out"), "--dicomweb", "http://127.0.0.1:9/dicom-web", "-q"]
+    rc = infer_main(
+        [*base, "--query", "ModalitiesInStudy=DX", "--query", "StudyDescription=X", "--limit", "3"]
+    )
+    assert rc == 1  # nothing matched: no study could be retrieved
+    assert searches == [
+        {
+            "search_filters": {"ModalitiesInStudy": "DX", "StudyDescription": "X"},
+            "fields": None,
+            "limit": 3,
+            "get_remaining": False,
+        }
+    ]
+    for key in ("fields", "limit"):
+        caplog.clear()
+        assert infer_main([*base, "--query", f"{key}=StudyDescription"]) == 2
+        assert f"DICOMweb: {key!r} is not a DICOM keyword" in caplog.text
+    assert len(searches) == 1
+    with pytest.raises(TypeError, match="filters must be a mapping"):
+        pull.query_studies("http://127.0.0.1:9/dicom-web", [("StudyDescription", "X")])
 
 
 def test_manifest_of_dicomweb_instance_urls(

@@ -204,7 +204,7 @@ def _pull(args: argparse.Namespace) -> tuple[list[Path], int]:
 
     study_uids = list(args.study)
     if args.query:
-        found = query_studies(args.dicomweb, limit=args.limit, **_parse_query(args.query))
+        found = query_studies(args.dicomweb, _parse_query(args.query), limit=args.limit)
         study_uids += [str(ds.StudyInstanceUID) for ds in found if "StudyInstanceUID" in ds]
         logger.info("QIDO-RS query matched %d stud(ies)", len(found))
     folders, failed = [], 0

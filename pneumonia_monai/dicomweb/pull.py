@@ -2,7 +2,7 @@
 
 Thin, checked wrappers around dicomweb-client's :class:`~dicomweb_client.api.DICOMwebClient`::
 
-    studies = query_studies(url, ModalitiesInStudy="CR", StudyDate="20240101-20240131")
+    studies = query_studies(url, {"ModalitiesInStudy": "CR", "StudyDate": "20240101-20240131"})
     uid = str(studies[0].StudyInstanceUID)
     paths = retrieve_study(url, uid, Path("in") / uid)          # one Part 10 file per instance
     summary = run_inference([Path("in") / uid], "out")           # pneumonia_monai.inference.runner
@@ -18,7 +18,7 @@ request URLs at debug level).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -72,21 +72,22 @@ def _where(url: str) -> str:
 
 def query_studies(
     url: str,
+    filters: Mapping[str, str] | None = None,
     *,
     limit: int | None = None,
     fields: Sequence[str] = (),
     headers: dict[str, str] | None = None,
-    **filters: str,
 ) -> list[Dataset]:
     """Search for studies with QIDO-RS.
 
     Args:
         url: base URL of the DICOMweb service.
+        filters: attribute matching by DICOM keyword, with QIDO values: ``{"StudyDate":
+            "20240101-20240131", "ModalitiesInStudy": "CR", "AccessionNumber": "A123"}``. A mapping, not
+            keyword arguments, so that no key (``fields``, ``limit``) can land on a parameter of its own.
         limit: at most this many studies; ``None`` returns every match (all pages).
         fields: further attributes to return, by keyword (QIDO ``includefield``).
         headers: extra HTTP headers.
-        **filters: attribute matching by DICOM keyword, with QIDO values: ``StudyDate="20240101-20240131"``,
-            ``ModalitiesInStudy="CR"``, ``AccessionNumber="A123"``, ``StudyInstanceUID="1.2.3"``.
 
     Returns:
         One data set per study (Study Instance UID, Study Date, Modalities in Study...), as the service
@@ -94,8 +95,15 @@ def query_studies(
 
     Raises:
         ValueError: for an unknown keyword, a non-string filter value, a bad ``url`` or ``limit``.
+        TypeError: if ``filters`` is not a mapping or ``fields`` is a single string.
         DicomWebError: if the request fails.
     """
+    if filters is None:
+        filters = {}
+    if not isinstance(filters, Mapping):
+        raise TypeError(f"filters must be a mapping of DICOM keyword to QIDO value, got {filters!r}")
+    if isinstance(fields, str):
+        raise TypeError(f"fields must be a sequence of DICOM keywords, not one string: {fields!r}")
     for keyword, value in [*filters.items(), *((field, "") for field in fields)]:
         if tag_for_keyword(keyword) is None:
             raise ValueError(f"{keyword!r} is not a DICOM keyword")
