@@ -23,8 +23,8 @@ import numpy as np
 from tqdm import tqdm
 
 from pneumonia_monai.inference.bundle import load_bundle
-from pneumonia_monai.inference.heatmap import gradcam, heat_inside
 from pneumonia_monai.transforms import load_film, locate_crop
+from pneumonia_monai.visualize.gradcam import gradcam, heat_inside
 
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("heatmap_mass")

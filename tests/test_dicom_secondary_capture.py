@@ -19,7 +19,7 @@ from pydicom.uid import SecondaryCaptureImageStorage
 
 from pneumonia_monai.dicom.secondary_capture import build_heatmap_sc
 from pneumonia_monai.dicom.sr import write_dataset_atomic
-from pneumonia_monai.inference.heatmap import overlay
+from pneumonia_monai.visualize.overlay import overlay
 
 ALGORITHM = {"algorithm_name": "densenet121-pneumonia", "algorithm_version": "1.2.3"}
 SAMPLE = Path(__file__).resolve().parents[1] / "bundle" / "sample_data" / "chest_xray" / "train" / "PNEUMONIA"

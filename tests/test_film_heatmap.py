@@ -10,16 +10,14 @@ import torch
 from monai.networks.nets import DenseNet121
 from pydicom.data import get_testdata_file
 
-from pneumonia_monai.inference.heatmap import (
-    DENSENET_TARGET_LAYER,
+from pneumonia_monai.transforms import ChestXRayPreprocessd, load_film
+from pneumonia_monai.visualize.gradcam import DENSENET_TARGET_LAYER, gradcam, heat_inside
+from pneumonia_monai.visualize.overlay import (
     NOT_FOR_DIAGNOSTIC_USE,
     display_scale,
     film_heatmap,
-    gradcam,
-    heat_inside,
     reduce_for_display,
 )
-from pneumonia_monai.transforms import ChestXRayPreprocessd, load_film
 
 
 def test_the_target_layer_is_14_by_14_at_the_224_pixel_input() -> None:

@@ -1,6 +1,8 @@
-"""Grad-CAM, overlays and montages of :mod:`pneumonia_monai.inference.heatmap`."""
+"""Grad-CAM, overlays and montages of :mod:`pneumonia_monai.visualize`."""
 
 from __future__ import annotations
+
+import ast
 
 import numpy as np
 import pytest
@@ -8,7 +10,9 @@ import torch
 from monai.networks.nets import DenseNet121
 from PIL import Image
 
-from pneumonia_monai.inference.heatmap import gradcam, montage, overlay, save_png_atomic
+from pneumonia_monai.visualize.gradcam import gradcam
+from pneumonia_monai.visualize.montage import montage
+from pneumonia_monai.visualize.overlay import overlay, save_png_atomic
 
 
 class _BlobNet(torch.nn.Module):
@@ -215,3 +219,24 @@ def test_montage_writes_png_of_expected_size(tmp_path) -> None:
         montage([], tmp_path / "empty.png")
     with pytest.raises(ValueError, match="columns"):
         montage(tiles, tmp_path / "bad.png", columns=0)
+
+
+def _imported_modules(path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("package", ["visualize", "evaluation", "engine"])
+def test_drawing_lies_below_inference(repo_root, package: str) -> None:
+    """Training and evaluation draw with pneumonia_monai.visualize: no module of theirs imports inference."""
+    offenders = {
+        str(path.relative_to(repo_root)): sorted(m for m in _imported_modules(path) if "inference" in m)
+        for path in sorted((repo_root / "pneumonia_monai" / package).glob("*.py"))
+    }
+    assert {path: names for path, names in offenders.items() if names} == {}

@@ -33,7 +33,6 @@ from pydicom.uid import JPEG2000Lossless, RLELossless, SecondaryCaptureImageStor
 from pneumonia_monai.cli import infer as infer_cli
 from pneumonia_monai.inference import runner
 from pneumonia_monai.inference.bundle import BundleError, InferenceBundle, load_bundle
-from pneumonia_monai.inference.heatmap import display_scale
 from pneumonia_monai.inference.manifest import (
     RESULT_COLUMNS,
     STUDY_COLUMNS,
@@ -42,6 +41,7 @@ from pneumonia_monai.inference.manifest import (
 )
 from pneumonia_monai.inference.runner import KILL_AFTER_ENV, in_flight_limit, run_inference
 from pneumonia_monai.transforms import load_film
+from pneumonia_monai.visualize.overlay import display_scale
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_CONFIG = REPO / "bundle" / "configs" / "inference.json"

@@ -28,12 +28,12 @@ from pneumonia_monai.cli.infer import main as infer_main
 from pneumonia_monai.dicom.seg import LUNG_FIELDS_LABEL, build_lung_seg
 from pneumonia_monai.dicom.sr import write_dataset_atomic
 from pneumonia_monai.inference.bundle import InferenceBundle, load_bundle
-from pneumonia_monai.inference.heatmap import box_pixels
 from pneumonia_monai.inference.masks import MASK_DIR, cam_on_film, mask_names
 from pneumonia_monai.inference.runner import run_inference
 from pneumonia_monai.transforms.io import load_film
 from pneumonia_monai.transforms.lung_crop import lung_field_mask
 from pneumonia_monai.transforms.volume_io import FilmGrid
+from pneumonia_monai.visualize.overlay import box_pixels
 
 ALGORITHM = {"algorithm_name": "densenet121-pneumonia", "algorithm_version": "1.2.3"}
 #: dciodvfy warnings accepted: RG1's Referring Physician's Name "ward" (copied from the source, as the

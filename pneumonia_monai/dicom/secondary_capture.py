@@ -95,7 +95,7 @@ def build_heatmap_sc(
     Args:
         source: the film the heatmap explains (its header is enough).
         overlay_rgb: ``(rows, columns, 3)`` uint8 RGB image, e.g. from
-            :func:`pneumonia_monai.inference.heatmap.overlay`.
+            :func:`pneumonia_monai.visualize.overlay.film_heatmap`.
         algorithm_name: name of the model (Manufacturer's Model Name, Derivation Description).
         algorithm_version: version of the model (Software Versions, Derivation Description).
         series_number: Series Number of the heatmap series.

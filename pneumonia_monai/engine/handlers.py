@@ -13,6 +13,7 @@ from ignite.engine import Engine, Events
 from pneumonia_monai.constants import class_names
 from pneumonia_monai.decision import explained_class, pneumonia_probability
 from pneumonia_monai.transforms.lung_crop import crop_fractions
+from pneumonia_monai.visualize.gradcam import gradcam
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,6 @@ class MetricsReportHandler:
     def _report(self, engine: Engine) -> None:
         from pneumonia_monai.evaluation.report import write_report
         from pneumonia_monai.evaluation.threshold import choose_threshold
-        from pneumonia_monai.inference.heatmap import gradcam
 
         y_true = np.asarray(self.labels, dtype=int)
         probs = np.stack(self.probs)

@@ -240,8 +240,9 @@ def _write_montage(
     if not cases:
         return None
     # imported here: the heat-map module pulls in torch and MONAI, which the metrics do not need
-    from pneumonia_monai.inference.heatmap import film_heatmap, montage, overlay
     from pneumonia_monai.transforms.io import load_film
+    from pneumonia_monai.visualize.montage import montage
+    from pneumonia_monai.visualize.overlay import film_heatmap, overlay
 
     def tile(category: str, i: int) -> np.ndarray:
         cam = _unit_2d(cams(i) if callable(cams) else cams[i], f"cams[{i}]")

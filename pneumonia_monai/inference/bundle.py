@@ -34,7 +34,7 @@ from pneumonia_monai import decision
 from pneumonia_monai.decision import BINARY_CLASSES, SUBTYPE_CLASSES
 from pneumonia_monai.engine.checkpoint import network_state
 from pneumonia_monai.engine.precision import PRECISIONS, AutocastInferer
-from pneumonia_monai.inference.heatmap import DENSENET_TARGET_LAYER
+from pneumonia_monai.visualize.gradcam import DENSENET_TARGET_LAYER
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class InferenceBundle:
             threshold, spatial size, lung crop, pre/post-processing configs, version): results computed
             with another fingerprint are never reused.
         heatmap_layer: the module of ``network`` whose output Grad-CAM explains (``heatmap_layer`` in
-            ``inference.json``; default :data:`~pneumonia_monai.inference.heatmap.DENSENET_TARGET_LAYER`).
+            ``inference.json``; default :data:`~pneumonia_monai.visualize.gradcam.DENSENET_TARGET_LAYER`).
         operating_point: where ``threshold`` comes from: ``"bundle"`` (its ``inference.json``), or a
             site overlay's label (:func:`pneumonia_monai.site_overlay.apply_site`).
     """

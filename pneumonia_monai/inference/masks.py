@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from pneumonia_monai.atomic import write_bytes_atomic
-from pneumonia_monai.inference.heatmap import box_pixels
 from pneumonia_monai.transforms.volume_io import FilmGrid
+from pneumonia_monai.visualize.overlay import box_pixels
 
 logger = logging.getLogger(__name__)
 
