@@ -716,11 +716,7 @@ class _Run:
         The Grad-CAM of the network input is laid over the whole film at its own geometry (the film
         is loaded again, for display, only here).
         """
-        from pneumonia_monai.inference.heatmap import (
-            film_heatmap,
-            reduce_for_display,
-            save_png_atomic,
-        )
+        from pneumonia_monai.visualize.overlay import film_heatmap, reduce_for_display, save_png_atomic
         from pneumonia_monai.transforms.io import load_film
 
         folder = self.out / HEATMAP_DIR
@@ -752,7 +748,7 @@ class _Run:
 
     def _cam(self, item: _Item, probs: Any) -> Any:
         """The Grad-CAM of an item's network input (computed once, for the heatmaps and the masks)."""
-        from pneumonia_monai.inference.heatmap import gradcam
+        from pneumonia_monai.visualize.gradcam import gradcam
 
         if item.cam is None:
             item.cam = gradcam(
