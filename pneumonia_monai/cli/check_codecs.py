@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 
 from pneumonia_monai.cli.common import (
     EXIT_FAILURES,
@@ -43,7 +44,7 @@ def format_table(decoders: dict[str, list[str]]) -> str:
 
 
 @returns_exit_status
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Print the table; return 0 when every syntax can be decoded, 1 otherwise."""
     args = build_parser().parse_args(argv)
     configure_logging(args)

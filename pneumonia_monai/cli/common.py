@@ -14,8 +14,11 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
+from typing import ParamSpec
 
 from pneumonia_monai.redaction import PhiRedactingFilter, install_phi_redaction
+
+P = ParamSpec("P")
 
 #: Exit status: every file was ``ok`` or ``skipped``.
 EXIT_OK = 0
@@ -45,12 +48,12 @@ def configure_logging(args: argparse.Namespace) -> None:
     root.setLevel(level)
     ours = [h for h in root.handlers if getattr(h, "_pneumonia_monai", False)]
     if not ours:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        handler.addFilter(PhiRedactingFilter())
-        handler._pneumonia_monai = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
-        ours = [handler]
+        new = logging.StreamHandler(sys.stderr)
+        new.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        new.addFilter(PhiRedactingFilter())
+        new._pneumonia_monai = True  # type: ignore[attr-defined]  # our mark, found again by a later call
+        root.addHandler(new)
+        ours = [new]
     for handler in ours:  # a later command in the same process writes to the stderr of its own time
         if isinstance(handler, logging.StreamHandler) and handler.stream is not sys.stderr:
             with handler.lock or contextlib.nullcontext():  # not setStream: it flushes the old, maybe closed
@@ -147,17 +150,18 @@ def fraction_below_one(text: str) -> float:
     return value
 
 
-def returns_exit_status(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+def returns_exit_status(main: Callable[P, int]) -> Callable[P, int]:
     """Make a command's ``main(argv)`` return argparse's exit status (2, or 0 for ``--help``).
 
     argparse raises :class:`SystemExit` on bad usage; a ``main`` that tests and other programs call
-    directly should return the status instead, as the commands' contract says.
+    directly should return the status instead, as the commands' contract says. The wrapper keeps the
+    signature of ``main`` (``argv`` and its default), for callers and for the type checker.
     """
 
     @functools.wraps(main)
-    def wrapper(argv: list[str] | None = None) -> int:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> int:
         try:
-            return main(argv)
+            return main(*args, **kwargs)
         except SystemExit as exc:
             if isinstance(exc.code, int):
                 return exc.code

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from pneumonia_monai.cli.common import (
@@ -180,7 +181,7 @@ def _dicom_to_datalist(args: argparse.Namespace) -> int:
 
 
 @returns_exit_status
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run ``pneumonia-monai convert``; return the exit status."""
     args = build_parser().parse_args(argv)
     configure_logging(args)

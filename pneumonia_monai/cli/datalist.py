@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from pneumonia_monai.atomic import write_json_atomic
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @returns_exit_status
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run ``pneumonia-monai datalist``; image paths are written relative to the output's folder."""
     args = build_parser().parse_args(argv)
     configure_logging(args)

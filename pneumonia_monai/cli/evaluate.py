@@ -244,7 +244,7 @@ def _report_summary(report: Mapping[str, Any], n: int, threshold: float, output:
 
 
 @returns_exit_status
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run ``pneumonia-monai evaluate``; return the exit status."""
     args = build_parser().parse_args(argv)
     configure_logging(args)

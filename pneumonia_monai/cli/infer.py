@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from pneumonia_monai.cli.common import (
@@ -222,7 +223,7 @@ def _pull(args: argparse.Namespace) -> tuple[list[Path], int]:
 
 
 @returns_exit_status
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run ``pneumonia-monai infer``; return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """``pneumonia-monai``: one entry point, one sub-command per module of :mod:`pneumonia_monai.cli`.
 
-Every sub-command module has ``main(argv: list[str] | None = None) -> int`` so that tests can call it
+Every sub-command module has ``main(argv: Sequence[str] | None = None) -> int`` so that tests can call it
 directly as well as through a subprocess.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Sequence
 
 from pneumonia_monai import __version__
 
@@ -46,7 +47,7 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch to the sub-command named by the first argument."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in {"-h", "--help"}:

@@ -20,7 +20,7 @@ import argparse
 import io
 import logging
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from pathlib import Path
 from typing import TypeVar
 
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @returns_exit_status
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run ``pneumonia-monai select``; return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)

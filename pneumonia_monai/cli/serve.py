@@ -48,6 +48,7 @@ import argparse
 import logging
 import signal
 import threading
+from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
 from types import FrameType
@@ -318,7 +319,7 @@ def _load_processor(config: NodeConfig) -> InferenceProcessor:
 
 
 @returns_exit_status
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run ``pneumonia-monai serve`` until SIGTERM or SIGINT; return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
