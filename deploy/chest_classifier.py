@@ -30,8 +30,10 @@ import torch
 from monai.bundle import ConfigParser
 from pydicom.dataset import Dataset
 
+from pneumonia_monai.dicom.header import Header
 from pneumonia_monai.dicom.intended_use import UNKNOWN
-from pneumonia_monai.dicom.selection import SELECTED, Header, SelectionRules, decide_header, intended_use_of
+from pneumonia_monai.dicom.rules import SelectionRules
+from pneumonia_monai.dicom.selection import SELECTED, decide_header, intended_use_of
 from pneumonia_monai.dicom.sr import ImageFinding, build_pneumonia_sr
 from pneumonia_monai.engine.checkpoint import load_network_state
 

@@ -17,7 +17,8 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
 
 from pneumonia_monai.dicom import pixels
-from pneumonia_monai.dicom.io import DicomReadError, is_dicom, read_image
+from pneumonia_monai.dicom.header import is_dicom
+from pneumonia_monai.dicom.io import DicomReadError, read_image
 
 CONTRACT_KEYS = {
     "study_uid",

@@ -19,13 +19,9 @@ from pydicom.uid import (
 )
 
 from pneumonia_monai.cli import select as select_cli
-from pneumonia_monai.dicom.selection import (
-    DECISION_COLUMNS,
-    SelectionRules,
-    TruncatedDicomError,
-    read_header,
-    select_files,
-)
+from pneumonia_monai.dicom.header import TruncatedDicomError, read_header
+from pneumonia_monai.dicom.rules import SelectionRules
+from pneumonia_monai.dicom.selection import DECISION_COLUMNS, select_files
 
 SAMPLE = Path(__file__).resolve().parents[1] / "bundle/sample_data/chest_xray"
 DEFAULT_RULES_TEXT = (

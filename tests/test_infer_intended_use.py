@@ -18,7 +18,7 @@ from pydicom.uid import SecondaryCaptureImageStorage
 from test_dicom_sr import assert_air_displayable, assert_valid
 from test_infer_cli import SMALL_NET, chest, film, write_bundle
 
-from pneumonia_monai.dicom.selection import SelectionRules
+from pneumonia_monai.dicom.rules import SelectionRules
 from pneumonia_monai.dicom.sr import OUTSIDE_INTENDED_USE
 from pneumonia_monai.inference.bundle import load_bundle
 from pneumonia_monai.inference.manifest import read_results_csv

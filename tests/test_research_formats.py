@@ -21,7 +21,7 @@ from PIL import Image
 
 from pneumonia_monai.data.datalist import prepare_datalist
 from pneumonia_monai.data.films import list_films
-from pneumonia_monai.data.formats import film_stem, film_suffix, is_film_name
+from pneumonia_monai.formats import film_stem, film_suffix, is_film_name
 from pneumonia_monai.data.kaggle import scan_kaggle_tree
 from pneumonia_monai.dicom.selection import select_files
 from pneumonia_monai.inference.bundle import InferenceBundle, load_bundle

@@ -14,7 +14,8 @@ from typing import Any
 
 from monai.transforms import MapTransform
 
-from pneumonia_monai.dicom.selection import SelectionRules, select_files
+from pneumonia_monai.dicom.rules import SelectionRules
+from pneumonia_monai.dicom.selection import select_files
 
 logger = logging.getLogger(__name__)
 

@@ -44,7 +44,7 @@ from pneumonia_monai.dicom.convert import (
     kaggle_to_dicom,
     write_report,
 )
-from pneumonia_monai.dicom.selection import SelectionRules
+from pneumonia_monai.dicom.rules import SelectionRules
 
 logger = logging.getLogger(__name__)
 

@@ -37,7 +37,8 @@ from pneumonia_monai.cli.common import (
     configure_logging,
     returns_exit_status,
 )
-from pneumonia_monai.dicom.selection import DECISION_COLUMNS, ERROR, SelectionRules, select_files
+from pneumonia_monai.dicom.rules import SelectionRules
+from pneumonia_monai.dicom.selection import DECISION_COLUMNS, ERROR, select_files
 
 logger = logging.getLogger(__name__)
 

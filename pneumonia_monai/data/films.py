@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pneumonia_monai.data.formats import is_film_name
+from pneumonia_monai.formats import is_film_name
 from pneumonia_monai.data.kaggle import JUNK_NAMES
 
 logger = logging.getLogger(__name__)
@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 def list_films(folder: str | Path) -> list[dict[str, str]]:
     """Return ``[{"image": path}, ...]`` for the films under ``folder``, sorted.
 
-    Films are DICOM files and the pictures and research files of :mod:`pneumonia_monai.data.formats`
+    Films are DICOM files and the pictures and research files of :mod:`pneumonia_monai.formats`
     (JPEG, PNG, TIFF, NIfTI, MetaImage, NRRD).
 
     DICOM files are recognised by their header, whatever their name. For triage of real DICOM

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pneumonia_monai.data.formats import film_stem, is_film_name
+from pneumonia_monai.formats import film_stem, is_film_name
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def _dedup_key(rel: Path) -> tuple[str, ...]:
 def iter_image_files(root: Path) -> Iterator[Path]:
     """Yield film files under ``root`` in sorted order, skipping Mac and Windows junk.
 
-    Films are recognised by their names (:data:`pneumonia_monai.data.formats.FILM_SUFFIXES`: JPEG, PNG,
+    Films are recognised by their names (:data:`pneumonia_monai.formats.FILM_SUFFIXES`: JPEG, PNG,
     TIFF, NIfTI, MetaImage, NRRD).
     """
     for path in sorted(root.rglob("*")):

@@ -49,14 +49,9 @@ from pydicom.uid import (
 from pneumonia_monai.atomic import write_bytes_atomic, write_csv_atomic, write_json_atomic
 from pneumonia_monai.constants import CLASS_NAMES
 from pneumonia_monai.data.kaggle import IMAGE_SUFFIXES, JUNK_NAMES, ImageRecord, scan_kaggle_tree
-from pneumonia_monai.dicom.selection import (
-    HEADER_READ_ERRORS,
-    SELECTED,
-    Decision,
-    SelectionRules,
-    read_header,
-    select_files,
-)
+from pneumonia_monai.dicom.header import HEADER_READ_ERRORS, read_header
+from pneumonia_monai.dicom.rules import SelectionRules
+from pneumonia_monai.dicom.selection import SELECTED, Decision, select_files
 from pneumonia_monai.dicom.uids import derived_uid, file_digest, pseudonym, salted_patient_hash
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,6 @@
-"""Recognise DICOM files by their header and read one as a display image plus non-PHI facts.
+"""Read a DICOM file as a display image plus non-PHI facts.
+
+Files are recognised as DICOM by :func:`pneumonia_monai.dicom.header.is_dicom` (by their header).
 
 :func:`read_image` reads the whole data set with pydicom (``force=True``, so files without the
 128-byte preamble are read too), decodes **the first frame only** with pydicom 3's decoder for the
@@ -29,12 +31,12 @@ from typing import Any
 
 import numpy as np
 from pydicom import uid
-from pydicom.datadict import dictionary_has_tag
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
 from pydicom.pixels.utils import as_pixel_options
 
 from pneumonia_monai.dicom import codecs, limits, pixels, reduced
+from pneumonia_monai.dicom.header import is_dicom
 
 logger = logging.getLogger(__name__)
 
@@ -54,42 +56,9 @@ REQUIRED_ATTRIBUTES: dict[str, str] = {
 #: JPEG 2000 and come back from the decoders as RGB.
 SUPPORTED_PHOTOMETRIC: frozenset[str] = pixels.GRAYSCALE | pixels.COLOUR | {"YBR_ICT", "YBR_RCT"}
 
-#: First two bytes of a data set written without preamble: group 0002 or 0008, either byte order.
-_NO_PREAMBLE_STARTS = frozenset({b"\x02\x00", b"\x00\x02", b"\x08\x00", b"\x00\x08"})
-
 
 class DicomReadError(ValueError):
     """A DICOM file that cannot be turned into an image; the message says why, for humans."""
-
-
-# --------------------------------------------------------------------------------------------------
-# sniffing
-
-
-def is_dicom(path: str | Path) -> bool:
-    """Return whether ``path`` is a DICOM file, judged by its header, never by its name.
-
-    True for the ``DICM`` magic at byte 128 (PS3.10 file format), or for a file without preamble that
-    pydicom can parse with ``force=True`` and that holds at least one group 0008 element known to the
-    DICOM dictionary. Never raises: unreadable paths and folders are not DICOM.
-    """
-    path = Path(path)
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(132)
-    except OSError:
-        return False
-    if len(head) == 132 and head[128:132] == b"DICM":
-        return True
-    if head[:2] not in _NO_PREAMBLE_STARTS:  # cheap reject of JPEGs, text, ... before parsing
-        return False
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds, _ = limits.read_dicom(path, force=True, stop_before_pixels=True)
-        return any(tag.group == 0x0008 and dictionary_has_tag(tag) for tag in ds.keys())  # noqa: SIM118
-    except Exception:  # noqa: BLE001 - any parse failure means "not DICOM"
-        return False
 
 
 # --------------------------------------------------------------------------------------------------

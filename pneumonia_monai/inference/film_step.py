@@ -29,7 +29,8 @@ from typing import Any
 import torch
 
 from pneumonia_monai.data.kaggle import JUNK_NAMES
-from pneumonia_monai.dicom.selection import SELECTED, SelectionRules, decide_file, entry_problem
+from pneumonia_monai.dicom.rules import SelectionRules
+from pneumonia_monai.dicom.selection import SELECTED, decide_file, entry_problem
 from pneumonia_monai.inference.bundle import InferenceBundle
 from pneumonia_monai.inference.manifest import ERROR, NORMAL, OK, PNEUMONIA, SKIPPED, ResultRow
 from pneumonia_monai.transforms.lung_crop import crop_fractions, lacks_content

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from pneumonia_monai.data.formats import VOLUME_FORMATS, film_suffix
+from pneumonia_monai.formats import VOLUME_FORMATS, film_suffix
 from pneumonia_monai.transforms.io import ImageLoadError
 
 logger = logging.getLogger(__name__)
