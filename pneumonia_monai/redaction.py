@@ -77,7 +77,7 @@ def redact_record(record: logging.LogRecord) -> None:
     if record.exc_info and record.exc_info[0] is not None and not getattr(record, "_phi_exc", False):
         text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
         record.exc_text = redact(text, all_quoted=all_quoted)
-        record._phi_exc = True  # type: ignore[attr-defined]
+        record._phi_exc = True
     if record.stack_info:
         record.stack_info = redact(record.stack_info)
 

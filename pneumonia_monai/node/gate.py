@@ -209,7 +209,7 @@ class GatedRequestHandler(RequestHandler):
         """Hand the connection to pynetdicom once its A-ASSOCIATE-RQ is complete, else close it."""
         sock = self.request
         if self.server.ssl_context is None:  # MSG_PEEK cannot see through TLS
-            reason = self.server.gate.wait_for_request(sock)  # type: ignore[arg-type]
+            reason = self.server.gate.wait_for_request(sock)
             if reason is not None:
                 host, port = self.client_address[:2]
                 if reason.startswith("bad-ae"):

@@ -373,7 +373,7 @@ class Inbox:
                     study = self._studies[study_uid] = _Study(_State.PENDING, self._clock())
                 study.writing += 1
                 study.last_arrival = self._clock()
-        if late:
+        if late or study is None:  # study is None only when late: a finished study, not in memory
             if self._already_processed(study_uid, name):
                 logger.info("study %s: discarded a copy of instance %s, already processed", study_uid, name)
                 return StoreOutcome.DUPLICATE

@@ -34,11 +34,12 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from typing import cast
 
 from pydicom import uid as uids
 from pynetdicom import AE, AllStoragePresentationContexts, evt
-from pynetdicom.events import Event
-from pynetdicom.sop_class import Verification
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
 from pneumonia_monai.dicom import codecs, limits
@@ -52,6 +53,10 @@ logger = logging.getLogger(__name__)
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
+
+#: Verification SOP Class (C-ECHO; PS3.4 Annex A): pynetdicom's ``sop_class.Verification``, which it
+#: makes at import time, so a type checker cannot see it.
+VERIFICATION_SOP_CLASS = uids.UID("1.2.840.10008.1.1")
 
 #: Transfer syntaxes accepted without a decoder check: pydicom reads them itself.
 NATIVE_TRANSFER_SYNTAXES: tuple[str, ...] = (
@@ -80,7 +85,7 @@ def accepted_transfer_syntaxes() -> list[str]:
     The compressed syntaxes without a licence-safe decoder in this install are left out, with a warning.
     """
     accepted = list(NATIVE_TRANSFER_SYNTAXES)
-    refused = []
+    refused: list[str] = []
     for syntax in COMPRESSED_TRANSFER_SYNTAXES:
         try:
             plugins = codecs.available_plugins(syntax)
@@ -138,8 +143,9 @@ class StorageSCP:
     def _build_ae(self) -> AE:
         ae = AE(ae_title=self.config.ae_title)
         for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, self.transfer_syntaxes)
-        ae.add_supported_context(Verification, self.transfer_syntaxes)
+            if context.abstract_syntax is not None:  # always set in pynetdicom's list; typed optional
+                ae.add_supported_context(context.abstract_syntax, self.transfer_syntaxes)
+        ae.add_supported_context(VERIFICATION_SOP_CLASS, self.transfer_syntaxes)
         ae.require_calling_aet = list(self.config.allowed_calling_aes)
         ae.require_called_aet = self.config.require_called_ae
         ae.maximum_associations = self.config.max_associations
@@ -163,7 +169,7 @@ class StorageSCP:
         """
         if self._server is not None:
             raise RuntimeError("the SCP is already started")
-        handlers = [
+        handlers: list[EventHandlerType] = [
             (evt.EVT_C_STORE, self._handle_store),
             (evt.EVT_C_ECHO, self._handle_echo),
             (evt.EVT_REJECTED, self._handle_rejected),
@@ -244,7 +250,10 @@ class StorageSCP:
         try:
             if event.context.transfer_syntax == uids.DeflatedExplicitVRLittleEndian:
                 # pynetdicom inflates a deflated data set in one piece: its size is checked first
-                limits.check_inflated_size(event.request.DataSet.getvalue())
+                encoded = cast(C_STORE, event.request).DataSet
+                if encoded is None:
+                    raise ValueError("the C-STORE request carries no data set")
+                limits.check_inflated_size(encoded.getvalue())
             ds = event.dataset
             study_uid = ds.get("StudyInstanceUID")
             sop_uid = ds.get("SOPInstanceUID")
