@@ -31,6 +31,7 @@ from monai.bundle import ConfigParser
 from pydicom.dataset import Dataset
 
 from pneumonia_monai.dicom.header import Header
+from pneumonia_monai.decision import is_pneumonia, pneumonia_probability
 from pneumonia_monai.dicom.intended_use import UNKNOWN
 from pneumonia_monai.dicom.rules import SelectionRules
 from pneumonia_monai.dicom.selection import SELECTED, decide_header, intended_use_of
@@ -319,8 +320,10 @@ class BundleClassifier:
         if not np.all(np.isfinite(probs)) or not math.isclose(float(probs.sum()), 1.0, abs_tol=1e-4):
             raise ValueError(f"postprocessing did not give probabilities: {probs.tolist()}")
         probabilities = {name: float(p) for name, p in zip(self.class_names, probs, strict=True)}
-        prob_pneumonia = min(max(1.0 - probabilities[NORMAL_CLASS], 0.0), 1.0)
-        return Prediction(probabilities, prob_pneumonia, self.threshold, prob_pneumonia >= self.threshold)
+        prob_pneumonia = pneumonia_probability(probs, self.class_names)
+        return Prediction(
+            probabilities, prob_pneumonia, self.threshold, is_pneumonia(prob_pneumonia, self.threshold)
+        )
 
 
 def _algorithm_identity(bundle_root: Path) -> tuple[str, str]:

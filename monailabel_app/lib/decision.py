@@ -14,6 +14,7 @@ from typing import Any
 
 from monai.transforms import MapTransform
 
+from pneumonia_monai.decision import is_pneumonia, pneumonia_probability
 from pneumonia_monai.dicom.rules import SelectionRules
 from pneumonia_monai.dicom.selection import select_files
 
@@ -115,8 +116,8 @@ def classification_result(
     ):
         raise ValueError(f"not probabilities: {probs}")
     threshold = check_threshold(threshold)
-    prob_pneumonia = min(max(1.0 - probs[names.index(NORMAL_CLASS)], 0.0), 1.0)
-    present = prob_pneumonia >= threshold
+    prob_pneumonia = pneumonia_probability(probs, names)
+    present = is_pneumonia(prob_pneumonia, threshold)
     return {
         "label": "pneumonia" if present else NORMAL_CLASS,
         "prob_pneumonia": prob_pneumonia,

@@ -28,6 +28,8 @@ import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from pneumonia_monai.decision import called_pneumonia, pneumonia_probabilities
+
 logger = logging.getLogger(__name__)
 
 #: A metric to bootstrap: ``metric(y_true, prob) -> float`` on one (re)sample.
@@ -168,7 +170,7 @@ def confusion_counts(y_true: np.ndarray, prob: np.ndarray, threshold: float) -> 
 
     Inputs are not validated: the public functions that call this do it.
     """
-    pred = prob >= threshold
+    pred = called_pneumonia(prob, threshold)
     pos = y_true == 1
     tp = int(np.count_nonzero(pred & pos))
     fp = int(np.count_nonzero(pred & ~pos))
@@ -389,8 +391,9 @@ def multiclass_metrics(
     """Return the metrics of a k-class prediction and of its pneumonia-vs-normal view.
 
     The predicted class is the arg-max of ``probs`` (the first class on a tie). Class 0 must be
-    ``normal``: the binary view scores ``prob_pneumonia = 1 - probs[:, 0]`` against ``y_true > 0``
-    with :func:`binary_metrics` at ``threshold``.
+    ``normal``: the binary view scores ``prob_pneumonia = 1 - probs[:, 0]``
+    (:func:`pneumonia_monai.decision.pneumonia_probabilities`) against ``y_true > 0`` with
+    :func:`binary_metrics` at ``threshold``.
 
     Args:
         y_true: ``(n,)`` labels in ``0..k-1``.
@@ -456,7 +459,9 @@ def multiclass_metrics(
             for c in range(k)
         },
         "confusion_matrix": cm.astype(int).tolist(),
-        "binary": binary_metrics((y > 0).astype(np.int64), 1.0 - p[:, 0], threshold, n_bins=n_bins),
+        "binary": binary_metrics(
+            (y > 0).astype(np.int64), pneumonia_probabilities(p, names), threshold, n_bins=n_bins
+        ),
     }
 
 

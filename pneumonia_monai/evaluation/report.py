@@ -47,7 +47,7 @@ import numpy as np
 
 from pneumonia_monai import __version__
 from pneumonia_monai.atomic import write_json_atomic
-from pneumonia_monai.decision import pneumonia_probabilities
+from pneumonia_monai.decision import called_pneumonia, pneumonia_probabilities
 from pneumonia_monai.evaluation.metrics import (
     binary_metrics,
     bootstrap_ci,
@@ -206,7 +206,7 @@ def select_montage_cases(
     Returns:
         ``(category, index)`` pairs in the order of :data:`MONTAGE_CATEGORIES`.
     """
-    called = prob >= threshold
+    called = called_pneumonia(prob, threshold)
     masks = {
         "TP": called & (y_true == 1),
         "FP": called & (y_true == 0),

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from pneumonia_monai.decision import called_pneumonia
 from pneumonia_monai.evaluation.metrics import validate_binary, validate_threshold
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def operating_points(y_true: Any, prob: Any) -> tuple[np.ndarray, np.ndarray, np
 
 
 def _rates_at(y: np.ndarray, p: np.ndarray, threshold: float) -> tuple[float, float]:
-    pred = p >= threshold
+    pred = called_pneumonia(p, threshold)
     n_pos = int(np.count_nonzero(y == 1))
     n_neg = int(y.size) - n_pos
     sens = np.count_nonzero(pred & (y == 1)) / n_pos if n_pos else float("nan")

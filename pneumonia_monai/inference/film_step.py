@@ -29,10 +29,11 @@ from typing import Any
 import torch
 
 from pneumonia_monai.data.kaggle import JUNK_NAMES
+from pneumonia_monai.decision import label_at
 from pneumonia_monai.dicom.rules import SelectionRules
 from pneumonia_monai.dicom.selection import SELECTED, decide_file, entry_problem
 from pneumonia_monai.inference.bundle import InferenceBundle
-from pneumonia_monai.inference.manifest import ERROR, NORMAL, OK, PNEUMONIA, SKIPPED, ResultRow
+from pneumonia_monai.inference.manifest import ERROR, OK, SKIPPED, ResultRow
 from pneumonia_monai.transforms.lung_crop import crop_fractions, lacks_content
 
 logger = logging.getLogger(__name__)
@@ -241,7 +242,7 @@ class FilmContext:
                     item.sop_uid,
                     item.view,
                     prob_pneumonia=prob,
-                    prediction=PNEUMONIA if prob >= bundle.threshold else NORMAL,
+                    prediction=label_at(prob, bundle.threshold),
                     intended_use=item.intended_use,
                     **self.common,
                     **subtypes,

@@ -35,6 +35,7 @@ from typing import IO, Any
 
 from pneumonia_monai import atomic
 from pneumonia_monai.checks import check_probability
+from pneumonia_monai.decision import NORMAL, label_at
 from pneumonia_monai.dicom.intended_use import INTENDED_USE_VALUES, UNKNOWN
 from pneumonia_monai.names import escape_name, printable
 
@@ -45,9 +46,7 @@ OK = "ok"
 SKIPPED = "skipped"
 ERROR = "error"
 STATUSES: tuple[str, ...] = (OK, SKIPPED, ERROR)
-#: Predictions of an ``ok`` row.
-NORMAL = "normal"
-PNEUMONIA = "pneumonia"
+#: The prediction of an ``ok`` row is :func:`pneumonia_monai.decision.label_at` (``NORMAL`` imported above).
 
 #: Columns of ``results.csv`` / ``results.json``, in order.
 RESULT_COLUMNS: tuple[str, ...] = (
@@ -176,7 +175,7 @@ class ResultRow:
         if any(v is not None for v in subtypes) and any(v is None for v in subtypes):
             raise ValueError("prob_normal, prob_bacterial and prob_viral must be given together")
         if ok:
-            expected = PNEUMONIA if self.prob_pneumonia >= self.threshold else NORMAL  # type: ignore[operator]
+            expected = label_at(self.prob_pneumonia, self.threshold)  # type: ignore[arg-type]
             if self.prediction != expected:
                 raise ValueError(
                     f"prediction {self.prediction!r} contradicts prob_pneumonia {self.prob_pneumonia!r} "
@@ -300,7 +299,7 @@ def aggregate_studies(
     studies = []
     for study_uid, values in probs.items():
         top = max(values) if values else None
-        prediction = "" if top is None else (PNEUMONIA if top >= threshold else NORMAL)
+        prediction = "" if top is None else label_at(top, threshold)
         studies.append(
             StudyRow(study_uid, len(values), top, prediction, threshold, model_version, "", operating_point)
         )
