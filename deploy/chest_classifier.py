@@ -30,8 +30,8 @@ import torch
 from monai.bundle import ConfigParser
 from pydicom.dataset import Dataset
 
-from pneumonia_monai.dicom.header import Header
 from pneumonia_monai.decision import is_pneumonia, pneumonia_probability
+from pneumonia_monai.dicom.header import Header
 from pneumonia_monai.dicom.intended_use import UNKNOWN
 from pneumonia_monai.dicom.rules import SelectionRules
 from pneumonia_monai.dicom.selection import SELECTED, decide_header, intended_use_of
