@@ -18,8 +18,8 @@ logger = logging.getLogger(__name__)
 
 
 def grouped_split(
-    strata: Sequence[str],
-    groups: Sequence[str],
+    strata: Sequence[str] | np.ndarray,
+    groups: Sequence[str] | np.ndarray,
     *,
     val_fraction: float = 0.2,
     seed: int = 0,
@@ -53,7 +53,12 @@ def grouped_split(
 
 
 def _fold(
-    strata: Sequence[str], groups: Sequence[str], *, n_splits: int, fold: int, seed: int
+    strata: Sequence[str] | np.ndarray,
+    groups: Sequence[str] | np.ndarray,
+    *,
+    n_splits: int,
+    fold: int,
+    seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fold ``fold`` of a shuffled (stratified where possible) group K-fold over the items."""
     n_groups = len(set(groups))

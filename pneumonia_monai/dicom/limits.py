@@ -593,9 +593,9 @@ def read_dicom(
         Whatever :func:`pydicom.dcmread` raises for a damaged file.
     """
     if isinstance(path, str | Path):
-        with Path(path).open("rb") as fp:
+        with Path(path).open("rb") as opened:
             ds, _ = read_dicom(
-                fp, force=force, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags
+                opened, force=force, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags
             )
         ds.filename = str(path)
         return ds, None
@@ -609,7 +609,12 @@ def read_dicom(
     if file_meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
         fp.seek(start)
         return (
-            dcmread(fp, force=force, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags),
+            dcmread(
+                fp,
+                force=force,
+                stop_before_pixels=stop_before_pixels,
+                specific_tags=None if specific_tags is None else list(specific_tags),
+            ),
             None,
         )
     buffer = InflatingReader(fp)

@@ -169,7 +169,7 @@ def build_heatmap_sc(
         software_versions=algorithm_version,
     )
     if orientation is None:
-        sc.PatientOrientation = None
+        sc["PatientOrientation"].value = None
         logger.debug("source Patient Orientation unknown or compound: left empty in the heatmap")
     sc.copy_patient_and_study_information(source)
     # What the image shows is still the source's body part (and laterality, when it has one); a chest

@@ -218,6 +218,13 @@ class ImageFinding:
         """Whether the finding carries the probabilities of a three-class model."""
         return self.prob_normal is not None
 
+    @property
+    def subtype_probabilities(self) -> tuple[float, float, float] | None:
+        """``(prob_normal, prob_bacterial, prob_viral)`` of a three-class model; None for two classes."""
+        if self.prob_normal is None or self.prob_bacterial is None or self.prob_viral is None:
+            return None
+        return self.prob_normal, self.prob_bacterial, self.prob_viral
+
 
 #: Attributes of a source the report needs besides its Patient and Study modules: identification,
 #: the character set, and what highdicom's image library entry reads (TID 1602-1604).
@@ -598,11 +605,13 @@ def _build_highdicom(report: _Report) -> hd.sr.ComprehensiveSR:
     groups = []
     for number, finding in enumerate(ordered, start=1):
         measurements = [_probability(PROB_PNEUMONIA, finding.prob_pneumonia, algorithm_id)]
-        if finding.has_subtypes:
+        subtypes = finding.subtype_probabilities
+        if subtypes is not None:
+            normal, bacterial, viral = subtypes
             measurements += [
-                _probability(PROB_NORMAL, float(finding.prob_normal), algorithm_id),
-                _probability(PROB_BACTERIAL, float(finding.prob_bacterial), algorithm_id),
-                _probability(PROB_VIRAL, float(finding.prob_viral), algorithm_id),
+                _probability(PROB_NORMAL, normal, algorithm_id),
+                _probability(PROB_BACTERIAL, bacterial, algorithm_id),
+                _probability(PROB_VIRAL, viral, algorithm_id),
             ]
         source = hd.sr.SourceImageForMeasurementGroup(
             referenced_sop_class_uid=finding.sop_class_uid,

@@ -26,11 +26,13 @@ import functools
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.tag import BaseTag
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
+    UID,
     ComprehensiveSRStorage,
     ExplicitVRLittleEndian,
 )
@@ -277,11 +279,13 @@ def _content(report: _sr._Report) -> list[Dataset]:
     groups = []
     for number, finding in enumerate(report.findings, start=1):
         measurements = [_probability(report, _sr.PROB_PNEUMONIA, finding.prob_pneumonia)]
-        if finding.has_subtypes:
+        subtypes = finding.subtype_probabilities
+        if subtypes is not None:
+            normal, bacterial, viral = subtypes
             measurements += [
-                _probability(report, _sr.PROB_NORMAL, float(finding.prob_normal)),
-                _probability(report, _sr.PROB_BACTERIAL, float(finding.prob_bacterial)),
-                _probability(report, _sr.PROB_VIRAL, float(finding.prob_viral)),
+                _probability(report, _sr.PROB_NORMAL, normal),
+                _probability(report, _sr.PROB_BACTERIAL, bacterial),
+                _probability(report, _sr.PROB_VIRAL, viral),
             ]
         groups.append(
             _group(
@@ -348,7 +352,7 @@ def build_report(report: _sr._Report) -> Dataset:
     meta = FileMetaDataset()
     meta.FileMetaInformationVersion = b"\x00\x01"
     meta.MediaStorageSOPClassUID = ComprehensiveSRStorage
-    meta.MediaStorageSOPInstanceUID = report.sop_uid
+    meta.MediaStorageSOPInstanceUID = UID(report.sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
@@ -406,6 +410,6 @@ def _mark_encoding(ds: Dataset) -> None:
     own = ds.get("SpecificCharacterSet")
     ds.set_original_encoding(False, True, convert_encodings(own) if own else default_encoding)
     for element in ds.elements():
-        if element.VR == "SQ":
+        if element.VR == "SQ" and isinstance(element.value, DicomSequence):
             for item in element.value:
                 _mark_encoding(item)
