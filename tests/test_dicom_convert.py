@@ -27,11 +27,11 @@ from pneumonia_monai.dicom.convert import (
     build_dx_dataset,
     dicom_to_datalist,
     kaggle_to_dicom,
-    label_value,
     read_labels,
 )
 from pneumonia_monai.dicom.selection import select_files
 from pneumonia_monai.dicom.uids import derived_uid, pseudonym, salted_patient_hash
+from pneumonia_monai.labels import label_value
 
 SAMPLE = Path(__file__).resolve().parents[1] / "bundle/sample_data/chest_xray"
 

@@ -39,12 +39,12 @@ from pneumonia_monai.cli.select import progress_wrapper
 from pneumonia_monai.dicom.convert import (
     COMPRESSIONS,
     KEY_COLUMNS,
-    LABEL_MODES,
     dicom_to_datalist,
     kaggle_to_dicom,
     write_report,
 )
 from pneumonia_monai.dicom.rules import SelectionRules
+from pneumonia_monai.labels import LABEL_MODES
 
 logger = logging.getLogger(__name__)
 

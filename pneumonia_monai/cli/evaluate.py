@@ -47,7 +47,6 @@ from pneumonia_monai.cli.common import (
     returns_exit_status,
     unit_interval,
 )
-from pneumonia_monai.constants import class_names as model_class_names
 from pneumonia_monai.evaluation.join import (
     DEFAULT_DATALIST_SPLIT,
     UNMATCHED_COLUMNS,
@@ -60,6 +59,7 @@ from pneumonia_monai.evaluation.join import (
     model_version,
     threshold_from_results,
 )
+from pneumonia_monai.labels import class_names as model_class_names
 from pneumonia_monai.site_overlay import (
     OVERLAY_FILE,
     SiteOperatingPoint,

@@ -19,28 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from pneumonia_monai.atomic import write_json_atomic
-from pneumonia_monai.constants import LABEL_MODES
 from pneumonia_monai.data.kaggle import ImageRecord, count_by, scan_kaggle_tree
 from pneumonia_monai.data.splits import split_pool
+from pneumonia_monai.labels import check_label_mode, label_value, stratum
 
 logger = logging.getLogger(__name__)
 
 DATALIST_KEYS: tuple[str, ...] = ("training", "validation", "test")
-
-
-def label_of(record: ImageRecord, label_mode: str) -> int | None:
-    """Return the integer label of ``record`` in ``label_mode``; ``None`` where it has none.
-
-    A pneumonia film whose subtype is unknown has no label in ``subtype`` mode.
-
-    Raises:
-        ValueError: if ``label_mode`` is not ``"binary"`` or ``"subtype"``.
-    """
-    if label_mode not in LABEL_MODES:
-        raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
-    if label_mode == "binary":
-        return int(record.label == "pneumonia")
-    return {"none": 0, "bacterial": 1, "viral": 2}.get(record.subtype)
 
 
 def _item(record: ImageRecord, label: int, base: Path | None) -> dict[str, Any]:
@@ -84,15 +69,14 @@ def build_datalist(
     Raises:
         ValueError: on an unknown ``label_mode`` or ``split_mode``, or when the pool is too small to split.
     """
-    if label_mode not in LABEL_MODES:
-        raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
+    check_label_mode(label_mode)
     base = Path(relative_to).resolve() if relative_to is not None else None
     pool = [r for r in records if r.source_split != "test"]
     test = [r for r in records if r.source_split == "test"]
     if not pool:
         raise ValueError("no training films: every record is from the official test split")
     train_idx, val_idx = split_pool(
-        [r.subtype if r.label == "pneumonia" else "normal" for r in pool],
+        [stratum(r.label, r.subtype) for r in pool],
         [r.patient_id for r in pool],
         mode=split_mode,
         val_fraction=val_fraction,
@@ -108,7 +92,7 @@ def build_datalist(
         ("test", test),
     ):
         for record in chosen:
-            label = label_of(record, label_mode)
+            label = label_value(record.label, record.subtype, label_mode)
             if label is None:
                 unlabelled += 1
                 continue

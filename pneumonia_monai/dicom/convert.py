@@ -47,12 +47,12 @@ from pydicom.uid import (
 )
 
 from pneumonia_monai.atomic import write_bytes_atomic, write_csv_atomic, write_json_atomic
-from pneumonia_monai.constants import CLASS_NAMES
 from pneumonia_monai.data.kaggle import IMAGE_SUFFIXES, JUNK_NAMES, ImageRecord, scan_kaggle_tree
 from pneumonia_monai.dicom.header import HEADER_READ_ERRORS, read_header
 from pneumonia_monai.dicom.rules import SelectionRules
 from pneumonia_monai.dicom.selection import SELECTED, Decision, select_files
 from pneumonia_monai.dicom.uids import derived_uid, file_digest, pseudonym, salted_patient_hash
+from pneumonia_monai.labels import check_label_mode, label_value, parse_label
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +61,6 @@ COMPRESSIONS: dict[str, UID | None] = {"none": None, "jpeg2000": JPEG2000Lossles
 #: Encoder plugin used for each compressed transfer syntax (pydicom's own RLE encoder; OpenJPEG for J2K).
 _ENCODER_PLUGINS: dict[str, str] = {"jpeg2000": "pylibjpeg", "rle": "pydicom"}
 _WORDS: dict[str, str] = {"none": "uncompressed", "jpeg2000": "JPEG 2000 lossless", "rle": "RLE lossless"}
-
-#: Label modes and the label value of each (label, subtype) in them.
-LABEL_MODES: tuple[str, ...] = ("binary", "subtype")
 
 #: The Kaggle tree's name space for pseudonyms and UIDs: equal patient ids of another data set differ.
 KAGGLE_NAMESPACE = "kermany2018"
@@ -88,24 +85,6 @@ KEY_COLUMNS: dict[str, str] = {
     "sop_uid": "sop_uid",
     "accession": "accession_number",
 }
-#: Accepted label strings (case-insensitive) -> (label, subtype).
-LABEL_STRINGS: dict[str, tuple[str, str]] = {
-    "normal": ("normal", "none"),
-    "pneumonia": ("pneumonia", "unknown"),
-    "bacterial": ("pneumonia", "bacterial"),
-    "bacteria": ("pneumonia", "bacterial"),
-    "viral": ("pneumonia", "viral"),
-    "virus": ("pneumonia", "viral"),
-}
-#: Accepted values of the optional ``subtype`` column (used when the label is ``pneumonia``).
-SUBTYPE_STRINGS: dict[str, str] = {
-    "bacterial": "bacterial",
-    "bacteria": "bacterial",
-    "viral": "viral",
-    "virus": "viral",
-}
-_SUBTYPE_STRINGS_NEUTRAL = {"", "unknown", "none"}
-
 _CHEST = ("SCT", "816094009", "Chest")
 _ANTERO_POSTERIOR = ("SCT", "399348003", "antero-posterior")
 _IMAGE_ERRORS: tuple[type[BaseException], ...] = (
@@ -127,33 +106,6 @@ def _relative(path: Path, start: Path) -> str:
         return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
     except ValueError:
         return path.resolve().as_posix()
-
-
-# ------------------------------------------------------------------------------------ labels
-
-
-def label_value(label: str, subtype: str, label_mode: str) -> int | None:
-    """Return the datalist label of a film, or ``None`` where the mode cannot label it.
-
-    Binary: normal 0, pneumonia 1. Subtype: normal 0, bacterial 1, viral 2; a pneumonia of unknown subtype
-    has no subtype label (``None``).
-
-    Raises:
-        ValueError: on an unknown mode, label or subtype.
-    """
-    if label_mode not in LABEL_MODES:
-        raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
-    if label not in CLASS_NAMES[2]:
-        raise ValueError(f"label must be one of {CLASS_NAMES[2]}, got {label!r}")
-    if label_mode == "binary":
-        return CLASS_NAMES[2].index(label)
-    if label == "normal":
-        return 0
-    if subtype in ("bacterial", "viral"):
-        return CLASS_NAMES[3].index(subtype)
-    if subtype == "unknown":
-        return None
-    raise ValueError(f"subtype of a pneumonia film must be bacterial, viral or unknown, got {subtype!r}")
 
 
 def _empty_datalist() -> dict[str, list[dict[str, Any]]]:
@@ -423,8 +375,7 @@ def kaggle_to_dicom(
     """
     src, out = Path(src), Path(out)
     check_compression(compression)
-    if label_mode not in LABEL_MODES:
-        raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
+    check_label_mode(label_mode)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
     if not namespace:
@@ -614,7 +565,7 @@ def read_labels(path: str | Path, *, key: str = "study_uid", label_column: str =
             if not value:
                 errors.append(f"{path}:{line}: empty {key_column}")
                 continue
-            parsed = _parse_label(raw_label, (row.get("subtype") or "").strip())
+            parsed = parse_label(raw_label, (row.get("subtype") or "").strip())
             if isinstance(parsed, str):
                 errors.append(f"{path}:{line}: {parsed}")
                 bad.add(value)
@@ -628,24 +579,6 @@ def read_labels(path: str | Path, *, key: str = "study_uid", label_column: str =
     for value in bad:
         labels.pop(value, None)
     return LabelTable(labels, errors, frozenset(bad))
-
-
-def _parse_label(raw_label: str, raw_subtype: str) -> tuple[str, str] | str:
-    """Return ``(label, subtype)`` or an error message naming the bad value."""
-    parsed = LABEL_STRINGS.get(raw_label.lower())
-    if parsed is None:
-        return f"unknown label {raw_label!r} (known: {', '.join(LABEL_STRINGS)})"
-    label, subtype = parsed
-    subtype_key = raw_subtype.lower()
-    if subtype_key in _SUBTYPE_STRINGS_NEUTRAL:
-        return label, subtype
-    if subtype_key not in SUBTYPE_STRINGS:
-        return f"unknown subtype {raw_subtype!r} (known: {', '.join(SUBTYPE_STRINGS)}, unknown)"
-    if label == "normal":
-        return f"subtype {raw_subtype!r} given for a normal label"
-    if subtype != "unknown" and subtype != SUBTYPE_STRINGS[subtype_key]:
-        return f"label {raw_label!r} contradicts subtype {raw_subtype!r}"
-    return label, SUBTYPE_STRINGS[subtype_key]
 
 
 @dataclass
@@ -708,8 +641,7 @@ def dicom_to_datalist(
         FileNotFoundError: if ``dicom_dir`` or ``labels_csv`` does not exist.
         ValueError: on a bad argument or a labels CSV without the needed columns.
     """
-    if label_mode not in LABEL_MODES:
-        raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
+    check_label_mode(label_mode)
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     if salt is not None and not salt:

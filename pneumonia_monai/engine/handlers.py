@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from pneumonia_monai.constants import class_names
 from pneumonia_monai.decision import explained_class, pneumonia_probability
+from pneumonia_monai.labels import class_names
 from pneumonia_monai.transforms.lung_crop import crop_fractions
 from pneumonia_monai.visualize.gradcam import gradcam
 

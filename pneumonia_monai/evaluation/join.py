@@ -60,6 +60,8 @@ from typing import Any
 
 import numpy as np
 
+from pneumonia_monai.labels import LABEL_NAMES, LABEL_STRINGS, label_value
+
 logger = logging.getLogger(__name__)
 
 
@@ -76,15 +78,6 @@ UNMATCHED_COLUMNS: tuple[str, ...] = ("source", "path", "reason")
 DEFAULT_DATALIST_SPLIT = "validation"
 #: Largest distance from 1 at which a row of three-class probabilities is renormalised (CSV rounding).
 SUM_TOLERANCE = 1e-3
-
-_LABEL_NAMES = {
-    "normal": "normal",
-    "pneumonia": "pneumonia",
-    "bacterial": "bacterial",
-    "bacteria": "bacterial",
-    "viral": "viral",
-    "virus": "viral",
-}
 
 
 class InputError(ValueError):
@@ -221,7 +214,7 @@ def class_index(value: Any, subtype: str, num_classes: int) -> int | None:
     Raises:
         InputError: on an unknown name or an integer outside 0..2.
     """
-    sub = _LABEL_NAMES.get(str(subtype).strip().lower(), "")
+    sub = LABEL_NAMES.get(str(subtype).strip().lower(), "")
     if isinstance(value, bool):
         raise InputError(f"label {value!r} is neither a class name nor an integer")
     if isinstance(value, float) and value.is_integer():
@@ -235,19 +228,14 @@ def class_index(value: Any, subtype: str, num_classes: int) -> int | None:
         if kind == "pneumonia" and not subtype.strip():
             kind = ("pneumonia", "bacterial", "viral")[number] if num_classes == 3 else "pneumonia"
     else:
-        name = _LABEL_NAMES.get(text.lower())
+        name = LABEL_NAMES.get(text.lower())
         if name is None:
-            raise InputError(
-                f"unknown label {text!r}; expected one of {sorted(set(_LABEL_NAMES))} or 0, 1, 2"
-            )
+            raise InputError(f"unknown label {text!r}; expected one of {sorted(set(LABEL_NAMES))} or 0, 1, 2")
         kind = name
         if kind == "pneumonia" and sub in ("bacterial", "viral"):
             kind = sub
-    if kind == "normal":
-        return 0
-    if num_classes == 2:
-        return 1
-    return {"bacterial": 1, "viral": 2}.get(kind)
+    label, subtype_of_kind = LABEL_STRINGS[kind]
+    return label_value(label, subtype_of_kind, "binary" if num_classes == 2 else "subtype")
 
 
 def _label_items(path: Path, split: str | None) -> tuple[list[Mapping[str, Any]], str, str]:
