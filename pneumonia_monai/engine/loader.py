@@ -55,7 +55,9 @@ class AugmentingThreadDataLoader(ThreadDataLoader):
         super().__init__(dataset, **kwargs)
         self.transform_threads = transform_threads
 
-    def __iter__(self) -> Iterator[Any]:
+    # torch annotates DataLoader.__iter__ as returning its own _BaseDataLoaderIter; like MONAI's
+    # ThreadDataLoader this one yields from a generator (the same iteration protocol, another class).
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         source = DataLoader.__iter__(self)
         yield from buffer_iterator(
             _in_threads(source, self.transform_threads), self.buffer_size, self.buffer_timeout, self.repeats

@@ -152,6 +152,8 @@ def read_header(path: str | Path) -> VolumeHeader:
 
         try:
             img = nib.load(path)  # lazy: the header only
+            if not isinstance(img, nib.Nifti1Image):  # a Nifti2Image is one too
+                raise TypeError(f"nibabel read it as {type(img).__name__}, not as a NIfTI-1/2 image")
             dtype = np.dtype(img.get_data_dtype())
             shape = tuple(int(n) for n in img.header.get_data_shape())
         except FileNotFoundError:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from contextlib import ExitStack
+from typing import cast
 
 import numpy as np
 import torch
@@ -133,7 +134,11 @@ def gradcam(
             if first_param is not None:
                 x = x.to(device=first_param.device, dtype=first_param.dtype)
             x.requires_grad_(True)
-            cam_layer = GradCAM(nn_module=wrapper, target_layers=target_layer, postprocessing=_identity)
+            # MONAI's CAM classes take a ModelWithHooks as it is (CAMBase checks for one), though their
+            # nn_module parameter is annotated as a Module only.
+            cam_layer = GradCAM(
+                nn_module=cast(torch.nn.Module, wrapper), target_layers=target_layer, postprocessing=_identity
+            )
             try:
                 cam = cam_layer(x, class_idx=class_index)
             except IndexError as exc:  # logits[:, class_index] outside the network's outputs
