@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,8 +12,8 @@ from ignite.engine import Engine
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.networks.utils import copy_model_state
 
+from pneumonia_monai.engine.bundle_config import read_inference_config, read_operating_point
 from pneumonia_monai.engine.checkpoint import load_network_state
-from pneumonia_monai.transforms.temperature import check_bias, check_temperature
 
 logger = logging.getLogger(__name__)
 
@@ -58,65 +57,51 @@ def key_metric_score(engine: Engine) -> float:
 def stored_setting(bundle_root: str | Path, key: str, variant: str | None = None) -> Any:
     """Return ``key`` of the bundle's inference config: ``inference.json``, overlaid by a variant's.
 
-    ``variant`` ``"subtype"`` reads ``configs/inference_subtype.json`` over ``configs/inference.json``,
-    as :func:`pneumonia_monai.inference.bundle.load_bundle` does, so evaluation reads the very value
+    ``variant`` ``"subtype"`` reads ``configs/inference_subtype.json`` over ``configs/inference.json``
+    (:func:`pneumonia_monai.engine.bundle_config.read_inference_config`, the reader
+    :func:`pneumonia_monai.inference.bundle.load_bundle` uses), so evaluation reads the very value
     inference uses.
 
     Raises:
         KeyError: if neither file holds ``key``.
     """
-    configs = Path(bundle_root) / "configs"
-    merged: dict[str, Any] = {}
-    for name in ("inference.json", *(() if variant is None else (f"inference_{variant}.json",))):
-        with (configs / name).open(encoding="utf-8") as fh:
-            merged.update(json.load(fh))
+    merged = read_inference_config(bundle_root, variant)
     if key not in merged:
         raise KeyError(
-            f"{configs}: no {key!r} in inference.json{'' if variant is None else ' or its overlay'}"
+            f"{Path(bundle_root) / 'configs'}: no {key!r} in inference.json"
+            f"{'' if variant is None else ' or its overlay'}"
         )
     return merged[key]
 
 
 def stored_threshold(bundle_root: str | Path, variant: str | None = None) -> float:
-    """Return the operating threshold stored in the bundle's inference config (see :func:`stored_setting`).
+    """Return the operating threshold stored in the bundle's inference config.
+
+    Read and validated by :func:`pneumonia_monai.engine.bundle_config.read_operating_point`.
 
     Raises:
-        ValueError: if the stored threshold is missing or outside [0, 1].
+        ValueError: if the stored operating point is missing or invalid (threshold outside [0, 1] ...).
     """
-    path = Path(bundle_root) / "configs" / "inference.json"
-    try:
-        value = stored_setting(bundle_root, "threshold", variant)
-    except KeyError:
-        value = None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{path}: 'threshold' must be a number in [0, 1], got {value!r}")
-    return float(value)
+    return read_operating_point(bundle_root, variant).threshold
 
 
 def stored_temperature(bundle_root: str | Path, variant: str | None = None) -> float:
     """Return the calibration temperature stored in the bundle's inference config (1 where none is).
 
     Raises:
-        TypeError, ValueError: if the stored temperature is not a finite number > 0.
+        ValueError: if the stored operating point is invalid (a temperature that is not > 0 ...).
     """
-    try:
-        value = stored_setting(bundle_root, "temperature", variant)
-    except KeyError:
-        return 1.0
-    return check_temperature(value)
+    return read_operating_point(bundle_root, variant).temperature
 
 
 def stored_logit_bias(bundle_root: str | Path, variant: str | None = None) -> list[float] | None:
     """Return the per-class logit offsets of the stored calibration (None where none is stored).
 
     Raises:
-        TypeError, ValueError: if the stored value is not a list of finite numbers.
+        ValueError: if the stored operating point is invalid (a bias that is not finite numbers ...).
     """
-    try:
-        value = stored_setting(bundle_root, "logit_bias", variant)
-    except KeyError:
-        return None
-    return None if value is None else check_bias(value)
+    bias = read_operating_point(bundle_root, variant).logit_bias
+    return None if bias is None else list(bias)
 
 
 def init_from_checkpoint(network: torch.nn.Module, path: str | Path | None) -> torch.nn.Module:

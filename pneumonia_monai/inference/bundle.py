@@ -32,6 +32,8 @@ import torch
 
 from pneumonia_monai import decision
 from pneumonia_monai.decision import BINARY_CLASSES, SUBTYPE_CLASSES
+from pneumonia_monai.engine import bundle_config
+from pneumonia_monai.engine.bundle_config import DEFAULT_MODEL_NAME, BundleError
 from pneumonia_monai.engine.checkpoint import network_state
 from pneumonia_monai.engine.precision import PRECISIONS, AutocastInferer
 from pneumonia_monai.visualize.gradcam import DENSENET_TARGET_LAYER
@@ -50,8 +52,6 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "preprocessing",
     "postprocessing",
 )
-#: Algorithm name used when ``metadata.json`` has no usable ``name``.
-DEFAULT_MODEL_NAME = "pneumonia_monai"
 #: Largest deviation from 1 tolerated in the sum of one image's class probabilities.
 PROBABILITY_SUM_TOLERANCE = 1e-3
 #: Largest difference in any class probability between the bf16 and the fp32 forward that lets a CPU
@@ -61,8 +61,7 @@ BF16_PARITY_TOLERANCE = 0.01
 PARITY_FILMS = 40
 
 
-class BundleError(ValueError):
-    """The bundle cannot be used for inference; the one-line message says why."""
+__all__ = ["DEFAULT_MODEL_NAME", "BundleError", "InferenceBundle", "load_bundle", "resolve_device"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +87,9 @@ class InferenceBundle:
             ``inference.json``; default :data:`~pneumonia_monai.visualize.gradcam.DENSENET_TARGET_LAYER`).
         operating_point: where ``threshold`` comes from: ``"bundle"`` (its ``inference.json``), or a
             site overlay's label (:func:`pneumonia_monai.site_overlay.apply_site`).
+        inferer: how the network is called (the bundle's ``inferer``, built for ``device`` with the
+            ``precision`` rule; see :func:`load_bundle`).
+        amp: float16 autocast on CUDA around :attr:`inferer` (the bundle's ``amp`` key).
     """
 
     root: Path
@@ -103,8 +105,9 @@ class InferenceBundle:
     checkpoint: Path
     fingerprint: str
     heatmap_layer: str = DENSENET_TARGET_LAYER
-    inferer: AutocastInferer | None = None
+    inferer: Callable[..., Any] | None = None
     operating_point: str = "bundle"
+    amp: bool = False
 
     @property
     def three_class(self) -> bool:
@@ -119,9 +122,9 @@ class InferenceBundle:
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Return the network's raw outputs for a batch, float32 on the CPU (before post-processing).
 
-        The forward pass runs under :func:`torch.inference_mode`, with automatic mixed precision
-        (float16) on CUDA, and on a CPU through :attr:`inferer` (bf16 autocast where the CPU has native
-        bf16 and the bf16 forward kept parity at load, see :func:`load_bundle`; else fp32).
+        The forward pass runs under :func:`torch.inference_mode` through :attr:`inferer` (on a CPU,
+        bf16 autocast where the CPU has native bf16 and the bf16 forward kept parity at load, see
+        :func:`load_bundle`; else fp32), inside float16 autocast on CUDA where :attr:`amp` is set.
 
         Args:
             images: ``(B, 1, H, W)`` float tensor of preprocessed films.
@@ -140,7 +143,7 @@ class InferenceBundle:
             raise ValueError(f"images must have shape (B, 1, H, W) with B >= 1, got {tuple(images.shape)}")
         autocast = (
             torch.autocast(device_type="cuda", dtype=torch.float16)
-            if self.device.type == "cuda"
+            if self.amp and self.device.type == "cuda"
             else nullcontext()
         )
         with torch.inference_mode(), autocast:
@@ -226,24 +229,6 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise BundleError(f"{path} not found")
-    try:
-        with path.open(encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"{path} cannot be read: {_one_line(exc)}") from exc
-    if not isinstance(data, dict):
-        raise BundleError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
-
-
 def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -291,26 +276,26 @@ def _parity_films(root: Path) -> list[Path]:
     return films
 
 
-def _cpu_inferer(
+def _parity_checked(
+    inferer: AutocastInferer,
     network: torch.nn.Module,
-    precision: str,
     root: Path,
     preprocessing: Callable[[Mapping[str, Any]], Mapping[str, Any]],
 ) -> AutocastInferer:
-    """The CPU forward's :class:`AutocastInferer`, channels-last: bf16 where it keeps parity, else fp32.
+    """``inferer`` where its bf16 forward keeps parity with fp32 on the CPU, else an fp32 one like it.
 
     bf16 (``auto`` on a CPU with native bf16, or asked for) is kept only when its probabilities on the
     bundle's sample films stay within :data:`BF16_PARITY_TOLERANCE` of fp32's; otherwise fp32 runs and a
     warning says by how much bf16 differed.
     """
-    inferer = AutocastInferer("cpu", precision=precision, channels_last=True)
-    if inferer.precision != "bf16":
+    if inferer.precision != "bf16" or inferer.device_type != "cpu":
         return inferer
+    fp32 = AutocastInferer("cpu", precision="fp32", channels_last=inferer.channels_last)
     try:
         films = _parity_films(root)
     except BundleError as exc:
         logger.warning("%s: running in fp32", exc)
-        return AutocastInferer("cpu", precision="fp32", channels_last=True)
+        return fp32
     difference = 0.0
     for start in range(0, len(films), 8):  # in batches, stopping at the first one out of tolerance
         images = torch.stack(
@@ -329,9 +314,218 @@ def _cpu_inferer(
             difference,
             BF16_PARITY_TOLERANCE,
         )
-        return AutocastInferer("cpu", precision="fp32", channels_last=True)
+        return fp32
     logger.info("bf16 forward within %.4f of fp32 in probability on the bundle's sample films", difference)
     return inferer
+
+
+def _cpu_inferer(
+    network: torch.nn.Module,
+    precision: str,
+    root: Path,
+    preprocessing: Callable[[Mapping[str, Any]], Mapping[str, Any]],
+) -> AutocastInferer:
+    """The default CPU forward (a bundle without ``inferer``): channels-last, bf16 where it keeps parity."""
+    inferer = AutocastInferer("cpu", precision=precision, channels_last=True)
+    return _parity_checked(inferer, network, root, preprocessing)
+
+
+@dataclass(frozen=True)
+class _Files:
+    """The bundle's config files, read as JSON (the values every consumer reads the same way)."""
+
+    root: Path
+    config_files: list[Path]
+    meta_path: Path
+    config: dict[str, Any]
+    metadata: dict[str, Any]
+
+    @property
+    def source(self) -> str:
+        """The config file named in messages (``inference.json``)."""
+        return str(self.config_files[0])
+
+
+def _read_files(bundle: str | Path | None, variant: str | None) -> _Files:
+    """Find the bundle folder; read ``inference.json`` (and the variant's overlay) and ``metadata.json``."""
+    root = locate_default_bundle() if bundle is None else Path(bundle)
+    if not root.is_dir():
+        raise BundleError(f"bundle folder {root} not found")
+    root = root.resolve()
+    files = bundle_config.inference_config_files(root, variant)
+    config = bundle_config.read_inference_config(root, variant)
+    meta_path = root / bundle_config.CONFIGS / bundle_config.METADATA
+    metadata = bundle_config.read_json(meta_path)
+    missing = [key for key in REQUIRED_KEYS if key not in config]
+    if missing:
+        raise BundleError(f"{files[0]} lacks key(s) {', '.join(missing)}")
+    return _Files(root, files, meta_path, config, metadata)
+
+
+class _Parsed:
+    """The bundle's :class:`~monai.bundle.ConfigParser`, every failure a :class:`BundleError`."""
+
+    def __init__(self, files: _Files, overrides: Mapping[str, Any]) -> None:
+        from monai.bundle import ConfigParser
+
+        self.source = files.source
+        self.parser = ConfigParser()
+        self.parser.read_config([str(f) for f in files.config_files])
+        self.parser.read_meta(str(files.meta_path))
+        for key, value in {"bundle_root": str(files.root), **overrides}.items():
+            self.parser[key] = value
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.parser
+
+    def __call__(self, key: str) -> Any:
+        try:
+            return self.parser.get_parsed_content(key)
+        except Exception as exc:  # any failure of the bundle's own config is a bundle error
+            raise BundleError(f"{self.source}: cannot build {key!r}: {bundle_config.one_line(exc)}") from exc
+
+
+def _class_names(parsed: _Parsed) -> tuple[str, ...]:
+    class_names = parsed("class_names")
+    if not isinstance(class_names, list | tuple) or tuple(class_names) not in (
+        BINARY_CLASSES,
+        SUBTYPE_CLASSES,
+    ):
+        raise BundleError(
+            f"{parsed.source}: 'class_names' must be {list(BINARY_CLASSES)} or {list(SUBTYPE_CLASSES)}, "
+            f"got {class_names!r}"
+        )
+    num_classes = parsed("num_classes")
+    if num_classes != len(class_names):
+        raise BundleError(
+            f"{parsed.source}: 'num_classes' is {num_classes!r} but 'class_names' has {len(class_names)}"
+        )
+    return tuple(class_names)
+
+
+def _spatial_size(parsed: _Parsed) -> tuple[int, int]:
+    size = parsed("spatial_size")
+    if (
+        not isinstance(size, list | tuple)
+        or len(size) != 2
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 16 for s in size)
+    ):
+        raise BundleError(f"{parsed.source}: 'spatial_size' must be two sizes of at least 16, got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _transform(parsed: _Parsed, key: str) -> Callable[[Mapping[str, Any]], Mapping[str, Any]]:
+    value = parsed(key)
+    if not callable(value):
+        raise BundleError(f"{parsed.source}: {key!r} is a {type(value).__name__}, not a transform")
+    return value
+
+
+def _network(parsed: _Parsed, checkpoint: Path, device: torch.device) -> torch.nn.Module:
+    """``network_def`` with the checkpoint's weights (strict), in eval mode on ``device``."""
+    if not checkpoint.is_file():
+        raise BundleError(
+            f"checkpoint {checkpoint} not found (train the model, or point 'checkpoint' at one)"
+        )
+    network = parsed("network_def")
+    if not isinstance(network, torch.nn.Module):
+        raise BundleError(f"{parsed.source}: 'network_def' is a {type(network).__name__}, not a torch module")
+    try:
+        raw = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and torch errors all mean "unreadable weights"
+        raise BundleError(f"checkpoint {checkpoint} cannot be read: {bundle_config.one_line(exc)}") from exc
+    try:
+        state = network_state(raw, checkpoint)
+    except ValueError as exc:
+        raise BundleError(str(exc)) from exc
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise BundleError(
+            f"checkpoint {checkpoint} does not fit 'network_def': {bundle_config.one_line(exc)}"
+        ) from exc
+    return network.to(device).eval()
+
+
+def _check_forward(
+    network: torch.nn.Module,
+    spatial_size: tuple[int, int],
+    class_names: tuple[str, ...],
+    device: torch.device,
+    checkpoint: Path,
+) -> None:
+    """One forward pass of a blank image: ``(1, num_classes)`` finite outputs, or :class:`BundleError`."""
+    try:
+        with torch.inference_mode():
+            out = network(torch.zeros((1, 1, *spatial_size), device=device))
+    except Exception as exc:  # any failure of the forward pass: unusable
+        raise BundleError(
+            f"'network_def' fails on a (1, 1, {spatial_size[0]}, {spatial_size[1]}) input: "
+            f"{bundle_config.one_line(exc)}"
+        ) from exc
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, len(class_names)):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise BundleError(
+            f"the network outputs {shape} for one image, expected (1, {len(class_names)}) for {class_names}"
+        )
+    if not math.isfinite(float(out.float().abs().sum())):
+        raise BundleError(f"checkpoint {checkpoint} gives non-finite outputs")
+
+
+def _heatmap_layer(parsed: _Parsed, network: torch.nn.Module) -> str:
+    layer = parsed("heatmap_layer") if "heatmap_layer" in parsed else DENSENET_TARGET_LAYER
+    if not isinstance(layer, str) or layer not in dict(network.named_modules()):
+        raise BundleError(f"{parsed.source}: 'heatmap_layer' {layer!r} is not a module of 'network_def'")
+    return layer
+
+
+def _forward_rule(
+    parsed: _Parsed,
+    network: torch.nn.Module,
+    device: torch.device,
+    root: Path,
+    preprocessing: Callable[[Mapping[str, Any]], Mapping[str, Any]],
+) -> tuple[torch.nn.Module, Callable[..., Any], bool]:
+    """``(network, inferer, amp)``: how the network is called, from ``inferer`` and ``amp``.
+
+    ``inferer`` is built from the config (for ``device``, with the ``precision`` the caller or the
+    config asks for); a bundle without one gets :class:`AutocastInferer` (channels-last on the CPU).
+    A bf16 :class:`AutocastInferer` on the CPU is kept only where it keeps parity with fp32
+    (:func:`_parity_checked`). A channels-last inferer gets channels-last weights (oneDNN's fast
+    layout: fp32 DenseNet121 about twice as fast on a CPU, same outputs). ``amp`` (default: on CUDA)
+    adds float16 autocast on CUDA, as MONAI's engines do.
+    """
+    if "inferer" in parsed:
+        inferer = parsed("inferer")
+        if not callable(inferer):
+            raise BundleError(f"{parsed.source}: 'inferer' is a {type(inferer).__name__}, not an inferer")
+    else:
+        inferer = AutocastInferer(device, precision=parsed("precision"), channels_last=device.type == "cpu")
+    if isinstance(inferer, AutocastInferer):
+        if inferer.device_type != device.type:
+            raise BundleError(
+                f"{parsed.source}: 'inferer' autocasts on {inferer.device_type!r}, the network is on {device}"
+            )
+        inferer = _parity_checked(inferer, network, root, preprocessing)
+        if inferer.channels_last:
+            network = network.to(memory_format=torch.channels_last)
+    amp = parsed("amp") if "amp" in parsed else device.type == "cuda"
+    if not isinstance(amp, bool):
+        raise BundleError(f"{parsed.source}: 'amp' must be true or false, got {amp!r}")
+    return network, inferer, amp and device.type == "cuda"
+
+
+def _precision_label(inferer: Callable[..., Any], amp: bool) -> str:
+    """What the fingerprint records of the forward's precision."""
+    if amp:
+        return "cuda-amp"
+    return str(getattr(inferer, "precision", type(inferer).__name__))
+
+
+def _fingerprint(checkpoint: Path, settings: Mapping[str, Any]) -> str:
+    digest = hashlib.sha256(_file_sha256(checkpoint).encode())
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
 
 
 def load_bundle(
@@ -344,18 +538,23 @@ def load_bundle(
 ) -> InferenceBundle:
     """Load and check a bundle for inference.
 
+    Every consumer of the bundle (``infer``, the DICOM node, the MONAI Deploy app, MONAI Label) loads it
+    here, so each honours every key of ``inference.json`` the same way (``bundle/docs/README.md``, "The
+    inference.json contract").
+
     Args:
         bundle: the bundle folder (holding ``configs/inference.json``); default: the package's bundle.
-        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; the config's
+            ``device`` is set to it.
         variant: a model variant: ``configs/inference_<variant>.json`` is read over ``inference.json``
             (``"subtype"``: the three-class normal / bacterial / viral model).
         full_decode: decode every pixel of each film (the bundle's ``reduced_decode`` set to false;
             see :mod:`pneumonia_monai.dicom.reduced`).
         precision: the CPU forward's precision, ``"auto"``, ``"bf16"`` or ``"fp32"``
-            (:mod:`pneumonia_monai.engine.precision`); default: the bundle's ``precision``, else
-            ``"auto"``. bf16 runs only where its probabilities stay within
-            :data:`BF16_PARITY_TOLERANCE` of fp32 on the bundle's sample films (else fp32, with a
-            warning).
+            (:mod:`pneumonia_monai.engine.precision`), set as the config's ``precision`` (which its
+            ``inferer`` references); default: the bundle's ``precision``, else ``"auto"``. bf16 runs
+            only where its probabilities stay within :data:`BF16_PARITY_TOLERANCE` of fp32 on the
+            bundle's sample films (else fp32, with a warning).
 
     Returns:
         The bundle, its network in eval mode on the device and checked with one forward pass of a blank
@@ -365,150 +564,36 @@ def load_bundle(
         BundleError: if the bundle is unusable (the message names the file, key or tensor at fault).
         ValueError: if ``device`` is unknown or unavailable.
     """
-    from monai.bundle import ConfigParser
-
     torch_device = resolve_device(device)
-    root = locate_default_bundle() if bundle is None else Path(bundle)
-    if not root.is_dir():
-        raise BundleError(f"bundle folder {root} not found")
-    root = root.resolve()
-    config_path = root / "configs" / "inference.json"
-    meta_path = root / "configs" / "metadata.json"
-    config = _read_json(config_path)
-    config_files = [str(config_path)]
-    if variant is not None:
-        if (
-            not isinstance(variant, str)
-            or not variant.replace("_", "").replace("-", "").isalnum()
-            or len(variant) > 32
-        ):
-            raise BundleError(f"bundle variant must be 1 to 32 letters, digits, '_' or '-', got {variant!r}")
-        overlay_path = root / "configs" / f"inference_{variant}.json"
-        if not overlay_path.is_file():
-            raise BundleError(f"bundle variant {variant!r}: {overlay_path} not found")
-        config.update(_read_json(overlay_path))
-        config_files.append(str(overlay_path))
-    meta = _read_json(meta_path)
-    missing = [key for key in REQUIRED_KEYS if key not in config]
-    if missing:
-        raise BundleError(f"{config_path} lacks key(s) {', '.join(missing)}")
-    version = meta.get("version")
-    if not isinstance(version, str) or not version.strip() or len(version) > 64 or "\\" in version:
-        raise BundleError(f"{meta_path} needs a 'version' string of 1 to 64 characters, got {version!r}")
-    name = meta.get("name")
-    model_name = name.strip() if isinstance(name, str) and 0 < len(name.strip()) <= 64 else DEFAULT_MODEL_NAME
-
-    parser = ConfigParser()
-    parser.read_config(config_files)
-    parser.read_meta(str(meta_path))
-    parser["bundle_root"] = str(root)
-    reduced_decode = bool(config.get("reduced_decode", False)) and not full_decode
-    if "reduced_decode" in config:
-        parser["reduced_decode"] = reduced_decode
+    files = _read_files(bundle, variant)
+    config = files.config
+    version = bundle_config.model_version(files.metadata, files.meta_path)
+    model_name = bundle_config.model_name(files.metadata)
     precision = precision if precision is not None else config.get("precision", "auto")
     if precision not in PRECISIONS:
-        raise BundleError(f"{config_path}: 'precision' must be one of {PRECISIONS}, got {precision!r}")
+        raise BundleError(f"{files.source}: 'precision' must be one of {PRECISIONS}, got {precision!r}")
+    reduced_decode = bool(config.get("reduced_decode", False)) and not full_decode
+    overrides: dict[str, Any] = {"device": torch_device, "precision": precision}
+    if "reduced_decode" in config:
+        overrides["reduced_decode"] = reduced_decode
+    parsed = _Parsed(files, overrides)
 
-    def parsed(key: str) -> Any:
-        try:
-            return parser.get_parsed_content(key)
-        except Exception as exc:  # any failure of the bundle's own config is a bundle error
-            raise BundleError(f"{config_path}: cannot build {key!r}: {_one_line(exc)}") from exc
-
-    class_names = parsed("class_names")
-    if not isinstance(class_names, list | tuple) or tuple(class_names) not in (
-        BINARY_CLASSES,
-        SUBTYPE_CLASSES,
-    ):
-        raise BundleError(
-            f"{config_path}: 'class_names' must be {list(BINARY_CLASSES)} or {list(SUBTYPE_CLASSES)}, "
-            f"got {class_names!r}"
-        )
-    class_names = tuple(class_names)
-    num_classes = parsed("num_classes")
-    if num_classes != len(class_names):
-        raise BundleError(
-            f"{config_path}: 'num_classes' is {num_classes!r} but 'class_names' has {len(class_names)}"
-        )
-    threshold = parsed("threshold")
-    if (
-        isinstance(threshold, bool)
-        or not isinstance(threshold, int | float)
-        or not 0.0 <= float(threshold) <= 1.0
-    ):
-        raise BundleError(f"{config_path}: 'threshold' must be a number in [0, 1], got {threshold!r}")
-    threshold = float(threshold)
-    size = parsed("spatial_size")
-    if (
-        not isinstance(size, list | tuple)
-        or len(size) != 2
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 16 for s in size)
-    ):
-        raise BundleError(f"{config_path}: 'spatial_size' must be two sizes of at least 16, got {size!r}")
-    spatial_size = (int(size[0]), int(size[1]))
-
+    class_names = _class_names(parsed)
+    point = bundle_config.operating_point(config, files.source, len(class_names))
+    spatial_size = _spatial_size(parsed)
     checkpoint = Path(parsed("checkpoint"))
-    if not checkpoint.is_file():
-        raise BundleError(
-            f"checkpoint {checkpoint} not found (train the model, or point 'checkpoint' at one)"
-        )
-    network = parsed("network_def")
-    if not isinstance(network, torch.nn.Module):
-        raise BundleError(f"{config_path}: 'network_def' is a {type(network).__name__}, not a torch module")
-    preprocessing = parsed("preprocessing")
-    postprocessing = parsed("postprocessing")
-    for key, value in (("preprocessing", preprocessing), ("postprocessing", postprocessing)):
-        if not callable(value):
-            raise BundleError(f"{config_path}: {key!r} is a {type(value).__name__}, not a transform")
+    preprocessing = _transform(parsed, "preprocessing")
+    postprocessing = _transform(parsed, "postprocessing")
+    network = _network(parsed, checkpoint, torch_device)
+    _check_forward(network, spatial_size, class_names, torch_device, checkpoint)
+    heatmap_layer = _heatmap_layer(parsed, network)
+    network, inferer, amp = _forward_rule(parsed, network, torch_device, files.root, preprocessing)
 
-    try:
-        raw = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and torch errors all mean "unreadable weights"
-        raise BundleError(f"checkpoint {checkpoint} cannot be read: {_one_line(exc)}") from exc
-    try:
-        state = network_state(raw, checkpoint)
-    except ValueError as exc:
-        raise BundleError(str(exc)) from exc
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise BundleError(f"checkpoint {checkpoint} does not fit 'network_def': {_one_line(exc)}") from exc
-    network = network.to(torch_device).eval()
-    try:
-        with torch.inference_mode():
-            out = network(torch.zeros((1, 1, *spatial_size), device=torch_device))
-    except Exception as exc:  # any failure of the forward pass: unusable
-        raise BundleError(
-            f"'network_def' fails on a (1, 1, {spatial_size[0]}, {spatial_size[1]}) input: {_one_line(exc)}"
-        ) from exc
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, len(class_names)):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise BundleError(
-            f"the network outputs {shape} for one image, expected (1, {len(class_names)}) for {class_names}"
-        )
-    if not math.isfinite(float(out.float().abs().sum())):
-        raise BundleError(f"checkpoint {checkpoint} gives non-finite outputs")
-    bias = config.get("logit_bias")
-    if bias is not None and (not isinstance(bias, list) or len(bias) != len(class_names)):
-        raise BundleError(
-            f"{config_path}: 'logit_bias' must be None or one number per class {class_names}, got {bias!r}"
-        )
-    heatmap_layer = parsed("heatmap_layer") if "heatmap_layer" in config else DENSENET_TARGET_LAYER
-    if not isinstance(heatmap_layer, str) or heatmap_layer not in dict(network.named_modules()):
-        raise BundleError(
-            f"{config_path}: 'heatmap_layer' {heatmap_layer!r} is not a module of 'network_def'"
-        )
-
-    inferer = None
-    if torch_device.type == "cpu":
-        # channels-last: oneDNN's fast layout (fp32 DenseNet121 about twice as fast, same outputs)
-        network = network.to(memory_format=torch.channels_last)
-        inferer = _cpu_inferer(network, precision, root, preprocessing)
     settings = {
         "reduced_decode": reduced_decode,
-        "precision": inferer.precision if inferer is not None else "cuda-amp",
+        "precision": _precision_label(inferer, amp),
         "class_names": list(class_names),
-        "threshold": threshold,
+        "threshold": point.threshold,
         "spatial_size": list(spatial_size),
         "lung_crop": config.get("lung_crop"),
         "temperature": config.get("temperature"),
@@ -517,33 +602,33 @@ def load_bundle(
         "postprocessing": config.get("postprocessing"),
         "version": version,
     }
-    digest = hashlib.sha256(_file_sha256(checkpoint).encode())
-    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     loaded = InferenceBundle(
-        root=root,
+        root=files.root,
         network=network,
         preprocessing=preprocessing,
         postprocessing=postprocessing,
         device=torch_device,
         class_names=class_names,
-        threshold=threshold,
+        threshold=point.threshold,
         spatial_size=spatial_size,
         model_name=model_name,
         # a variant's results say which model made them: "0.3.0+subtype"
-        model_version=version.strip() if variant is None else f"{version.strip()}+{variant}",
+        model_version=version if variant is None else f"{version}+{variant}",
         checkpoint=checkpoint,
-        fingerprint=digest.hexdigest(),
+        fingerprint=_fingerprint(checkpoint, settings),
         heatmap_layer=heatmap_layer,
         inferer=inferer,
+        amp=amp,
     )
     logger.info(
-        "bundle %s: %s %s, classes %s, input %dx%d, threshold %.4g, on %s",
-        root,
+        "bundle %s: %s %s, classes %s, input %dx%d, threshold %.4g, on %s (%s)",
+        files.root,
         model_name,
         loaded.model_version,
         "/".join(class_names),
         *spatial_size,
-        threshold,
+        point.threshold,
         torch_device,
+        settings["precision"],
     )
     return loaded

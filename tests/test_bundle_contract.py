@@ -1,0 +1,170 @@
+"""The inference.json contract: one reader of the operating point, one loader, every key honoured."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from monai.inferers import SimpleInferer
+from monai.networks.nets import DenseNet121
+
+from pneumonia_monai.engine import bundle_config
+from pneumonia_monai.engine.bundle_config import BundleError, OperatingPoint
+from pneumonia_monai.engine.precision import AutocastInferer
+from pneumonia_monai.inference.bundle import load_bundle
+
+
+def _small_bundle(bundle_copy: Path, **updates: object) -> Path:
+    """The bundle copy with random weights at 32x32 (a fast load) and ``updates`` set in inference.json."""
+    torch.manual_seed(0)
+    torch.save(
+        DenseNet121(spatial_dims=2, in_channels=1, out_channels=2).state_dict(),
+        bundle_copy / "models/model.pt",
+    )
+    bundle_config.write_config_values(
+        bundle_copy / "configs/inference.json", {"spatial_size": [32, 32], "reduced_decode": False, **updates}
+    )
+    return bundle_copy
+
+
+def _channels_last(network: torch.nn.Module) -> bool:
+    """Whether a 3x3 convolution's weights (64 or more channels in) are stored channels-last."""
+    conv = next(m for m in network.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    return conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+
+
+def _write(path: Path, config: dict[str, object]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config), encoding="utf-8")
+
+
+def test_operating_point_reads_threshold_temperature_and_bias(tmp_path: Path) -> None:
+    _write(tmp_path / "configs/inference.json", {"threshold": 0.4, "class_names": ["normal", "pneumonia"]})
+    assert bundle_config.read_operating_point(tmp_path) == OperatingPoint(0.4, 1.0, None)
+    _write(
+        tmp_path / "configs/inference_subtype.json",
+        {"threshold": 0.3, "temperature": 2.0, "logit_bias": [0, 1, 2], "class_names": ["normal", "b", "v"]},
+    )
+    assert bundle_config.read_operating_point(tmp_path, "subtype") == OperatingPoint(
+        0.3, 2.0, (0.0, 1.0, 2.0)
+    )
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({}, "no 'threshold'"),
+        ({"threshold": True}, r"'threshold' must be a number in \[0, 1\], got True"),
+        ({"threshold": "$0.5"}, r"'threshold' must be a number in \[0, 1\], got '\$0.5'"),
+        ({"threshold": 1.01}, "'threshold' must be a number"),
+        ({"threshold": 0.5, "temperature": 0}, "temperature must be a finite number > 0"),
+        ({"threshold": 0.5, "logit_bias": [0.0, float("inf")]}, "logit bias must hold finite numbers"),
+        ({"threshold": 0.5, "logit_bias": [0.0, 1.0, 2.0]}, "one number per class"),
+    ],
+)
+def test_operating_point_refuses_bad_values(tmp_path: Path, config: dict[str, object], message: str) -> None:
+    _write(tmp_path / "configs/inference.json", {**config, "class_names": ["normal", "pneumonia"]})
+    with pytest.raises(BundleError, match=message) as info:
+        bundle_config.read_operating_point(tmp_path)
+    assert "inference.json" in str(info.value)  # the message names the file
+
+
+@pytest.mark.parametrize("variant", ["", "../x", "a" * 33, "sub type"])
+def test_variant_names_are_checked(tmp_path: Path, variant: str) -> None:
+    _write(tmp_path / "configs/inference.json", {"threshold": 0.5})
+    with pytest.raises(BundleError, match="bundle variant must be"):
+        bundle_config.read_inference_config(tmp_path, variant)
+
+
+def test_model_version_is_refused_not_cut() -> None:
+    assert bundle_config.model_version({"version": " 0.3.0 "}) == "0.3.0"
+    for bad in ("9" * 65, "", "1\\2", None, 3):
+        with pytest.raises(BundleError, match="'version' string of 1 to 64 characters"):
+            bundle_config.model_version({"version": bad})
+    assert bundle_config.model_name({"name": "x" * 65}) == bundle_config.DEFAULT_MODEL_NAME
+
+
+def test_write_config_values_keeps_order_and_provenance(bundle_copy: Path) -> None:
+    path = bundle_copy / "configs/inference.json"
+    before = json.loads(path.read_text(encoding="utf-8"))
+    bundle_config.write_config_values(path, {"threshold": 0.5, "threshold_rule": "a rule"})
+    after = json.loads(path.read_text(encoding="utf-8"))
+    assert list(after) == list(before)  # same keys, same order
+    assert (after["threshold"], after["threshold_rule"]) == (0.5, "a rule")
+    assert after["calibration"] == before["calibration"]
+    assert {k: v for k, v in after.items() if k not in ("threshold", "threshold_rule")} == {
+        k: v for k, v in before.items() if k not in ("threshold", "threshold_rule")
+    }
+    text = path.read_text(encoding="utf-8")
+    with pytest.raises(BundleError, match="'threshold' must be a number"):
+        bundle_config.write_config_values(path, {"threshold": 2})
+    assert path.read_text(encoding="utf-8") == text  # a bad value never reaches the file
+    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_the_loader_builds_the_configs_inferer_on_the_cpu(bundle_copy: Path) -> None:
+    loaded = load_bundle(_small_bundle(bundle_copy), device="cpu")
+    assert isinstance(loaded.inferer, AutocastInferer)  # inference.json's inferer, not a loader default
+    assert (loaded.inferer.device_type, loaded.inferer.precision, loaded.inferer.channels_last) == (
+        "cpu",
+        "fp32",  # the bundle's precision
+        True,
+    )
+    assert loaded.amp is False  # amp is float16 on CUDA only
+    assert _channels_last(loaded.network)
+
+
+def test_the_loader_honours_another_inferer_and_amp(bundle_copy: Path) -> None:
+    bundle = _small_bundle(bundle_copy, inferer={"_target_": "SimpleInferer"}, amp=True)
+    loaded = load_bundle(bundle, device="cpu")
+    assert type(loaded.inferer) is SimpleInferer
+    assert not _channels_last(loaded.network)
+    images = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        expected = loaded.network(images)
+    torch.testing.assert_close(loaded.logits(images), expected)
+    bundle_config.write_config_values(bundle / "configs/inference.json", {"amp": "yes"})
+    with pytest.raises(BundleError, match="'amp' must be true or false, got 'yes'"):
+        load_bundle(bundle, device="cpu")
+
+
+def test_the_loader_refuses_an_over_long_version(bundle_copy: Path) -> None:
+    bundle = _small_bundle(bundle_copy)
+    meta_path = bundle / "configs/metadata.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta["version"] = "1." + "0" * 70
+    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(BundleError, match="'version' string of 1 to 64 characters"):
+        load_bundle(bundle, device="cpu")
+
+
+def test_metadata_and_docs_quote_the_stored_threshold(repo_root: Path) -> None:
+    """metadata.json and the READMEs copy the threshold: they must say what inference.json stores."""
+    stored = bundle_config.read_operating_point(repo_root / "bundle").threshold
+    meta = bundle_config.read_metadata(repo_root / "bundle")
+    assert meta["eval_metrics"]["threshold"] == stored
+    text = f"{stored:.6f}".rstrip("0")
+    card = (repo_root / "bundle/docs/README.md").read_text(encoding="utf-8")
+    assert f"**{text}**" in card
+    readme = (repo_root / "README.md").read_text(encoding="utf-8")
+    assert f"At the stored threshold {text} " in readme
+
+
+def test_metadata_describes_the_networks_input_size(repo_root: Path) -> None:
+    config = bundle_config.read_inference_config(repo_root / "bundle")
+    rows, columns = config["spatial_size"]
+    meta = bundle_config.read_metadata(repo_root / "bundle")
+    assert f"resized to {rows}x{columns}" in meta["description"]
+    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [rows, columns]
+    assert meta["training"]["spatial_size"] == [rows, columns]
+
+
+def test_a_copied_bundle_reads_its_own_operating_point(bundle_copy: Path, tmp_path: Path) -> None:
+    moved = tmp_path / "elsewhere" / "bundle"
+    shutil.copytree(bundle_copy, moved)
+    bundle_config.write_config_values(moved / "configs/inference.json", {"threshold": 0.25})
+    assert bundle_config.read_operating_point(moved).threshold == 0.25
+    assert bundle_config.read_operating_point(bundle_copy).threshold != 0.25
