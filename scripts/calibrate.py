@@ -33,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from pneumonia_monai.atomic import atomic_open
+from pneumonia_monai.engine.bundle_config import write_config_values
 from pneumonia_monai.evaluation.calibration import fit_temperature_and_bias, softmax_probs
 from pneumonia_monai.evaluation.metrics import expected_calibration_error, roc_auc
 from pneumonia_monai.evaluation.threshold import choose_threshold
@@ -57,14 +58,6 @@ def split_logits(bundle: InferenceBundle, items: list[dict[str, Any]], batch_siz
 def pneumonia_probs(bundle: InferenceBundle, probs: np.ndarray) -> np.ndarray:
     """p(pneumonia) of each row, by the bundle's decision rule."""
     return np.array([bundle.pneumonia_probability(row) for row in probs])
-
-
-def write_config(path: Path, updates: dict[str, Any]) -> None:
-    """Set ``updates`` in the JSON config at ``path`` (other keys and their order kept), atomically."""
-    config = json.loads(path.read_text(encoding="utf-8"))
-    config.update(updates)
-    with atomic_open(path, "w") as handle:
-        handle.write(json.dumps(config, indent=4) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             / ("inference.json" if args.variant is None else f"inference_{args.variant}.json")
         )
         n_desc = f"n={len(items)}, {report['n_patients']} patients"
-        write_config(
+        write_config_values(
             config,
             {
                 "temperature": round(temperature, 6),

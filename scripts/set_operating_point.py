@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
-from pneumonia_monai.atomic import atomic_open
+from pneumonia_monai.engine.bundle_config import BundleError, write_config_values
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,28 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         f"validation split (n={report['n']}): sensitivity {point['sensitivity']:.4f}, "
         f"specificity {point['specificity']:.4f}"
     )
-    text = args.config.read_text(encoding="utf-8")
-    # Edit the two values in place, so the rest of the hand-formatted config stays as it is.
-    text, n_threshold = re.subn(
-        r'^(\s*"threshold": )[^,\n]+,', rf"\g<1>{threshold},", text, count=1, flags=re.M
-    )
-    text, n_rule = re.subn(
-        r'^(\s*"threshold_rule": )"[^"\n]*",',
-        lambda m: f"{m.group(1)}{json.dumps(rule)},",
-        text,
-        count=1,
-        flags=re.M,
-    )
-    config = json.loads(text)
-    if (
-        (n_threshold, n_rule) != (1, 1)
-        or config["threshold"] != threshold
-        or config["threshold_rule"] != rule
-    ):
-        print(f"{args.config}: no single-line 'threshold' and 'threshold_rule' to replace", file=sys.stderr)
+    # Edited as JSON (key order and every other key kept: the calibration and its provenance),
+    # validated before writing, atomically.
+    try:
+        config = write_config_values(args.config, {"threshold": threshold, "threshold_rule": rule})
+    except BundleError as exc:
+        print(str(exc), file=sys.stderr)
         return 2
-    with atomic_open(args.config) as fh:
-        fh.write(text)
     print(f"threshold {config['threshold']} -> {args.config}")
     print(config["threshold_rule"])
     return 0

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -168,3 +170,49 @@ def test_a_copied_bundle_reads_its_own_operating_point(bundle_copy: Path, tmp_pa
     bundle_config.write_config_values(moved / "configs/inference.json", {"threshold": 0.25})
     assert bundle_config.read_operating_point(moved).threshold == 0.25
     assert bundle_config.read_operating_point(bundle_copy).threshold != 0.25
+
+
+def _script(repo_root: Path, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"script_{name}", repo_root / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _metrics(path: Path, split: str = "validation", threshold: float = 0.61234567) -> Path:
+    point = {"threshold": threshold, "min_sensitivity": 0.95, "sensitivity": 0.96, "specificity": 0.9}
+    path.write_text(
+        json.dumps({"split": split, "n": 12, "extra": {"operating_point_on_this_split": point}}),
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_set_operating_point_edits_the_config_as_json(
+    repo_root: Path, bundle_copy: Path, tmp_path: Path
+) -> None:
+    script = _script(repo_root, "set_operating_point")
+    config = bundle_copy / "configs/inference.json"
+    before = json.loads(config.read_text(encoding="utf-8"))
+    assert script.main([str(_metrics(tmp_path / "m.json")), "--config", str(config)]) == 0
+    after = json.loads(config.read_text(encoding="utf-8"))
+    assert list(after) == list(before)
+    assert after["threshold"] == 0.612346
+    assert after["threshold_rule"].startswith("highest specificity with sensitivity >= 0.95")
+    assert "sensitivity 0.9600, specificity 0.9000" in after["threshold_rule"]
+    # the calibration and everything else untouched
+    assert {k: v for k, v in after.items() if not k.startswith("threshold")} == {
+        k: v for k, v in before.items() if not k.startswith("threshold")
+    }
+
+
+def test_set_operating_point_refuses_a_test_split_and_a_bad_threshold(
+    repo_root: Path, bundle_copy: Path, tmp_path: Path
+) -> None:
+    script = _script(repo_root, "set_operating_point")
+    config = bundle_copy / "configs/inference.json"
+    text = config.read_text(encoding="utf-8")
+    assert script.main([str(_metrics(tmp_path / "t.json", split="test")), "--config", str(config)]) == 2
+    assert script.main([str(_metrics(tmp_path / "b.json", threshold=1.5)), "--config", str(config)]) == 2
+    assert config.read_text(encoding="utf-8") == text
