@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from repo_paths import BUNDLE, REPO, SAMPLE_DICOM, SAMPLE_TREE
 
 from pneumonia_monai.devtools.netns import NamespaceUnavailableError
 from pneumonia_monai.devtools.orthanc import OrthancServer
 
 #: repo_guard: the session fails if it wrote into the repository tree; pytester: tests of that plugin.
 pytest_plugins = ["pytester", "repo_guard"]
-
-REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundle"
-SAMPLE_TREE = BUNDLE / "sample_data" / "chest_xray"
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +32,12 @@ def sample_tree() -> Path:
 @pytest.fixture(scope="session")
 def sample_images() -> list[Path]:
     return sorted(SAMPLE_TREE.rglob("*.jpeg"))
+
+
+@pytest.fixture(scope="session")
+def sample_dicom() -> Path:
+    """The sample DICOM studies (``bundle/sample_data/dicom``: CR/DX films, a lateral, an RLE film...)."""
+    return SAMPLE_DICOM
 
 
 @pytest.fixture
@@ -60,3 +64,47 @@ def start_orthanc() -> Callable[..., OrthancServer]:
             pytest.skip(f"no private Orthanc: {exc}")
 
     return start
+
+
+# ------------------------------------------------------------------------- optional environments
+
+#: ``make test-deploy`` and ``make test-label`` set it (``deploy``, ``label``, a comma list, or ``1`` for
+#: all): there a missing optional environment fails the tests instead of skipping them.
+REQUIRE_OPTIONAL_ENVS = "PNEUMONIA_MONAI_REQUIRE_OPTIONAL_ENVS"
+#: Per optional environment: its folder, the variable naming another interpreter, its make targets.
+OPTIONAL_ENVS = {
+    "deploy": (".venv-deploy", "PNEUMONIA_MONAI_DEPLOY_PYTHON", "deploy-env", "test-deploy"),
+    "label": (".venv-label", "PNEUMONIA_MONAI_LABEL_PYTHON", "label-env", "test-label"),
+}
+
+
+def optional_python(kind: str) -> Path:
+    """The interpreter of optional environment ``kind``; skip, saying why and how to run, where it is missing.
+
+    The skip reason names the missing interpreter, the make target that builds the environment and the
+    one that runs these tests in it; under :data:`REQUIRE_OPTIONAL_ENVS` (CI) it is a failure instead.
+    """
+    folder, variable, build, run = OPTIONAL_ENVS[kind]
+    python = Path(os.environ.get(variable) or REPO / folder / "bin" / "python")
+    if python.is_file() and os.access(python, os.X_OK):
+        return python
+    message = (
+        f"optional environment {kind!r} not built: no {python} (`make {build}` builds it; "
+        f"`make {run}` builds it and runs these tests in it; {variable} names another interpreter)"
+    )
+    required = {v.strip() for v in os.environ.get(REQUIRE_OPTIONAL_ENVS, "").split(",")}
+    if "1" in required or kind in required:
+        pytest.fail(f"{message}, and {REQUIRE_OPTIONAL_ENVS} requires it")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def deploy_python() -> Path:
+    """The MONAI Deploy App SDK environment's interpreter (``.venv-deploy``)."""
+    return optional_python("deploy")
+
+
+@pytest.fixture(scope="session")
+def label_python() -> Path:
+    """The MONAI Label environment's interpreter (``.venv-label``)."""
+    return optional_python("label")

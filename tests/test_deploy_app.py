@@ -6,9 +6,9 @@ environment: they build the inputs (DICOM films made from the sample JPEGs, a bu
 random weights), run ``deploy/app.py`` with the optional environment's python as a subprocess, and
 read its output back with pydicom / highdicom here.
 
-Where the optional environment is missing the tests are skipped with the command that builds it,
-unless ``PNEUMONIA_MONAI_REQUIRE_OPTIONAL_ENVS`` is ``1`` or names ``deploy`` (CI sets it after
-building the environment), which turns the skip into a failure.
+Where the optional environment is missing they are skipped, and the reason says so and how to run
+them (conftest's ``deploy_python``): ``make test-deploy`` builds it and runs them there, where a missing
+environment fails instead (``PNEUMONIA_MONAI_REQUIRE_OPTIONAL_ENVS``; CI runs it).
 ``PNEUMONIA_MONAI_DEPLOY_PYTHON`` names another interpreter.
 """
 
@@ -33,40 +33,15 @@ from monai.networks.nets import DenseNet121
 from PIL import Image
 from pydicom.sr.codedict import codes
 from pydicom.uid import ComprehensiveSRStorage
+from repo_paths import BUNDLE, REPO, SAMPLE_TREE
 
 from pneumonia_monai.dicom.sr import ABSENT, OUTSIDE_INTENDED_USE, PNEUMONIA, PRESENT, PROB_PNEUMONIA
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundle"
-SAMPLE_TREE = BUNDLE / "sample_data" / "chest_xray"
-DEPLOY_PYTHON_ENV = "PNEUMONIA_MONAI_DEPLOY_PYTHON"
-REQUIRE_ENV = "PNEUMONIA_MONAI_REQUIRE_OPTIONAL_ENVS"
 APP = REPO / "deploy" / "app.py"
 #: SNOMED CT "Pneumonia", the finding of every measurement group.
 PNEUMONIA_SCT = ("233604007", "SCT")
-
-
-def _required(env: str) -> bool:
-    """Whether REQUIRE_ENV (``1``: every env, or names such as ``deploy,label``) requires ``env``."""
-    value = os.environ.get(REQUIRE_ENV, "").strip()
-    return value == "1" or env in {v.strip() for v in value.split(",")}
-
-
-def _optional_python(default: Path, variable: str, make_target: str) -> Path:
-    python = Path(os.environ.get(variable) or default)
-    if python.is_file() and os.access(python, os.X_OK):
-        return python
-    message = f"{python} not found: build the optional environment with `make {make_target}`"
-    if _required(make_target.removesuffix("-env")):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-@pytest.fixture(scope="module")
-def deploy_python() -> Path:
-    return _optional_python(REPO / ".venv-deploy" / "bin" / "python", DEPLOY_PYTHON_ENV, "deploy-env")
 
 
 @pytest.fixture(scope="module")

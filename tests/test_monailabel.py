@@ -11,8 +11,9 @@ Two parts:
   ``pydicom._storage_sopclass_uids`` (pydicom-seg 0.4.1, imported by MONAI Label 0.8.5, needs it;
   pydicom 3 removed it): see ``monailabel_app/README.md``. CI builds it (``make test-label``).
 
-Where ``.venv-label`` is missing those two are skipped with the command that builds it, unless
-``PNEUMONIA_MONAI_REQUIRE_OPTIONAL_ENVS`` is ``1`` or names ``label``.
+Where ``.venv-label`` is missing those two are skipped, and the reason says so and how to run them
+(conftest's ``label_python``): ``make test-label`` builds it and runs them there, where a missing
+environment fails instead (``PNEUMONIA_MONAI_REQUIRE_OPTIONAL_ENVS``; CI runs it).
 ``PNEUMONIA_MONAI_LABEL_PYTHON`` names another interpreter.
 """
 
@@ -34,19 +35,9 @@ from dicom_factory import make_dx, make_sr
 from monai.bundle import ConfigParser
 from monai.networks.nets import DenseNet121
 from PIL import Image
+from repo_paths import BUNDLE, REPO, SAMPLE_TREE
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundle"
-SAMPLE_TREE = BUNDLE / "sample_data" / "chest_xray"
 APP_DIR = REPO / "monailabel_app"
-LABEL_PYTHON_ENV = "PNEUMONIA_MONAI_LABEL_PYTHON"
-REQUIRE_ENV = "PNEUMONIA_MONAI_REQUIRE_OPTIONAL_ENVS"
-
-
-def _required(env: str) -> bool:
-    """Whether REQUIRE_ENV (``1``: every env, or names such as ``deploy,label``) requires ``env``."""
-    value = os.environ.get(REQUIRE_ENV, "").strip()
-    return value == "1" or env in {v.strip() for v in value.split(",")}
 
 
 def _load_decision() -> ModuleType:
@@ -117,8 +108,8 @@ def test_classification_result_applies_the_threshold_inclusively() -> None:
         ([0.5, 0.5], ["normal"], 0.5, "2 outputs for the classes"),
         ([0.5, 0.5], ["healthy", "pneumonia"], 0.5, "must include 'normal'"),
         ([0.9, 0.9], ["normal", "pneumonia"], 0.5, "not probabilities"),
-        ([0.5, 0.5], ["normal", "pneumonia"], 1.5, r"threshold must be a number in \[0, 1\], got 1.5"),
-        ([0.5, 0.5], ["normal", "pneumonia"], True, "threshold must be a number"),
+        ([0.5, 0.5], ["normal", "pneumonia"], 1.5, r"'threshold' must be a number in \[0, 1\], got 1.5"),
+        ([0.5, 0.5], ["normal", "pneumonia"], True, "'threshold' must be a number"),
     ],
 )
 def test_classification_result_rejects_bad_values(probs, names, threshold, message) -> None:
@@ -127,17 +118,6 @@ def test_classification_result_rejects_bad_values(probs, names, threshold, messa
 
 
 # -------------------------------------------------------------------------- optional environment
-
-
-@pytest.fixture(scope="module")
-def label_python() -> Path:
-    python = Path(os.environ.get(LABEL_PYTHON_ENV) or REPO / ".venv-label" / "bin" / "python")
-    if python.is_file() and os.access(python, os.X_OK):
-        return python
-    message = f"{python} not found: build the optional environment with `make label-env`"
-    if _required("label"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="module")
