@@ -28,7 +28,8 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from pneumonia_monai.dicom.convert import encode_dataset, kaggle_to_dicom
+from pneumonia_monai.data.kaggle_dicom import kaggle_to_dicom
+from pneumonia_monai.dicom.convert import encode_dataset
 from pneumonia_monai.dicom.uids import derived_uid
 
 REPO = Path(__file__).resolve().parents[1]

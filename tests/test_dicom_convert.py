@@ -21,19 +21,17 @@ from pydicom.uid import (
     JPEG2000Lossless,
     RLELossless,
 )
+from repo_paths import SAMPLE_TREE
 
 from pneumonia_monai.cli import convert as convert_cli
-from pneumonia_monai.dicom.convert import (
-    build_dx_dataset,
-    dicom_to_datalist,
-    kaggle_to_dicom,
-    read_labels,
-)
+from pneumonia_monai.data.dicom_datalist import dicom_to_datalist, read_labels
+from pneumonia_monai.data.kaggle_dicom import kaggle_to_dicom
+from pneumonia_monai.dicom.convert import build_dx_dataset
 from pneumonia_monai.dicom.selection import select_files
 from pneumonia_monai.dicom.uids import derived_uid, pseudonym, salted_patient_hash
 from pneumonia_monai.labels import label_value
 
-SAMPLE = Path(__file__).resolve().parents[1] / "bundle/sample_data/chest_xray"
+SAMPLE = SAMPLE_TREE
 
 #: source file in the test tree -> (label, subtype, Kaggle patient id, datalist split)
 FILMS: dict[str, tuple[str, str, str, str]] = {
@@ -104,7 +102,7 @@ def test_every_source_file_is_accounted_for(src: Path, converted: Path) -> None:
         "train/NORMAL/IM-0236-0001.jpeg": "error",
     }
     assert rows["README.txt"]["reason"] == "not an image file (suffix .txt)"
-    assert rows["train/NORMAL/.DS_Store"]["reason"] == "system junk file (Mac/Windows metadata)"
+    assert rows["train/NORMAL/.DS_Store"]["reason"] == "junk file (macOS/Windows metadata)"
     assert rows["train/NORMAL/IM-0236-0001.jpeg"]["reason"].startswith("cannot decode image (OSError")
     assert len(_dicoms(converted)) == len(FILMS)
     for rel in FILMS:
@@ -420,8 +418,46 @@ def test_dicom_to_datalist_split_is_seeded_and_salt_free(archive: dict[str, obje
 
     assert split("x", 0) == split("y", 0)
     assert {tuple(sorted(split("x", s).items())) for s in range(8)} != {tuple(sorted(split("x", 0).items()))}
-    build = dicom_to_datalist(archive["root"], archive["labels"], tmp_path / "r.json")
+    build = dicom_to_datalist(archive["root"], archive["labels"], tmp_path / "r.json", val_fraction=0.5)
     assert build.unlabelled_studies == 1 and build.label_errors and build.written
+
+
+def test_dicom_to_datalist_split_is_the_stratified_patient_split(tmp_path: Path) -> None:
+    """The split is data.splits.grouped_split: by patient, stratified (it once shuffled patient ids)."""
+    root, rows = tmp_path / "archive", ["study_uid,label"]
+    kinds = ["normal"] * 6 + ["bacterial"] * 6 + ["viral"] * 6
+    for number, kind in enumerate(kinds):
+        first = make_cr(root / f"P{number}/1.dcm", PatientID=f"P{number}")
+        make_cr(
+            root / f"P{number}/2.dcm",
+            PatientID=f"P{number}",
+            StudyInstanceUID=first.StudyInstanceUID,
+            SeriesInstanceUID=first.SeriesInstanceUID,
+        )
+        rows.append(f"{first.StudyInstanceUID},{kind}")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    for seed in (0, 1):
+        build = dicom_to_datalist(
+            root, labels, tmp_path / f"{seed}.json", label_mode="subtype", val_fraction=1 / 3, seed=seed
+        )
+        by_split = {
+            s: [Path(e["image"]).parent.name for e in build.datalist[s]] for s in ("training", "validation")
+        }
+        assert set(by_split["training"]).isdisjoint(
+            by_split["validation"]
+        )  # both films of a patient together
+        counts = sorted(e["label"] for e in build.datalist["validation"])
+        assert counts == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]  # 2 patients x 2 films of each class
+
+
+def test_dicom_to_datalist_says_when_there_are_too_few_patients(
+    archive: dict[str, object], tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match=r"cannot split 2 patient\(s\) into 5 folds"):
+        dicom_to_datalist(archive["root"], archive["labels"], tmp_path / "r.json", val_fraction=0.2)
+    with pytest.raises(ValueError, match=r"val_fraction must be 0 or in \(0, 0.5\], got 0.6"):
+        dicom_to_datalist(archive["root"], archive["labels"], tmp_path / "r.json", val_fraction=0.6)
 
 
 def test_dicom_to_datalist_by_sop_uid_and_accession(archive: dict[str, object], tmp_path: Path) -> None:

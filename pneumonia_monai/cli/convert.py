@@ -14,7 +14,7 @@ labels CSV ``dicom-to-datalist`` reads, with ``--key sop_uid`` or ``--key study_
 ``dicom-to-datalist`` reads a labels CSV with a key column (``study_uid``, ``sop_uid`` or
 ``accession_number``, after ``--key``), a label column (``--label-column``, default ``label``: normal,
 pneumonia, bacterial or viral) and optionally a ``subtype`` column; see
-:func:`pneumonia_monai.dicom.convert.read_labels`.
+:func:`pneumonia_monai.data.dicom_datalist.read_labels`.
 """
 
 from __future__ import annotations
@@ -36,13 +36,9 @@ from pneumonia_monai.cli.common import (
     returns_exit_status,
 )
 from pneumonia_monai.cli.select import progress_wrapper
-from pneumonia_monai.dicom.convert import (
-    COMPRESSIONS,
-    KEY_COLUMNS,
-    dicom_to_datalist,
-    kaggle_to_dicom,
-    write_report,
-)
+from pneumonia_monai.data.dicom_datalist import KEY_COLUMNS, dicom_to_datalist, write_report
+from pneumonia_monai.data.kaggle_dicom import kaggle_to_dicom
+from pneumonia_monai.dicom.convert import COMPRESSIONS
 from pneumonia_monai.dicom.rules import SelectionRules
 from pneumonia_monai.labels import LABEL_MODES
 
@@ -107,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--val-fraction",
         type=fraction_below_one,
         default=0.2,
-        help="fraction of patients in validation (default: 0.2)",
+        help="fraction of patients in validation: 0, or up to 0.5 (default: 0.2)",
     )
     d2l.add_argument("--seed", type=int, default=0, help="seed of the patient split (default: 0)")
     d2l.add_argument(

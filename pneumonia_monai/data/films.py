@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from pneumonia_monai.dicom.header import is_dicom
 from pneumonia_monai.formats import is_film_name
-from pneumonia_monai.data.kaggle import JUNK_NAMES
+from pneumonia_monai.names import is_junk
 
 logger = logging.getLogger(__name__)
 
@@ -24,16 +25,12 @@ def list_films(folder: str | Path) -> list[dict[str, str]]:
     Raises:
         FileNotFoundError: if ``folder`` does not exist.
     """
-    from pneumonia_monai.dicom.io import is_dicom
-
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"folder not found: {root}")
     films = []
     for path in sorted(root.rglob("*")):
-        if not path.is_file() or any(
-            p in JUNK_NAMES or p.startswith("._") for p in path.relative_to(root).parts
-        ):
+        if not path.is_file() or is_junk(path.relative_to(root)):
             continue
         if is_film_name(path) or is_dicom(path):
             films.append({"image": str(path)})

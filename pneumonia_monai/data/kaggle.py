@@ -1,9 +1,9 @@
 """Read the Kaggle / Mendeley chest X-ray trees (Kermany et al. 2018) into image records.
 
 The Kaggle archive (``chest_xray/{train,test,val}/{NORMAL,PNEUMONIA}/*.jpeg``) comes with Mac junk
-(``__MACOSX/``, ``._*`` resource forks, ``.DS_Store``) and, depending on how it was unpacked, a nested
-``chest_xray/chest_xray`` copy of itself. The Mendeley V3 release names files ``NORMAL-<patient>-<n>``,
-``BACTERIA-<patient>-<n>`` and ``VIRUS-<patient>-<n>``.
+(``__MACOSX/``, ``._*`` resource forks, ``.DS_Store``: :func:`pneumonia_monai.names.is_junk`) and,
+depending on how it was unpacked, a nested ``chest_xray/chest_xray`` copy of itself. The Mendeley V3
+release names files ``NORMAL-<patient>-<n>``, ``BACTERIA-<patient>-<n>`` and ``VIRUS-<patient>-<n>``.
 
 Labels come from the class folder; the pneumonia subtype and the patient id come from the file name:
 
@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pneumonia_monai.formats import film_stem, is_film_name
+from pneumonia_monai.names import is_junk
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +40,6 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpeg", ".jpg", ".png"})
 CLASS_FOLDERS: dict[str, str] = {"NORMAL": "normal", "PNEUMONIA": "pneumonia"}
 #: Official split folder names.
 SPLIT_FOLDERS: frozenset[str] = frozenset({"train", "test", "val"})
-#: Files and folders that are never images.
-JUNK_NAMES: frozenset[str] = frozenset({"__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini"})
 
 _PERSON = re.compile(r"^(?P<pid>person\d+)_(?P<kind>bacteria|virus)_\d+(?:_\d+)*$", re.IGNORECASE)
 _KAGGLE_NORMAL = re.compile(r"^(?P<pid>(?:NORMAL\d*-)?IM-\d+)(?:-\d+)+$", re.IGNORECASE)
@@ -105,10 +104,6 @@ def parse_name(stem: str, label: str) -> tuple[str, str]:
     return ("none" if label == "normal" else "unknown"), stem
 
 
-def _is_junk(path: Path) -> bool:
-    return any(part in JUNK_NAMES or part.startswith("._") for part in path.parts)
-
-
 def _class_and_split(rel: Path) -> tuple[str, str] | None:
     """Find the class folder (and the split folder above it) in a path relative to the root."""
     parts = rel.parts[:-1]
@@ -134,7 +129,7 @@ def iter_image_files(root: Path) -> Iterator[Path]:
     """
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
-        if _is_junk(rel) or not path.is_file() or not is_film_name(path):
+        if is_junk(rel) or not path.is_file() or not is_film_name(path):
             continue
         yield path
 

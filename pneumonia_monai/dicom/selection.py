@@ -11,9 +11,10 @@ shipped with the package, or a site's own file); headers are read by :mod:`pneum
 the inputs walked by :mod:`pneumonia_monai.dicom.walk`. The rules are applied in this order, the first that
 matches decides:
 
-0. entries that are not regular files (:func:`entry_problem`): links (never followed) and named pipes
-   (never opened) are ``skipped``; dangling links, link loops, unreadable folders and paths longer than
-   ``PATH_MAX`` are ``error``;
+0. operating-system metadata (``__MACOSX/``, ``._*``, ``.DS_Store``, ``Thumbs.db``:
+   :func:`pneumonia_monai.names.is_junk`) is ``skipped``; of the entries that are not regular files
+   (:func:`entry_problem`), links (never followed) and named pipes (never opened) are ``skipped``;
+   dangling links, link loops, unreadable folders and paths longer than ``PATH_MAX`` are ``error``;
 1. zero-byte file or not a DICOM file (``skipped``); truncated file (also cut inside its header),
    unreadable header, sequences nested too deeply, a deflated data set that is corrupt, cut short or
    over the inflated-size limit (``error``);
@@ -70,7 +71,7 @@ from pneumonia_monai.dicom.header import (
 )
 from pneumonia_monai.dicom.rules import SECONDARY_CAPTURE_SOP_CLASSES, SelectionRules
 from pneumonia_monai.dicom.walk import file_kind, iter_input_files, os_error_reason
-from pneumonia_monai.names import escape_name, printable
+from pneumonia_monai.names import JUNK_REASON, escape_name, is_junk, printable
 
 logger = logging.getLogger(__name__)
 
@@ -137,10 +138,7 @@ class Decision:
     @property
     def relative_path(self) -> str:
         """The path relative to its input root, with forward slashes."""
-        try:
-            return self.path.relative_to(self.root).as_posix()
-        except ValueError:
-            return self.path.as_posix()
+        return _relative_path(self.path, self.root)
 
     @property
     def selected(self) -> bool:
@@ -156,6 +154,13 @@ class Decision:
         row = {k: printable(str(v)) for k, v in asdict(self).items() if k not in ("path", "root")}
         row["path"] = escape_name(self.relative_path)  # lossless for names that are not UTF-8
         return {column: row[column] for column in DECISION_COLUMNS}
+
+
+def _relative_path(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
 
 
 @dataclass
@@ -413,6 +418,8 @@ def decide_file(
     path = Path(path)
     rules = rules or SelectionRules.default()
     root_path = Path(root) if root is not None else path.parent
+    if is_junk(_relative_path(path, root_path)):
+        return _decision(path, root_path, SKIPPED, JUNK_REASON)
     entry = entry_problem(path)
     if entry is not None:
         return _decision(path, root_path, *entry)

@@ -1,8 +1,8 @@
 """Deterministic identifiers: DICOM UIDs derived from content, pseudonyms and salted patient hashes.
 
-Re-running a conversion must give the same UIDs, so the UIDs written by :mod:`pneumonia_monai.dicom.convert`
-are *name-based*: a version 5 (SHA-1, name-based) UUID of the inputs, written under the ``2.25`` arc as
-PS3.5 Annex B.2 and ISO/IEC 9834-8 allow for any UUID. Note that
+Re-running a conversion must give the same UIDs, so the UIDs written by
+:mod:`pneumonia_monai.data.kaggle_dicom` are *name-based*: a version 5 (SHA-1, name-based) UUID of
+the inputs, written under the ``2.25`` arc as PS3.5 Annex B.2 and ISO/IEC 9834-8 allow for any UUID. Note that
 ``pydicom.uid.generate_uid(prefix=None, entropy_srcs=...)`` is *not* deterministic: with ``prefix=None``
 pydicom ignores ``entropy_srcs`` and returns a random UUID.
 
