@@ -28,12 +28,12 @@ from typing import Any
 
 import torch
 
-from pneumonia_monai.data.kaggle import JUNK_NAMES
 from pneumonia_monai.decision import label_at
 from pneumonia_monai.dicom.rules import SelectionRules
 from pneumonia_monai.dicom.selection import SELECTED, decide_file, entry_problem
 from pneumonia_monai.inference.bundle import InferenceBundle
 from pneumonia_monai.inference.manifest import ERROR, OK, SKIPPED, ResultRow
+from pneumonia_monai.names import JUNK_REASON, is_junk
 from pneumonia_monai.transforms.lung_crop import crop_fractions, lacks_content
 
 logger = logging.getLogger(__name__)
@@ -124,11 +124,6 @@ class FilmItem:
     heatmaps: bool = False  # whether the heatmaps of ``row`` were written (by a Ray actor)
 
 
-def is_junk(rel: str) -> bool:
-    """Whether a relative path is operating-system metadata (``__MACOSX``, ``._*``, ``.DS_Store``)."""
-    return any(part in JUNK_NAMES or part.startswith("._") for part in rel.split("/"))
-
-
 def root_cause_message(exc: BaseException, job: FilmJob) -> str:
     """The innermost meaningful message of an exception chain (MONAI wraps transform errors)."""
     from pneumonia_monai.transforms import ImageLoadError
@@ -173,7 +168,7 @@ class FilmContext:
     def prepare(self, job: FilmJob) -> FilmItem:
         """Triage one file and, when it is to be inferred, decode and preprocess it (runs in a worker)."""
         if is_junk(job.rel):
-            return self.finished(job, SKIPPED, "junk file (macOS/Windows metadata)")
+            return self.finished(job, SKIPPED, JUNK_REASON)
         if job.uri:
             from pneumonia_monai.inference.sources import SourceError, fetch
 
