@@ -28,6 +28,8 @@ from monai.deploy.conditions import CountCondition
 from monai.deploy.core import Application
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
 
+import pneumonia_monai
+
 logger = logging.getLogger(__name__)
 
 #: Environment variable naming a site's YAML selection rules.
@@ -41,7 +43,8 @@ class PneumoniaDeployApp(Application):
 
     name = "pneumonia_monai_deploy"
     description = "Pediatric chest X-ray pneumonia classification (research use, not for diagnosis)"
-    version = "0.1.0"
+    #: The bundle's version (one version: ``pneumonia_monai.__version__`` is ``metadata.json``'s).
+    version = pneumonia_monai.__version__
 
     def compose(self) -> None:
         """Build the operators and connect them."""

@@ -5,8 +5,9 @@ can be read and tested on its own:
 
 - :func:`select_films`: the chest frontal CR/DX instances of a list of loaded DICOM datasets, decided by
   the same :mod:`pneumonia_monai.dicom.selection` rules as ``pneumonia-monai select``; grouped by study;
-- :class:`BundleClassifier`: the bundle's ``preprocessing`` -> ``network_def`` + checkpoint ->
-  ``inferer`` -> ``postprocessing``, run on the instance's *file*, so that a DICOM film goes through
+- :class:`BundleClassifier`: the bundle as :func:`pneumonia_monai.inference.bundle.load_bundle` loads
+  it (``preprocessing`` -> ``network_def`` + checkpoint -> ``inferer`` -> ``postprocessing``), run on the
+  instance's *file*, so that a DICOM film goes through
   exactly the pipeline of training, evaluation and ``pneumonia-monai infer``
   (:class:`pneumonia_monai.transforms.ChestXRayPreprocessd`: Modality LUT, VOI LUT, polarity, lung
   crop, resize). The result keeps the probabilities: the decision is ``prob_pneumonia >= threshold``
@@ -17,7 +18,6 @@ can be read and tested on its own:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import tempfile
@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
 from pydicom.dataset import Dataset
 
 from pneumonia_monai.decision import is_pneumonia, pneumonia_probability
@@ -36,24 +35,12 @@ from pneumonia_monai.dicom.intended_use import UNKNOWN
 from pneumonia_monai.dicom.rules import SelectionRules
 from pneumonia_monai.dicom.selection import SELECTED, decide_header, intended_use_of
 from pneumonia_monai.dicom.sr import ImageFinding, build_pneumonia_sr
-from pneumonia_monai.engine.checkpoint import load_network_state
+from pneumonia_monai.inference.bundle import load_bundle
 
 logger = logging.getLogger(__name__)
 
 #: The bundle config the classifier reads, relative to the bundle root.
 INFERENCE_CONFIG = Path("configs") / "inference.json"
-#: The bundle metadata (name and version of the algorithm), relative to the bundle root.
-METADATA_CONFIG = Path("configs") / "metadata.json"
-#: Keys the classifier needs in ``inference.json`` (the keys MONAI Label's bundle loader needs too).
-REQUIRED_KEYS: tuple[str, ...] = (
-    "network_def",
-    "preprocessing",
-    "postprocessing",
-    "inferer",
-    "checkpoint",
-    "class_names",
-    "threshold",
-)
 #: Pixel data elements (Pixel Data, Float Pixel Data, Double Float Pixel Data).
 _PIXEL_TAGS: tuple[int, ...] = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 #: Name of the normal class in ``class_names``; every other class is a kind of pneumonia.
@@ -228,55 +215,27 @@ def find_bundle_root(path: str | Path) -> Path:
 class BundleClassifier:
     """Run the pneumonia bundle on single films (JPEG/PNG or DICOM files).
 
+    The bundle is loaded by :func:`pneumonia_monai.inference.bundle.load_bundle`, the loader of
+    ``pneumonia-monai infer`` and the DICOM node: the same checks, the same ``inferer`` and precision
+    rule, ``amp``, operating point and model version (an over-long version is refused, not cut).
+
     Args:
         bundle_root: the bundle folder (``bundle_root`` is set to it explicitly, whatever the config says).
-        device: torch device; default: the config's ``device`` (``cuda:0`` when available, else CPU).
-        checkpoint: state dict to load; default: the config's ``checkpoint`` (``models/model.pt``).
+        device: torch device; default ``auto`` (CUDA when available, else the CPU).
 
     Raises:
-        FileNotFoundError: if the bundle config or the checkpoint is missing.
-        ValueError: if the config lacks a required key or its threshold / class names are invalid.
+        pneumonia_monai.inference.bundle.BundleError: if the bundle cannot be used (the message names
+            the file, key or value at fault).
+        ValueError: if ``device`` is unknown or unavailable.
     """
 
-    def __init__(
-        self,
-        bundle_root: str | Path,
-        *,
-        device: str | torch.device | None = None,
-        checkpoint: str | Path | None = None,
-    ) -> None:
+    def __init__(self, bundle_root: str | Path, *, device: str | torch.device | None = None) -> None:
         self.bundle_root = Path(bundle_root).resolve()
-        config_file = self.bundle_root / INFERENCE_CONFIG
-        if not config_file.is_file():
-            raise FileNotFoundError(f"bundle config not found: {config_file}")
-        parser = ConfigParser()
-        parser.read_config(str(config_file))
-        missing = [key for key in REQUIRED_KEYS if key not in parser]
-        if missing:
-            raise ValueError(f"{config_file} lacks key(s) {missing}")
-        parser["bundle_root"] = str(self.bundle_root)
-        self.device = torch.device(device) if device is not None else parser.get_parsed_content("device")
-        self.class_names = [str(c) for c in parser.get_parsed_content("class_names")]
-        if NORMAL_CLASS not in self.class_names or len(self.class_names) < 2:
-            raise ValueError(
-                f"class_names must include {NORMAL_CLASS!r} and one other, got {self.class_names}"
-            )
-        threshold = parser.get_parsed_content("threshold")
-        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
-            raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
-        self.threshold = float(threshold)
-        weights = (
-            Path(checkpoint) if checkpoint is not None else Path(parser.get_parsed_content("checkpoint"))
-        )
-        if not weights.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {weights}")
-        self.network = parser.get_parsed_content("network_def", instantiate=True)
-        self.network.load_state_dict(load_network_state(weights), strict=True)
-        self.network.to(self.device).eval()
-        self.preprocessing = parser.get_parsed_content("preprocessing", instantiate=True)
-        self.inferer = parser.get_parsed_content("inferer", instantiate=True)
-        self.postprocessing = parser.get_parsed_content("postprocessing", instantiate=True)
-        self.name, self.version = _algorithm_identity(self.bundle_root)
+        self.bundle = load_bundle(self.bundle_root, device="auto" if device is None else str(device))
+        self.device = self.bundle.device
+        self.class_names = list(self.bundle.class_names)
+        self.threshold = self.bundle.threshold
+        self.name, self.version = self.bundle.model_name, self.bundle.model_version
         logger.info(
             "bundle %s %s from %s on %s (threshold %.4f)",
             self.name,
@@ -292,12 +251,9 @@ class BundleClassifier:
         Raises:
             pneumonia_monai.transforms.ImageLoadError: if the file cannot be loaded.
         """
-        data = self.preprocessing({"image": str(path)})
-        batch = torch.as_tensor(data["image"])[None].to(self.device)
-        with torch.no_grad():
-            logits = self.inferer(batch, self.network)
-        out = self.postprocessing({"pred": logits[0]})
-        probs = torch.as_tensor(out["pred"]).detach().float().cpu().numpy().reshape(-1)
+        data = self.bundle.preprocessing({"image": str(path)})
+        batch = torch.as_tensor(data["image"]).as_subclass(torch.Tensor)[None]
+        probs = self.bundle.predict(batch)[0]
         return self._prediction(probs)
 
     def predict_dataset(self, ds: Dataset, path: str | Path | None = None) -> Prediction:
@@ -324,15 +280,6 @@ class BundleClassifier:
         return Prediction(
             probabilities, prob_pneumonia, self.threshold, is_pneumonia(prob_pneumonia, self.threshold)
         )
-
-
-def _algorithm_identity(bundle_root: Path) -> tuple[str, str]:
-    """``(name, version)`` of the bundle from its ``metadata.json`` (LO values: at most 64 characters)."""
-    metadata_file = bundle_root / METADATA_CONFIG
-    metadata = json.loads(metadata_file.read_text(encoding="utf-8")) if metadata_file.is_file() else {}
-    name = str(metadata.get("name") or "pneumonia_monai")[:64]
-    version = str(metadata.get("version") or "0")[:64]
-    return name, version
 
 
 # ------------------------------------------------------------------------------------- reports

@@ -35,6 +35,7 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 
+from pneumonia_monai.engine import bundle_config
 from pneumonia_monai.engine.paths import locate_bundle_root
 
 logger = logging.getLogger(__name__)
@@ -67,14 +68,14 @@ class PneumoniaApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         conf = dict(conf or {})
         self.bundle_root = _bundle_root(conf)
-        metadata = json.loads((self.bundle_root / "configs" / "metadata.json").read_text(encoding="utf-8"))
+        version = bundle_config.model_version(bundle_config.read_metadata(self.bundle_root))
         super().__init__(
             app_dir=app_dir,
             studies=studies,
             conf=conf,
             name="pneumonia_monai",
             description="Pediatric chest X-ray pneumonia classification (research use, not for diagnosis)",
-            version=str(metadata.get("version", "0")),
+            version=version,
         )
 
     def init_datastore(self) -> Datastore:

@@ -216,3 +216,27 @@ def test_set_operating_point_refuses_a_test_split_and_a_bad_threshold(
     assert script.main([str(_metrics(tmp_path / "t.json", split="test")), "--config", str(config)]) == 2
     assert script.main([str(_metrics(tmp_path / "b.json", threshold=1.5)), "--config", str(config)]) == 2
     assert config.read_text(encoding="utf-8") == text
+
+
+def test_one_version_for_the_package_the_bundle_and_the_deploy_app(repo_root: Path) -> None:
+    """``__version__`` is metadata.json's; app.yaml says it; the Deploy app class takes ``__version__``."""
+    import ast
+
+    import yaml
+
+    import pneumonia_monai
+
+    version = bundle_config.model_version(bundle_config.read_metadata(repo_root / "bundle"))
+    assert pneumonia_monai.__version__ == version
+    app_yaml = yaml.safe_load((repo_root / "deploy/app.yaml").read_text(encoding="utf-8"))
+    assert app_yaml["application"]["version"] == version
+    tree = ast.parse((repo_root / "deploy/app.py").read_text(encoding="utf-8"))
+    app = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "PneumoniaDeployApp")
+    assigned = {
+        t.id: ast.unparse(n.value)
+        for n in app.body
+        if isinstance(n, ast.Assign)
+        for t in n.targets
+        if isinstance(t, ast.Name)
+    }
+    assert assigned["version"] == "pneumonia_monai.__version__"

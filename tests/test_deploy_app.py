@@ -203,7 +203,8 @@ def test_app_fails_on_missing_checkpoint(deploy_python: Path, random_bundle: Pat
     make_dx(inputs / "pa.dcm")
     result = _run_app(deploy_python, inputs, tmp_path / "out", bundle, tmp_path)
     assert result.returncode != 0
-    assert "checkpoint not found" in result.stdout + result.stderr
+    # load_bundle's message, as infer gives it
+    assert "not found (train the model, or point 'checkpoint' at one)" in result.stdout + result.stderr
 
 
 def test_app_yaml_is_read_by_the_packager(deploy_python: Path) -> None:

@@ -17,6 +17,7 @@ from monai.transforms import MapTransform
 from pneumonia_monai.decision import is_pneumonia, pneumonia_probability
 from pneumonia_monai.dicom.rules import SelectionRules
 from pneumonia_monai.dicom.selection import select_files
+from pneumonia_monai.engine import bundle_config
 
 logger = logging.getLogger(__name__)
 
@@ -79,12 +80,12 @@ class ResolveChestFilmd(MapTransform):
 def check_threshold(threshold: Any) -> float:
     """Return the bundle's operating threshold as a float.
 
+    The one threshold check: :func:`pneumonia_monai.engine.bundle_config.check_threshold`.
+
     Raises:
         ValueError: if it is not a number in [0, 1].
     """
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
-        raise ValueError(f"the bundle's threshold must be a number in [0, 1], got {threshold!r}")
-    return float(threshold)
+    return bundle_config.check_threshold(threshold, "the bundle")
 
 
 def classification_result(
