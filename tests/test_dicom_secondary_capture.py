@@ -16,13 +16,14 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.uid import SecondaryCaptureImageStorage
+from repo_paths import SAMPLE_TREE
 
 from pneumonia_monai.dicom.secondary_capture import build_heatmap_sc
 from pneumonia_monai.dicom.sr import write_dataset_atomic
 from pneumonia_monai.visualize.overlay import overlay
 
 ALGORITHM = {"algorithm_name": "densenet121-pneumonia", "algorithm_version": "1.2.3"}
-SAMPLE = Path(__file__).resolve().parents[1] / "bundle" / "sample_data" / "chest_xray" / "train" / "PNEUMONIA"
+SAMPLE = SAMPLE_TREE / "train" / "PNEUMONIA"
 
 #: dciodvfy warnings accepted: RG1's Referring Physician's Name "ward", copied from the source as the
 #: Study module must be, is an old Person Name form.

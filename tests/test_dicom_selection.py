@@ -17,16 +17,15 @@ from pydicom.uid import (
     RLELossless,
     SecondaryCaptureImageStorage,
 )
+from repo_paths import REPO, SAMPLE_TREE
 
 from pneumonia_monai.cli import select as select_cli
 from pneumonia_monai.dicom.header import TruncatedDicomError, read_header
 from pneumonia_monai.dicom.rules import SelectionRules
 from pneumonia_monai.dicom.selection import DECISION_COLUMNS, select_files
 
-SAMPLE = Path(__file__).resolve().parents[1] / "bundle/sample_data/chest_xray"
-DEFAULT_RULES_TEXT = (
-    Path(__file__).resolve().parents[1] / "pneumonia_monai/dicom/selection_rules.yaml"
-).read_text(encoding="utf-8")
+SAMPLE = SAMPLE_TREE
+DEFAULT_RULES_TEXT = (REPO / "pneumonia_monai/dicom/selection_rules.yaml").read_text(encoding="utf-8")
 
 # relative path -> (status, exact reason)
 EXPECTED: dict[str, tuple[str, str]] = {

@@ -54,7 +54,6 @@ from pneumonia_monai.inference.manifest import read_results_csv
 from pneumonia_monai.names import escape_name, unescape_name
 from pneumonia_monai.transforms.io import ImageLoadError, load_raster
 
-REPO = Path(__file__).resolve().parents[1]
 STUDY = "1.2.826.0.1.3680043.8.498.7001"
 #: The peak resident memory a whole ``infer`` run at 2 workers may reach, whatever the input.
 PEAK_RSS_LIMIT = 1.5 * 1024**3
@@ -406,8 +405,18 @@ def test_two_films_at_the_budget_are_never_in_memory_at_once(small_budget):
     assert limits.film_ticket(side * side).nbytes == 0  # outside film_budget(): nothing waits
     with limits.film_budget():
         first = limits.film_ticket(side * side).attach(np.zeros((side, side), np.float32))
-        taken = threading.Event()
+        taken, waiting = threading.Event(), threading.Event()
         held = []
+
+        class WatchedCondition(threading.Condition):
+            """The budget's condition, marking when a ticket waits on it for space."""
+
+            def wait(self, timeout: float | None = None) -> bool:
+                waiting.set()
+                return super().wait(timeout)
+
+        assert limits._film_budget is not None
+        limits._film_budget._free = WatchedCondition()
 
         def second() -> None:
             held.append(limits.film_ticket(side * side))
@@ -415,7 +424,8 @@ def test_two_films_at_the_budget_are_never_in_memory_at_once(small_budget):
 
         thread = threading.Thread(target=second)
         thread.start()
-        assert not taken.wait(0.5)  # still waiting: the first film is alive
+        assert waiting.wait(30)  # the second ticket waits for space: the first film is alive
+        assert not taken.is_set()
         del first  # its image is garbage: its share comes back
         assert taken.wait(30)
         thread.join()

@@ -29,6 +29,7 @@ import torch
 from dicom_factory import make_cr, make_sr, referenced_sop_uids
 from PIL import Image
 from pydicom.uid import JPEG2000Lossless, RLELossless, SecondaryCaptureImageStorage
+from repo_paths import REPO, SAMPLE_TREE
 
 from pneumonia_monai.cli import infer as infer_cli
 from pneumonia_monai.inference import runner
@@ -43,11 +44,10 @@ from pneumonia_monai.inference.runner import KILL_AFTER_ENV, in_flight_limit, ru
 from pneumonia_monai.transforms import load_film
 from pneumonia_monai.visualize.overlay import display_scale
 
-REPO = Path(__file__).resolve().parents[1]
 SHIPPED_CONFIG = REPO / "bundle" / "configs" / "inference.json"
 SHIPPED_META = REPO / "bundle" / "configs" / "metadata.json"
 MODEL_VERSION = json.loads(SHIPPED_META.read_text(encoding="utf-8"))["version"]
-SAMPLES = sorted((REPO / "bundle" / "sample_data" / "chest_xray").rglob("*.jpeg"))
+SAMPLES = sorted(SAMPLE_TREE.rglob("*.jpeg"))
 
 #: Recognisable identifiers that must never leave the DICOM files they are in.
 PHI = {"PatientName": "Zyxwvut^Qwertyuiop", "PatientID": "PHIID8675309", "PatientBirthDate": "19010203"}

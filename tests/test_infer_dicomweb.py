@@ -11,13 +11,11 @@ from typing import Any
 import pytest
 import torch
 from monai.networks.nets import DenseNet121
+from repo_paths import REPO, SAMPLE_DICOM
 
 from pneumonia_monai.cli.infer import main as infer_main
 from pneumonia_monai.devtools.orthanc import OrthancServer
 from pneumonia_monai.dicomweb import pull
-
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE_DICOM = REPO / "bundle" / "sample_data" / "dicom"
 
 
 @pytest.fixture(scope="module")

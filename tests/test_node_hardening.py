@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import ComputedRadiographyImageStorage
+from repo_paths import BUNDLE
 from test_node_scp import NODE_AET, RecordingDestination, SrProcessor, dcmtk
 
 from pneumonia_monai.node.config import NodeConfig, StowDestination
@@ -302,7 +303,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from monai.networks.nets import DenseNet121
 
     root = tmp_path_factory.mktemp("bundle") / "bundle"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "bundle" / "configs", root / "configs")
+    shutil.copytree(BUNDLE / "configs", root / "configs")
     config_path = root / "configs" / "inference.json"
     config = json.loads(config_path.read_text())
     config["spatial_size"] = [64, 64]

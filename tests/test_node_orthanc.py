@@ -39,13 +39,13 @@ import pytest
 from dicom_factory import make_cr, referenced_sop_uids
 from pydicom import dcmread
 from pydicom.uid import generate_uid
+from repo_paths import REPO
 
 from pneumonia_monai.devtools.netns import interfaces, listening_sockets
 from pneumonia_monai.devtools.orthanc import DICOM_PORT, HTTP_PORT, OrthancServer, wait_for
 from pneumonia_monai.dicomweb.pull import retrieve_study, store_instances
 from pneumonia_monai.node.processor import InferenceProcessor
 
-REPO = Path(__file__).resolve().parents[1]
 NODE_AET = "PNEUMONIA"
 DCMTK_HINT = "dcmtk's storescu/echoscu/dcmcjpeg are needed: apt-get install dcmtk"
 #: Seconds without a new instance before the node processes a study.

@@ -26,6 +26,7 @@ from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import ComputedRadiographyImageStorage
+from repo_paths import REPO
 from test_node_hardening import wait_until
 
 from pneumonia_monai.cli import serve
@@ -37,7 +38,6 @@ from pneumonia_monai.node.inbox import DONE, FAILED, Inbox, StoreOutcome
 from pneumonia_monai.node.processor import InferenceProcessor
 from pneumonia_monai.node.service import SECONDS_PER_DAY, DicomNode
 
-REPO = Path(__file__).resolve().parents[1]
 NODE_AET = "PNEUMONIA"
 DAY = SECONDS_PER_DAY
 

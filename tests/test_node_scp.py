@@ -25,6 +25,7 @@ from pydicom import Dataset, dcmread
 from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import ComputedRadiographyImageStorage
+from repo_paths import REPO, SAMPLE_DICOM
 
 from pneumonia_monai.cli import serve
 from pneumonia_monai.devtools.netns import listening_sockets
@@ -195,8 +196,7 @@ def uid_of(path: Path, keyword: str = "StudyInstanceUID") -> str:
 
 #: The dcmtk storescu profile the README gives (``-xf scripts/storescu-chest.cfg Chest``): a presentation
 #: context per chest film SOP class and transfer syntax the node accepts.
-STORESCU_PROFILE = Path(__file__).resolve().parents[1] / "scripts" / "storescu-chest.cfg"
-SAMPLE_DICOM = Path(__file__).resolve().parents[1] / "bundle" / "sample_data" / "dicom"
+STORESCU_PROFILE = REPO / "scripts" / "storescu-chest.cfg"
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ Checked from a fresh clone by hand (issue 13 item 9); pinned here so that a late
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from repo_paths import REPO
+
 BARE = ("python ", "python3 ", "pneumonia-monai ", "torchrun ", "monai-deploy ", "monailabel ")
 
 
