@@ -27,7 +27,6 @@ overlay (``--site-file``, default ``OUTPUT/site_operating_point.json``) for ``in
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Mapping, Sequence
@@ -47,6 +46,8 @@ from pneumonia_monai.cli.common import (
     returns_exit_status,
     unit_interval,
 )
+from pneumonia_monai.engine import bundle_config
+from pneumonia_monai.engine.bundle_config import BundleError
 from pneumonia_monai.evaluation.join import (
     DEFAULT_DATALIST_SPLIT,
     UNMATCHED_COLUMNS,
@@ -80,14 +81,10 @@ def threshold_from_bundle(bundle: Path) -> float:
         InputError: if the file is missing or its ``threshold`` is not a number in [0, 1].
     """
     config = bundle / "configs" / "inference.json"
-    try:
-        with config.open(encoding="utf-8") as handle:
-            value = json.load(handle).get("threshold")
-    except (OSError, json.JSONDecodeError, AttributeError) as exc:
+    try:  # the bundle's one threshold reader and check
+        return bundle_config.check_threshold(bundle_config.read_json(config).get("threshold"), config)
+    except BundleError as exc:
         raise InputError(f"cannot read the threshold of bundle {bundle}: {exc}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise InputError(f"{config}: 'threshold' must be a number in [0, 1], got {value!r}")
-    return float(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
