@@ -1,4 +1,18 @@
-"""Value checks shared by the result writers (the manifest, the DICOM SR); torch-free."""
+"""The value validators: one check of "an int", "a number", "a probability", used by every module.
+
+Each validator returns the value normalised (``int`` or ``float``) or raises an error naming the value,
+highdicom style: ``f"{name} must be {what}, got {value!r}"``, with the value's type added in parentheses
+when the type is wrong. ``bool`` is never a number here (``True`` is an ``int`` to Python, not to a
+config file). ``numbers.Integral`` and ``numbers.Real`` admit numpy scalars (``np.int64``,
+``np.float32``), which are numbers to every caller.
+
+- a value of the wrong type raises :class:`ValueTypeError`, a :class:`TypeError` that is also a
+  :class:`ValueError` (as numpy's ``AxisError`` is both ``ValueError`` and ``IndexError``), so callers
+  that refuse bad values with ``except ValueError`` refuse it too;
+- a number outside its range raises :class:`ValueError`.
+
+Torch-free and numpy-free: the result writers, the node and the CLI import it.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +20,121 @@ import math
 import numbers
 
 
-def check_probability(name: str, value: object) -> float:
-    """Return ``value`` as a float if it is a finite number in [0, 1].
+class ValueTypeError(TypeError, ValueError):
+    """A value of the wrong type: a TypeError, and a ValueError for callers that catch ValueError."""
 
-    ``numbers.Real`` admits numpy scalars (``np.float32`` is not a ``float``); ``bool`` is refused.
+
+def _refuse_type(name: str, value: object, what: str) -> ValueTypeError:
+    return ValueTypeError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
+
+
+def _bounds(kind: str, minimum: float | None, maximum: float | None, above: float | None) -> str:
+    """``kind`` with its range in words: ``a positive int``, ``an int in [1, 65535]``, ``a number >= 0``..."""
+    if above == 0 and maximum is None:
+        return f"a positive {kind}"
+    if minimum == 1 and maximum is None and kind == "int":
+        return "a positive int"
+    if minimum == 0 and maximum is None:
+        return "a non-negative int" if kind == "int" else "a finite number >= 0"
+    article = "an" if kind[0] in "aeiou" else "a"
+    if minimum is not None and maximum is not None:
+        return f"{article} {kind} in [{minimum:g}, {maximum:g}]"
+    if above is not None:
+        return f"{article} {kind} > {above:g}"
+    if minimum is not None:
+        return f"{article} {kind} >= {minimum:g}"
+    if maximum is not None:
+        return f"{article} {kind} <= {maximum:g}"
+    return f"{article} {kind}"
+
+
+def integer(
+    name: str,
+    value: object,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    what: str | None = None,
+) -> int:
+    """Return ``value`` as an ``int`` if it is an integer in ``[minimum, maximum]`` (either end open).
+
+    Args:
+        name: the value's name in the message (a parameter, a config key).
+        value: the value to check.
+        minimum: the inclusive lower bound, ``None`` for none.
+        maximum: the inclusive upper bound, ``None`` for none.
+        what: the message's description (default: from the bounds, e.g. ``"a positive int"``).
 
     Raises:
-        TypeError: if ``value`` is not a number.
-        ValueError: if it is NaN, infinite or outside [0, 1].
+        ValueTypeError: if ``value`` is not an integer (``bool`` and floats such as ``1.0`` included).
+        ValueError: if it lies outside the bounds.
     """
+    what = what or _bounds("int", minimum, maximum, None)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise _refuse_type(name, value, what)
+    number = int(value)
+    if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return number
+
+
+def positive_int(name: str, value: object, *, what: str | None = None) -> int:
+    """:func:`integer` of at least 1 (``"{name} must be a positive int, got 0"``)."""
+    return integer(name, value, minimum=1, what=what)
+
+
+def non_negative_int(name: str, value: object, *, what: str | None = None) -> int:
+    """:func:`integer` of at least 0."""
+    return integer(name, value, minimum=0, what=what)
+
+
+def number(
+    name: str,
+    value: object,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    above: float | None = None,
+    what: str | None = None,
+) -> float:
+    """Return ``value`` as a ``float`` if it is a finite real number in range.
+
+    Args:
+        name: the value's name in the message.
+        value: the value to check.
+        minimum: the inclusive lower bound, ``None`` for none.
+        maximum: the inclusive upper bound, ``None`` for none.
+        above: an exclusive lower bound (``above=0``: a positive number), ``None`` for none.
+        what: the message's description (default: from the bounds, e.g. ``"a number in [0, 1]"``).
+
+    Raises:
+        ValueTypeError: if ``value`` is not a real number (``bool`` included).
+        ValueError: if it is NaN or infinite, or outside the bounds.
+    """
+    what = what or _bounds("number", minimum, maximum, above)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-    return value
+        raise _refuse_type(name, value, what)
+    real = float(value)
+    if (
+        not math.isfinite(real)
+        or (minimum is not None and real < minimum)
+        or (maximum is not None and real > maximum)
+        or (above is not None and real <= above)
+    ):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return real
+
+
+def positive_number(name: str, value: object, *, what: str | None = None) -> float:
+    """:func:`number` above 0 (``"{name} must be a positive number, got 0"``)."""
+    return number(name, value, above=0.0, what=what)
+
+
+def non_negative_number(name: str, value: object, *, what: str | None = None) -> float:
+    """:func:`number` of at least 0."""
+    return number(name, value, minimum=0.0, what=what)
+
+
+def probability(name: str, value: object) -> float:
+    """:func:`number` in [0, 1] (``"{name} must be a number in [0, 1], got 1.5"``)."""
+    return number(name, value, minimum=0.0, maximum=1.0)

@@ -45,8 +45,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pneumonia_monai import checks
 from pneumonia_monai.atomic import write_json_atomic
-from pneumonia_monai.checks import check_probability
 from pneumonia_monai.dicom.intended_use import NO
 from pneumonia_monai.dicom.sr import (
     DISCLAIMER_TEXT,
@@ -179,7 +179,7 @@ def build_study_bundle(
         raise ValueError(f"findings name an image more than once: {sorted(sop_uids)}")
     if len({finding.has_subtypes for finding in findings}) > 1:
         raise ValueError("findings mix two-class and three-class results")
-    threshold = check_probability("threshold", threshold)
+    threshold = checks.probability("threshold", threshold)
     for name, value in (("algorithm_name", algorithm_name), ("algorithm_version", algorithm_version)):
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"{name} must be a non-empty string, got {value!r}")

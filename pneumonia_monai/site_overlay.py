@@ -41,8 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pneumonia_monai import checks
 from pneumonia_monai.atomic import write_json_atomic
-from pneumonia_monai.checks import check_probability
 
 if TYPE_CHECKING:
     from pneumonia_monai.inference.bundle import InferenceBundle
@@ -171,20 +171,18 @@ class SiteOperatingPoint:
         check_site_name(self.site)
         if not isinstance(self.model_version, str) or not self.model_version.strip():
             raise ValueError(f"model_version must be a non-empty string, got {self.model_version!r}")
-        object.__setattr__(self, "threshold", check_probability("threshold", self.threshold))
+        object.__setattr__(self, "threshold", checks.probability("threshold", self.threshold))
         object.__setattr__(self, "rule", str(parse_rule(self.rule)))
         try:
             dt.date.fromisoformat(self.chosen_on)
         except (TypeError, ValueError):
             raise ValueError(f"chosen_on must be a date YYYY-MM-DD, got {self.chosen_on!r}") from None
         for name in ("n", "n_pneumonia", "n_normal"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            checks.positive_int(name, getattr(self, name))
         if self.n_pneumonia + self.n_normal != self.n:
             raise ValueError(f"n_pneumonia {self.n_pneumonia} + n_normal {self.n_normal} is not n {self.n}")
         for name in ("sensitivity", "specificity"):
-            object.__setattr__(self, name, check_probability(name, getattr(self, name)))
+            object.__setattr__(self, name, checks.probability(name, getattr(self, name)))
         if not isinstance(self.results, str) or "/" in self.results or "\\" in self.results:
             raise ValueError(f"results must be a file name without folders, got {self.results!r}")
 

@@ -519,7 +519,7 @@ def test_validation_errors_name_the_bad_value(rg1: pydicom.Dataset) -> None:
     with pytest.raises(ValueError, match="more than once"):
         build_pneumonia_sr([rg1, rg1], [good], threshold=0.5, **ALGORITHM)
 
-    with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\], got 1\.5"):
+    with pytest.raises(ValueError, match=r"threshold must be a number in \[0, 1\], got 1\.5"):
         build_pneumonia_sr([rg1], [good], threshold=1.5, **ALGORITHM)
 
     with pytest.raises(ValueError, match=re.escape("1.2.840.10008.5.1.4.1.1.7")):
@@ -540,8 +540,8 @@ def test_validation_errors_name_the_bad_value(rg1: pydicom.Dataset) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"prob_pneumonia": 1.2}, r"prob_pneumonia must be in \[0, 1\], got 1\.2"),
-        ({"prob_pneumonia": float("nan")}, "prob_pneumonia must be in"),
+        ({"prob_pneumonia": 1.2}, r"prob_pneumonia must be a number in \[0, 1\], got 1\.2"),
+        ({"prob_pneumonia": float("nan")}, r"prob_pneumonia must be a number in \[0, 1\], got nan"),
         ({"prob_pneumonia": -0.1}, r"got -0\.1"),
         ({"sop_instance_uid": "1.2.abc"}, "1.2.abc"),
         ({"prob_normal": 0.5}, "missing"),
@@ -549,7 +549,7 @@ def test_validation_errors_name_the_bad_value(rg1: pydicom.Dataset) -> None:
         ({"prob_pneumonia": 0.9, "prob_normal": 0.5, "prob_bacterial": 0.3, "prob_viral": 0.2}, "0.9"),
         (
             {"prob_normal": 1.5, "prob_bacterial": 0.0, "prob_viral": 0.0},
-            r"prob_normal must be in \[0, 1\], got 1\.5",
+            r"prob_normal must be a number in \[0, 1\], got 1\.5",
         ),
     ],
 )

@@ -35,7 +35,7 @@ def test_transforms_run_on_one_thread_outside_the_main_thread_which_keeps_its_ow
 
 
 def test_the_loader_names_a_bad_thread_count() -> None:
-    with pytest.raises(ValueError, match="transform_threads must be at least 1, got 0"):
+    with pytest.raises(ValueError, match="transform_threads must be a positive int, got 0"):
         AugmentingThreadDataLoader(Dataset([1]), transform_threads=0)
-    with pytest.raises(TypeError, match="transform_threads must be an int, got float"):
+    with pytest.raises(TypeError, match=r"transform_threads must be a positive int, got 1\.5 \(float\)"):
         AugmentingThreadDataLoader(Dataset([1]), transform_threads=1.5)  # type: ignore[arg-type]

@@ -85,7 +85,7 @@ def test_overlay_round_trip_and_refusals(tmp_path: Path):
             read_site_overlay(bad)
         assert str(bad) in str(info.value)
 
-    broken({"threshold": 1.5}, "threshold must be in")
+    broken({"threshold": 1.5}, r"threshold must be a number in \[0, 1\], got 1\.5")
     broken({"rule": "best"}, "unknown threshold rule")
     broken({"site": "North Wing; DROP"}, "site name")
     broken({"n": 10}, "is not n")

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
+from pneumonia_monai import checks
+
 logger = logging.getLogger(__name__)
 
 
@@ -205,10 +207,8 @@ def kfold_split(
         ValueError: if ``num_folds`` < 2, ``fold`` is not in ``[0, num_folds)``, or there are fewer
             patients than folds.
     """
-    if isinstance(num_folds, bool) or not isinstance(num_folds, int) or num_folds < 2:
-        raise ValueError(f"num_folds must be an integer >= 2, got {num_folds!r}")
-    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < num_folds:
-        raise ValueError(f"fold must be an integer in [0, {num_folds}), got {fold!r}")
+    checks.integer("num_folds", num_folds, minimum=2)
+    checks.integer("fold", fold, minimum=0, maximum=num_folds - 1, what=f"an int in [0, {num_folds})")
     return _fold(strata, groups, n_splits=num_folds, fold=fold, seed=seed)
 
 

@@ -55,6 +55,8 @@ from pydicom.uid import (
     JPEGLSNearLossless,
 )
 
+from pneumonia_monai import checks
+
 logger = logging.getLogger(__name__)
 
 #: Default pixel budget: Rows x Columns x Number of Frames of one object (8192 x 8192).
@@ -125,10 +127,7 @@ def set_max_pixels(pixels: int) -> int:
         ValueError: if ``pixels`` is below 1.
     """
     global _max_pixels
-    if isinstance(pixels, bool) or not isinstance(pixels, int):
-        raise TypeError(f"max_pixels must be an int, got {type(pixels).__name__}")
-    if pixels < 1:
-        raise ValueError(f"max_pixels must be at least 1, got {pixels}")
+    pixels = checks.positive_int("max_pixels", pixels)
     from PIL import Image
 
     with _lock:

@@ -81,8 +81,8 @@ from pydicom.tag import Tag
 from pydicom.uid import generate_uid
 from pydicom.valuerep import DA, DT, TM, validate_value
 
+from pneumonia_monai import checks
 from pneumonia_monai.atomic import atomic_open
-from pneumonia_monai.checks import check_probability
 from pneumonia_monai.dicom.intended_use import INTENDED_USE_VALUES, NO, UNKNOWN
 from pneumonia_monai.dicom.uids import derived_uid, result_uids, result_version
 from pneumonia_monai.dicom.values import check_long_string, check_positive_int, check_uid
@@ -186,7 +186,7 @@ class ImageFinding:
         # needs a builtin float), hence object.__setattr__ on this frozen dataclass.
         object.__setattr__(self, "sop_instance_uid", check_uid("sop_instance_uid", self.sop_instance_uid))
         object.__setattr__(self, "sop_class_uid", check_uid("sop_class_uid", self.sop_class_uid))
-        object.__setattr__(self, "prob_pneumonia", check_probability("prob_pneumonia", self.prob_pneumonia))
+        object.__setattr__(self, "prob_pneumonia", checks.probability("prob_pneumonia", self.prob_pneumonia))
         if not isinstance(self.present, bool | np.bool_):
             raise TypeError(f"present must be a bool, got {type(self.present).__name__}")
         object.__setattr__(self, "present", bool(self.present))
@@ -202,7 +202,7 @@ class ImageFinding:
         if not given:
             return
         for name, value in subtype.items():
-            object.__setattr__(self, name, check_probability(name, value))
+            object.__setattr__(self, name, checks.probability(name, value))
         normal, bacterial, viral = (getattr(self, name) for name in subtype)
         total = normal + bacterial + viral
         if abs(total - 1.0) > _PROBABILITY_SUM_TOLERANCE:
@@ -552,7 +552,7 @@ def _prepare(
     """Validate the arguments of :func:`build_pneumonia_sr` (see there for what is raised)."""
     sources = _validate_sources(source_datasets)
     ordered = _validate_findings(findings, sources)
-    threshold = check_probability("threshold", threshold)
+    threshold = checks.probability("threshold", threshold)
     check_long_string("algorithm_name", algorithm_name)
     check_long_string("algorithm_version", algorithm_version)
     check_long_string("manufacturer", manufacturer)

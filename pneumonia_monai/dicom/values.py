@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydicom.uid import RE_VALID_UID
 
+from pneumonia_monai import checks
+
 
 def check_uid(name: str, value: object) -> str:
     """Return ``value`` if it is a valid UID (pydicom's pattern, at most 64 characters)."""
@@ -24,6 +26,4 @@ def check_long_string(name: str, value: object) -> str:
 
 def check_positive_int(name: str, value: object) -> int:
     """Return ``value`` if it is an int (not a bool) of 1 or more (Series/Instance Number)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+    return checks.positive_int(name, value)

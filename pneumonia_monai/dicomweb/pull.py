@@ -29,6 +29,7 @@ from pydicom import Dataset, dcmread
 from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
 
+from pneumonia_monai import checks
 from pneumonia_monai.dicom.sr import write_dataset_atomic
 
 logger = logging.getLogger(__name__)
@@ -109,8 +110,8 @@ def query_studies(
             raise ValueError(f"{keyword!r} is not a DICOM keyword")
         if not isinstance(value, str):
             raise ValueError(f"filter {keyword} must be a string, got {value!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a positive int or None, got {limit!r}")
+    if limit is not None:
+        checks.positive_int("limit", limit, what="a positive int or None")
     client = _client(url, headers)
     try:
         found = client.search_for_studies(

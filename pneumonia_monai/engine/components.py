@@ -12,6 +12,7 @@ from ignite.engine import Engine
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.networks.utils import copy_model_state
 
+from pneumonia_monai import checks
 from pneumonia_monai.engine.bundle_config import read_inference_config, read_operating_point
 from pneumonia_monai.engine.checkpoint import load_network_state
 
@@ -186,8 +187,7 @@ class ResumableTraining:
 
 def bn_subset(items: Sequence[Mapping[str, Any]], size: int, seed: int = 0) -> list[Mapping[str, Any]]:
     """A seeded random subset of ``size`` training items (all of them when there are fewer)."""
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive integer, got {size!r}")
+    checks.positive_int("size", size)
     order = torch.randperm(len(items), generator=torch.Generator().manual_seed(int(seed))).tolist()
     return [items[i] for i in sorted(order[:size])]
 

@@ -19,6 +19,8 @@ import torch
 from monai.data import DataLoader, ThreadDataLoader
 from monai.data.thread_buffer import buffer_iterator
 
+from pneumonia_monai import checks
+
 __all__ = ["AugmentingThreadDataLoader"]
 
 logger = logging.getLogger(__name__)
@@ -48,10 +50,7 @@ class AugmentingThreadDataLoader(ThreadDataLoader):
     """
 
     def __init__(self, dataset: Any, *, transform_threads: int = 1, **kwargs: Any) -> None:
-        if isinstance(transform_threads, bool) or not isinstance(transform_threads, int):
-            raise TypeError(f"transform_threads must be an int, got {type(transform_threads).__name__}")
-        if transform_threads < 1:
-            raise ValueError(f"transform_threads must be at least 1, got {transform_threads}")
+        checks.positive_int("transform_threads", transform_threads)
         super().__init__(dataset, **kwargs)
         self.transform_threads = transform_threads
 

@@ -28,6 +28,7 @@ import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from pneumonia_monai import checks
 from pneumonia_monai.decision import called_pneumonia, pneumonia_probabilities
 
 logger = logging.getLogger(__name__)
@@ -105,12 +106,7 @@ def _as_probs(probs: Any, n: int, *, name: str = "probs", atol: float = 1e-4) ->
 
 
 def _check_threshold(threshold: Any) -> float:
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)):
-        raise TypeError(f"threshold must be a number, got {type(threshold).__name__}")
-    value = float(threshold)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"threshold must lie in [0, 1], got {threshold!r}")
-    return value
+    return checks.probability("threshold", threshold)
 
 
 def _check_binary(y: np.ndarray) -> None:
@@ -256,8 +252,7 @@ def reliability_table(y_true: Any, prob: Any, n_bins: int = DEFAULT_ECE_BINS) ->
     Raises:
         ValueError: on malformed input or ``n_bins < 1``.
     """
-    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
-        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
+    checks.positive_int("n_bins", n_bins)
     y, p = validate_binary(y_true, prob)
     index = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
     count = np.bincount(index, minlength=n_bins).astype(np.int64)
@@ -529,8 +524,7 @@ def bootstrap_ci(
         raise ValueError(f"prob must have shape (n,) or (n, k) with n = {y.size}, got {p.shape}")
     if not callable(metric_fn):
         raise TypeError(f"metric_fn must be callable, got {type(metric_fn).__name__}")
-    if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
-        raise ValueError(f"n_resamples must be a positive integer, got {n_resamples!r}")
+    checks.positive_int("n_resamples", n_resamples)
     if not 0.0 < float(confidence) < 1.0:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
     if groups is None:

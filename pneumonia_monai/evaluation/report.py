@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from pneumonia_monai import __version__
+from pneumonia_monai import __version__, checks
 from pneumonia_monai.atomic import write_json_atomic
 from pneumonia_monai.decision import called_pneumonia, pneumonia_probabilities
 from pneumonia_monai.evaluation.metrics import (
@@ -314,8 +314,7 @@ def write_report(
     p = validate_probs(p, y.size)
     if p.shape[1] != len(names):
         raise ValueError(f"probs has {p.shape[1]} columns but class_names has {len(names)} names")
-    if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 0:
-        raise ValueError(f"n_resamples must be a non-negative integer, got {n_resamples!r}")
+    checks.non_negative_int("n_resamples", n_resamples)
     if (images is None) != (cams is None):
         raise ValueError("images and cams must be given together")
     if groups is not None:

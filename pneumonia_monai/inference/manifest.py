@@ -33,8 +33,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import IO, Any
 
-from pneumonia_monai import atomic
-from pneumonia_monai.checks import check_probability
+from pneumonia_monai import atomic, checks
 from pneumonia_monai.decision import NORMAL, label_at
 from pneumonia_monai.dicom.intended_use import INTENDED_USE_VALUES, UNKNOWN
 from pneumonia_monai.names import escape_name, printable
@@ -106,7 +105,7 @@ def _check_probability(name: str, value: float | None, *, required: bool) -> flo
         if required:
             raise ValueError(f"{name} is required for an ok row")
         return None
-    return check_probability(name, value)
+    return checks.probability(name, value)
 
 
 @dataclass(frozen=True)
@@ -354,8 +353,7 @@ def write_results_parquet(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if isinstance(shard_rows, bool) or not isinstance(shard_rows, int) or shard_rows < 1:
-        raise ValueError(f"shard_rows must be a positive int, got {shard_rows!r}")
+    checks.positive_int("shard_rows", shard_rows)
     out = Path(out_dir)
     columns = result_columns(three_class)
     schema = pa.schema([(name, pa.float64() if name in _PARQUET_FLOATS else pa.string()) for name in columns])

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pneumonia_monai import checks
 from pneumonia_monai.dicom.selection import SelectionRules
 from pneumonia_monai.inference.film_step import FilmItem, FilmJob
 from pneumonia_monai.inference.manifest import OK, ResultRow, StateEntry
@@ -248,8 +249,8 @@ class RayRun(_Run):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if actors is not None and (isinstance(actors, bool) or not isinstance(actors, int) or actors < 1):
-            raise ValueError(f"actors must be a positive int, got {actors!r}")
+        if actors is not None:
+            checks.positive_int("actors", actors)
         if not cpus_per_actor > 0:
             raise ValueError(f"cpus_per_actor must be positive, got {cpus_per_actor!r}")
         if not gpus_per_actor >= 0:

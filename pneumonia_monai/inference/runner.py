@@ -57,6 +57,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
+from pneumonia_monai import checks
 from pneumonia_monai.atomic import remove_stale_temporaries
 from pneumonia_monai.dicom import limits
 from pneumonia_monai.dicom.intended_use import UNKNOWN
@@ -285,10 +286,8 @@ def _check_arguments(
     for path in paths:
         if not path.exists():
             raise FileNotFoundError(f"input not found: {path}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"workers must be a non-negative int, got {workers!r}")
+    checks.positive_int("batch_size", batch_size)
+    checks.non_negative_int("workers", workers)
     return paths
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -44,6 +43,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
+
+from pneumonia_monai import checks
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +72,7 @@ def check_port(value: object, name: str = "port", *, allow_zero: bool = False) -
         ValueError: naming ``name`` and the value otherwise.
     """
     low = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 65535:
-        raise ValueError(f"{name} must be an int in [{low}, 65535], got {value!r}")
-    return value
+    return checks.integer(name, value, minimum=low, maximum=65535)
 
 
 @dataclass(frozen=True)
@@ -241,9 +240,8 @@ class NodeConfig:
         )
         for name in ("keep_days", "keep_failed_days"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
-                raise ValueError(f"{name} must be a finite number of days >= 0, got {value!r}")
-            object.__setattr__(self, name, float(value))
+            days = checks.non_negative_number(name, value, what="a finite number of days >= 0")
+            object.__setattr__(self, name, days)
         for name in ("max_study_wait", "request_timeout", "acse_timeout", "dimse_timeout", "network_timeout"):
             object.__setattr__(self, name, _check_positive_seconds(name, getattr(self, name)))
         for name in (
@@ -253,9 +251,7 @@ class NodeConfig:
             "max_pending_connections",
             "send_attempts",
         ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            checks.positive_int(name, getattr(self, name))
         if self.bundle is not None:
             if not isinstance(self.bundle, str | Path):
                 raise TypeError(f"bundle must be a path, got {type(self.bundle).__name__}")
@@ -276,16 +272,11 @@ def _check_bool(name: str, value: object) -> None:
 
 
 def _check_positive_seconds(name: str, value: object) -> float:
-    seconds = _check_seconds(name, value)
-    if seconds <= 0:
-        raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
-    return seconds
+    return checks.positive_number(name, value, what="a number of seconds > 0")
 
 
 def _check_seconds(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
-    return float(value)
+    return checks.non_negative_number(name, value, what="a number of seconds >= 0")
 
 
 #: Keys a configuration file may hold: the fields of NodeConfig except ``destination``, which is

@@ -18,6 +18,7 @@ from pynetdicom import AE
 from pynetdicom.presentation import build_context
 from pynetdicom.status import code_to_category
 
+from pneumonia_monai import checks
 from pneumonia_monai.dicomweb.pull import DicomWebError, store_instances
 from pneumonia_monai.node.config import DicomDestination, StowDestination, check_ae_title
 
@@ -71,8 +72,7 @@ class CStoreDestination:
     ) -> None:
         if not isinstance(destination, DicomDestination):
             raise TypeError(f"destination must be a DicomDestination, got {type(destination).__name__}")
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        checks.positive_number("timeout", timeout, what="a positive number of seconds")
         self.destination = destination
         self.calling_ae_title = check_ae_title(calling_ae_title, "calling_ae_title")
         self.timeout = float(timeout)
@@ -198,14 +198,8 @@ def send_with_retries(
         SendError: the last attempt's error, with the number of attempts in its message.
         SendInterruptedError: if ``stop`` was set while waiting to try again.
     """
-    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-        raise ValueError(f"attempts must be a positive int, got {attempts!r}")
-    if (
-        isinstance(backoff_seconds, bool)
-        or not isinstance(backoff_seconds, int | float)
-        or backoff_seconds < 0
-    ):
-        raise ValueError(f"backoff_seconds must be a number >= 0, got {backoff_seconds!r}")
+    checks.positive_int("attempts", attempts)
+    checks.non_negative_number("backoff_seconds", backoff_seconds)
     stop = stop or threading.Event()
     attempt = 0
     while True:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import re
 import select
 import socket
@@ -41,6 +40,8 @@ from typing import Any
 
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
+from pneumonia_monai import checks
+
 logger = logging.getLogger(__name__)
 
 #: PDU type of an A-ASSOCIATE-RQ (PS3.8 9.3.2).
@@ -49,21 +50,6 @@ A_ASSOCIATE_RQ = 0x01
 _PDU_HEADER = 6
 #: Seconds between two looks at a socket whose request has begun to arrive but is not complete.
 _PEEK_INTERVAL = 0.02
-
-
-def _check_seconds(name: str, value: object) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-
-
-def _check_count(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 class PreAssociationGate:
@@ -81,9 +67,9 @@ class PreAssociationGate:
     def __init__(
         self, *, request_timeout: float, max_pending: int, max_request_bytes: int = 256 * 1024
     ) -> None:
-        _check_seconds("request_timeout", request_timeout)
-        _check_count("max_pending", max_pending)
-        _check_count("max_request_bytes", max_request_bytes)
+        checks.positive_number("request_timeout", request_timeout, what="a positive number of seconds")
+        checks.positive_int("max_pending", max_pending)
+        checks.positive_int("max_request_bytes", max_request_bytes)
         self.request_timeout = float(request_timeout)
         self.max_pending = max_pending
         self.max_request_bytes = max_request_bytes

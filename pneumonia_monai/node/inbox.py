@@ -76,6 +76,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pneumonia_monai import checks
+
 logger = logging.getLogger(__name__)
 
 INBOX = "inbox"
@@ -229,18 +231,10 @@ class Inbox:
     ) -> None:
         if not isinstance(work_dir, str | Path):
             raise TypeError(f"work_dir must be a path, got {type(work_dir).__name__}")
-        if (
-            isinstance(stable_seconds, bool)
-            or not isinstance(stable_seconds, int | float)
-            or stable_seconds < 0
-        ):
-            raise ValueError(f"stable_seconds must be a number >= 0, got {stable_seconds!r}")
-        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
-            raise ValueError(f"queue_size must be a positive int, got {queue_size!r}")
-        if max_wait is not None and (
-            isinstance(max_wait, bool) or not isinstance(max_wait, int | float) or not max_wait > 0
-        ):
-            raise ValueError(f"max_wait must be a positive number of seconds or None, got {max_wait!r}")
+        checks.non_negative_number("stable_seconds", stable_seconds)
+        checks.positive_int("queue_size", queue_size)
+        if max_wait is not None:
+            checks.positive_number("max_wait", max_wait, what="a positive number of seconds or None")
         self.root = Path(work_dir)
         self.stable_seconds = float(stable_seconds)
         self.max_wait = None if max_wait is None else float(max_wait)
@@ -463,8 +457,7 @@ class Inbox:
         Returns:
             The Study Instance UIDs, in queue order; empty if none came within ``timeout``.
         """
-        if isinstance(max_count, bool) or not isinstance(max_count, int) or max_count < 1:
-            raise ValueError(f"max_count must be a positive int, got {max_count!r}")
+        checks.positive_int("max_count", max_count)
         try:
             uids = [self._queue.get(timeout=timeout)]
         except queue.Empty:
@@ -577,8 +570,7 @@ class Inbox:
             purge.
         """
         for name, value in (("keep_seconds", keep_seconds), ("keep_failed_seconds", keep_failed_seconds)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
-                raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+            checks.non_negative_number(name, value, what="a finite number of seconds >= 0")
         now = time.time() if now is None else float(now)
         studies = late_files = quarantined = 0
         for folder, keep in ((DONE, keep_seconds), (FAILED, keep_failed_seconds)):

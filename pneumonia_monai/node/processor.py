@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
+from pneumonia_monai import checks
 from pneumonia_monai.atomic import write_bytes_atomic
 from pneumonia_monai.site_overlay import SiteOperatingPoint, apply_site
 
@@ -118,8 +119,7 @@ class InferenceProcessor:
             raise TypeError(f"bundle must be a path or None, got {type(bundle).__name__}")
         if not isinstance(device, str) or not device:
             raise ValueError(f"device must be a non-empty string, got {device!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        checks.positive_int("batch_size", batch_size)
         self.bundle = None if bundle is None else Path(bundle)
         self.device = device
         self.heatmaps = bool(heatmaps)

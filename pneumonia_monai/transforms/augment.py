@@ -31,6 +31,8 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, RandomizableTransform
 from PIL import Image
 
+from pneumonia_monai import checks
+
 
 def _check_range(name: str, value: Sequence[float], low: float, high: float) -> tuple[float, float]:
     """Return ``value`` as ``(a, b)`` with ``low <= a <= b <= high``, or raise naming it."""
@@ -44,9 +46,7 @@ def _check_range(name: str, value: Sequence[float], low: float, high: float) -> 
 
 
 def _check_prob(prob: float) -> float:
-    if isinstance(prob, bool) or not isinstance(prob, int | float) or not 0.0 <= prob <= 1.0:
-        raise ValueError(f"prob must be a number in [0, 1], got {prob!r}")
-    return float(prob)
+    return checks.probability("prob", prob)
 
 
 def _like(img: torch.Tensor, array: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,8 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from PIL import Image
 
+from pneumonia_monai import checks
+
 logger = logging.getLogger(__name__)
 
 #: PIL modes read as 8-bit grey levels (RGB is reduced by ITU-R BT.601 luma, as PIL's ``convert("L")``).
@@ -139,10 +141,8 @@ class LoadChestXRay(Transform):
     """
 
     def __init__(self, min_side: int | None = None) -> None:
-        if min_side is not None and (
-            isinstance(min_side, bool) or not isinstance(min_side, int) or min_side < 1
-        ):
-            raise ValueError(f"min_side must be None or a positive int, got {min_side!r}")
+        if min_side is not None:
+            checks.positive_int("min_side", min_side, what="None or a positive int")
         self.min_side = min_side
 
     def __call__(self, path: str | Path) -> MetaTensor:

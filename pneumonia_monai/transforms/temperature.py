@@ -17,6 +17,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
+from pneumonia_monai import checks
+
 
 def check_temperature(temperature: Any) -> float:
     """Return ``temperature`` as a float, or raise naming it.
@@ -25,11 +27,7 @@ def check_temperature(temperature: Any) -> float:
         TypeError: if it is not a real number.
         ValueError: if it is not finite and positive.
     """
-    if isinstance(temperature, bool) or not isinstance(temperature, int | float):
-        raise TypeError(f"temperature must be a number, got {temperature!r}")
-    if not math.isfinite(float(temperature)) or float(temperature) <= 0.0:
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    return float(temperature)
+    return checks.number("temperature", temperature, above=0.0, what="a finite number > 0")
 
 
 def check_bias(bias: Any) -> list[float]:

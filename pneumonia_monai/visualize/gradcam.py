@@ -21,6 +21,7 @@ import torch
 from monai.data import MetaTensor
 from monai.visualize import GradCAM, ModelWithHooks
 
+from pneumonia_monai import checks
 from pneumonia_monai.visualize.overlay import check_unit_array
 
 logger = logging.getLogger(__name__)
@@ -87,8 +88,7 @@ def gradcam(
     """
     if not isinstance(network, torch.nn.Module):
         raise TypeError(f"network must be a torch.nn.Module, got {type(network).__name__}")
-    if isinstance(class_index, bool) or not isinstance(class_index, int) or class_index < 0:
-        raise ValueError(f"class_index must be a non-negative int, got {class_index!r}")
+    checks.non_negative_int("class_index", class_index)
     modules = dict(network.named_modules())
     if target_layer not in modules:
         raise ValueError(f"target_layer {target_layer!r} is not a module of {type(network).__name__}")

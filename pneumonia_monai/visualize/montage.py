@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumonia_monai import checks
 from pneumonia_monai.atomic import atomic_open
 from pneumonia_monai.visualize.overlay import check_rgb, check_unit_array
 
@@ -41,12 +42,9 @@ def montage(
     """
     from matplotlib.figure import Figure
 
-    if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
-        raise ValueError(f"columns must be a positive int, got {columns!r}")
-    if isinstance(dpi, bool) or not isinstance(dpi, int) or dpi < 1:
-        raise ValueError(f"dpi must be a positive int, got {dpi!r}")
-    if not isinstance(tile_inches, int | float) or not tile_inches > 0:
-        raise ValueError(f"tile_inches must be positive, got {tile_inches!r}")
+    checks.positive_int("columns", columns)
+    checks.positive_int("dpi", dpi)
+    checks.positive_number("tile_inches", tile_inches)
     tiles = list(tiles)
     if not tiles:
         raise ValueError("tiles is empty")

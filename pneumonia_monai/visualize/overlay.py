@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from pneumonia_monai import checks
 from pneumonia_monai.atomic import atomic_open
 
 logger = logging.getLogger(__name__)
@@ -45,8 +46,7 @@ def _blend_colormap(alpha: float, colormap: str) -> Any:
     """
     import matplotlib  # imported when used: matplotlib is heavy and only the drawings need it
 
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    checks.probability("alpha", alpha)
     try:
         return matplotlib.colormaps[colormap]
     except KeyError:
