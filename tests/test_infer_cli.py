@@ -30,6 +30,7 @@ from dicom_factory import make_cr, make_sr, referenced_sop_uids
 from PIL import Image
 from pydicom.uid import JPEG2000Lossless, RLELossless, SecondaryCaptureImageStorage
 from repo_paths import REPO, SAMPLE_TREE
+from test_node_hardening import wait_until
 
 from pneumonia_monai.cli import infer as infer_cli
 from pneumonia_monai.inference import runner
@@ -40,7 +41,7 @@ from pneumonia_monai.inference.manifest import (
     SUBTYPE_COLUMNS,
     THREE_CLASS_COLUMNS,
 )
-from pneumonia_monai.inference.runner import KILL_AFTER_ENV, in_flight_limit, run_inference
+from pneumonia_monai.inference.runner import in_flight_limit, run_inference
 from pneumonia_monai.transforms import load_film
 from pneumonia_monai.visualize.overlay import display_scale
 
@@ -398,17 +399,38 @@ def test_no_patient_identifiers_in_tables_images_state_or_logs(full_run):
     assert checked >= 10  # csv, json, studies, journal, sr state, pngs, lock
 
 
+#: Films added to the inputs of the run that is killed, so that it is still running, by its size alone,
+#: when its journal holds :data:`KILL_AT` entries (it scores them one by one with one worker).
+EXTRA_FILMS = 150
+#: The journal entries on disk at which the run is killed from outside (SIGKILL).
+KILL_AT = 6
+
+
+def journal_entries(path: Path) -> list[dict]:
+    """The complete lines of a journal that may be being written (a torn last line is not one)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.split("\n")[:-1] if line]
+
+
 def test_a_killed_run_resumes_without_redoing_finished_files(
     tmp_path, bundle_dir, dataset, full_run, monkeypatch
 ):
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    for i in range(EXTRA_FILMS):
+        Image.fromarray(film(i, 48, 8).astype(np.uint8)).save(extra / f"extra{i:03d}.png")
     out = tmp_path / "out"
-    env = {**os.environ, KILL_AFTER_ENV: "6"}
+    journal_path = out / ".state" / "journal.jsonl"
     command = [
         sys.executable,
         "-m",
         "pneumonia_monai",
         "infer",
         str(dataset),
+        str(extra),
         "--output",
         str(out),
         "--bundle",
@@ -419,15 +441,30 @@ def test_a_killed_run_resumes_without_redoing_finished_files(
         "1",
         "-v",
     ]
-    killed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    log_path = tmp_path / "killed.log"
+    with log_path.open("wb") as log:  # a file, not a pipe: a full pipe would stall the run
+        run = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+        try:
+            wait_until(
+                lambda: len(journal_entries(journal_path)) >= KILL_AT or run.poll() is not None,
+                300,
+                f"{KILL_AT} journal entries",
+                lambda: log_path.read_text(errors="replace")[-2000:],
+            )
+            assert run.poll() is None, "the run ended before it was killed: " + log_path.read_text()[-2000:]
+            run.send_signal(signal.SIGKILL)
+        finally:
+            run.kill()
+            run.wait(timeout=60)
+    assert run.returncode == -signal.SIGKILL
+    killed_log = log_path.read_text(errors="replace")
     for needle in PHI_STRINGS:
-        assert needle not in killed.stderr
+        assert needle not in killed_log
     assert not (out / "results.csv").exists()
-    journal = [json.loads(line) for line in (out / ".state" / "journal.jsonl").read_text().splitlines()]
-    assert len(journal) == 6
-    done_ok = sum(1 for entry in journal if entry["row"]["status"] == "ok")
-    assert done_ok >= 1
+    journal = {entry["key"]: entry for entry in journal_entries(journal_path)}
+    total = len(EXPECTED) + EXTRA_FILMS
+    assert KILL_AT <= len(journal) < total
+    done_ok = sum(1 for entry in journal.values() if entry["row"]["status"] == "ok")
 
     inferred: list[int] = []
     original = InferenceBundle.predict
@@ -437,14 +474,18 @@ def test_a_killed_run_resumes_without_redoing_finished_files(
         return original(self, images)
 
     monkeypatch.setattr(InferenceBundle, "predict", counting)
-    summary = run_inference([dataset], out, bundle=bundle_dir, batch_size=2, workers=1, progress=False)
-    assert sum(inferred) == summary.n_inferred == 5 - done_ok
-    assert summary.n_reused == sum(1 for entry in journal if entry["row"]["status"] != "error")
-    assert summary.counts == {"ok": 5, "skipped": 8, "error": 3}
+    summary = run_inference([dataset, extra], out, bundle=bundle_dir, batch_size=2, workers=1, progress=False)
+    # exactly once: what the killed run recorded is reused, the rest is inferred, nothing twice
+    assert sum(inferred) == summary.n_inferred == 5 + EXTRA_FILMS - done_ok
+    assert summary.n_reused == sum(1 for entry in journal.values() if entry["row"]["status"] != "error")
+    assert summary.counts == {"ok": 5 + EXTRA_FILMS, "skipped": 8, "error": 3}
     assert summary.exit_code == 1
 
     # the manifest is the one of the uninterrupted run (batch composition may move the last float bits)
-    resumed = read_csv(out / "results.csv")
+    rows = read_csv(out / "results.csv")
+    assert len(rows) == total and len({row["path"] for row in rows}) == total
+    assert {row["path"] for row in rows[len(EXPECTED) :]} == {f"extra{i:03d}.png" for i in range(EXTRA_FILMS)}
+    resumed = rows[: len(EXPECTED)]
     reference = read_csv(full_run["out"] / "results.csv")
     assert len(resumed) == len(reference) == len(EXPECTED)
     for got, want in zip(resumed, reference, strict=True):
@@ -457,7 +498,7 @@ def test_a_killed_run_resumes_without_redoing_finished_files(
     assert [(s["study_uid"], s["n_images"], s["sr_path"]) for s in studies] == [
         (s["study_uid"], s["n_images"], s["sr_path"]) for s in read_csv(full_run["out"] / "studies.csv")
     ]
-    assert len((out / ".state" / "journal.jsonl").read_text().splitlines()) == len(EXPECTED)
+    assert len(journal_path.read_text().splitlines()) == total
 
     # a third run recomputes nothing and keeps the SRs as they are; --force recomputes everything
     sr_a = out / "sr" / f"{STUDY_A}.dcm"

@@ -8,15 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from pneumonia_monai.inference.journal import StateEntry, StateJournal, file_key
 from pneumonia_monai.inference.manifest import (
     RESULT_COLUMNS,
     STUDY_COLUMNS,
     SUBTYPE_COLUMNS,
     ResultRow,
-    StateEntry,
-    StateJournal,
     aggregate_studies,
-    file_key,
     read_results_csv,
     result_columns,
     write_results,

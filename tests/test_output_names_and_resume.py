@@ -15,6 +15,7 @@ from pneumonia_monai.inference import runner
 from pneumonia_monai.inference.film_step import MAX_STEM_BYTES, FilmJob, with_output_stems
 from pneumonia_monai.inference.manifest import read_results_csv
 from pneumonia_monai.inference.masks import mask_names
+from pneumonia_monai.inference.outputs import RunOutputs
 from pneumonia_monai.inference.ray_engine import _jobs_table
 from pneumonia_monai.inference.runner import run_inference
 
@@ -64,7 +65,7 @@ def test_masks_not_all_written_are_written_by_the_next_run(
         raise OSError("disk full (test)")
 
     with monkeypatch.context() as patch:
-        patch.setattr(runner._Run, "_write_seg", no_seg)
+        patch.setattr(RunOutputs, "write_seg", no_seg)
         first = run_inference([tmp_path / "in"], out, bundle=bundle, workers=0, masks=True, progress=False)
     assert first.output_failures == 1 and not first.seg_paths
     again = run_inference([tmp_path / "in"], out, bundle=bundle, workers=0, masks=True, progress=False)

@@ -12,7 +12,7 @@ in Ray actors) run every file through the same functions, so their rows cannot d
    the prediction against it); :meth:`FilmContext.failed` gives the rows of a batch whose forward failed.
 
 What is done with the rows (journal, duplicate SOP Instance UIDs, SRs, the results files) is the engines'
-common :class:`~pneumonia_monai.inference.runner._Run`.
+common :class:`~pneumonia_monai.inference.runner._Run` (its writers: :mod:`~.outputs`).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class FilmJob:
         path: the local file (for a manifest URI: its copy in the run's cache, fetched by :meth:`prepare`).
         root: the folder ``rel`` is relative to.
         rel: the name its row carries (a manifest entry: the URI as given, without credentials).
-        key: what identifies its current content, for resuming (:func:`~.manifest.file_key`).
+        key: what identifies its current content, for resuming (:func:`~.journal.file_key`).
         uri: the manifest URI it is fetched from (empty for a local file found under the inputs).
         stem: the name of its per-film output files (heatmap PNG, mask NIfTIs), set by
             :func:`with_output_stems` (empty: :func:`output_stem` of ``rel``).

@@ -35,9 +35,11 @@ from typing import Any
 
 from pneumonia_monai import checks
 from pneumonia_monai.dicom.selection import SelectionRules
-from pneumonia_monai.inference.film_step import FilmItem, FilmJob
-from pneumonia_monai.inference.manifest import OK, ResultRow, StateEntry
-from pneumonia_monai.inference.runner import HEATMAP_DIR, _Run, heatmap_png_name
+from pneumonia_monai.inference.film_step import FilmContext, FilmItem, FilmJob
+from pneumonia_monai.inference.journal import StateEntry
+from pneumonia_monai.inference.manifest import OK, ResultRow
+from pneumonia_monai.inference.outputs import HEATMAP_DIR, RunOutputs, heatmap_png_name
+from pneumonia_monai.inference.runner import RunSummary, _Run
 from pneumonia_monai.site_overlay import SiteOperatingPoint
 
 logger = logging.getLogger(__name__)
@@ -105,9 +107,19 @@ class FilmScorer:
                 "(other weights or settings): install the same bundle on every node"
             )
         self.spec = spec
-        # The driver's run, for its heatmap writer; its journal is never opened here.
-        self.run = _Run(bundle, spec.rules, Path(spec.out), 1, 0, spec.heatmaps, False, False, False, None)
-        self.context = self.run.context
+        self.context = FilmContext(bundle, spec.rules)
+        # The driver's output writers, for the heatmaps (the summary only counts this actor's failures).
+        self.summary = RunSummary(
+            counts={}, images_per_second=0.0, results_csv=Path(), results_json=Path(), studies_csv=Path()
+        )
+        self.outputs = RunOutputs(
+            bundle,
+            spec.rules,
+            Path(spec.out),
+            self.summary,
+            fingerprint=spec.fingerprint,
+            heatmaps=spec.heatmaps,
+        )
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         """Score one batch of jobs (columns of :func:`_jobs_table`); return one row per job."""
@@ -146,9 +158,9 @@ class FilmScorer:
                     False,
                 )
                 if probs is not None and self.spec.heatmaps:
-                    failures = self.run.summary.output_failures
-                    heatmaps[index] = self.run._heatmap(item, probs[number], row)
-                    failed[index] = self.run.summary.output_failures > failures
+                    failures = self.summary.output_failures
+                    heatmaps[index] = self.outputs.write_heatmap(item, probs[number], row)
+                    failed[index] = self.summary.output_failures > failures
                 item.image = item.cam = None  # no pixels are kept past this point
         self._test_kill()
         order = [job.index for job in jobs]

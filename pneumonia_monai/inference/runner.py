@@ -15,6 +15,12 @@ received study). Its pipeline, for every file found under the inputs, in a stabl
    DICOM inputs);
 4. the file's row is appended to the resume journal as soon as it is done.
 
+This module holds the scheduling (the stream of files, the window of pending work, the batches); the
+per-film step is :mod:`~pneumonia_monai.inference.film_step` (shared with the Ray engine), the resume
+journal :mod:`~pneumonia_monai.inference.journal`, the output writers (heatmaps, masks, Secondary
+Captures, SEGs, SRs, FHIR Bundles) :mod:`~pneumonia_monai.inference.outputs`, and the results files
+:mod:`~pneumonia_monai.inference.manifest`.
+
 One DICOM SR is written per study with at least one ``ok`` DICOM image
 (:func:`pneumonia_monai.dicom.sr.build_pneumonia_sr`): during the run, for a study as soon as a batch
 passes without adding to it (in an output thread, while the threads decode and the network runs), and
@@ -43,35 +49,38 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import logging
 import os
 import shutil
-import signal
 import sys
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from pneumonia_monai import checks
 from pneumonia_monai.atomic import remove_stale_temporaries
 from pneumonia_monai.dicom import limits
-from pneumonia_monai.dicom.intended_use import UNKNOWN
 from pneumonia_monai.dicom.selection import (
     SelectionRules,
     iter_input_files,
 )
 from pneumonia_monai.inference.bundle import InferenceBundle, load_bundle
 from pneumonia_monai.inference.film_step import FilmContext, FilmItem, FilmJob, with_output_stems
+from pneumonia_monai.inference.journal import (
+    JOURNAL_NAME,
+    StateEntry,
+    StateJournal,
+    file_key,
+    reusable,
+    run_fingerprint,
+)
 from pneumonia_monai.inference.manifest import (
     ERROR,
-    JOURNAL_NAME,
     OK,
-    PNEUMONIA,
     RESULTS_CSV,
     RESULTS_JSON,
     RESULTS_PARQUET,
@@ -80,31 +89,24 @@ from pneumonia_monai.inference.manifest import (
     STATUSES,
     STUDIES_CSV,
     ResultRow,
-    StateEntry,
-    StateJournal,
-    StudyRow,
     aggregate_studies,
-    file_key,
-    write_json_atomic,
     write_results,
     write_results_parquet,
     write_studies,
 )
 from pneumonia_monai.inference.masks import MASK_DIR
+from pneumonia_monai.inference.outputs import (
+    FHIR_DIR,
+    HEATMAP_DIR,
+    SR_DIR,
+    RunOutputs,
+)
 from pneumonia_monai.site_overlay import SiteOperatingPoint, apply_site
 
 logger = logging.getLogger(__name__)
 
 #: Lock file of an output folder.
 LOCK_NAME = ".lock"
-#: Sub-folders of the output folder.
-SR_DIR = "sr"
-HEATMAP_DIR = "heatmaps"
-#: Record of the SRs written, by study (to keep an unchanged study's SR as it is).
-SR_STATE_NAME = "sr.json"
-#: Folder of the FHIR Bundles (``fhir=True``), and the record of those written, by study.
-FHIR_DIR = "fhir"
-FHIR_STATE_NAME = "fhir.json"
 #: Without a terminal, a progress line is logged every this many files ...
 PROGRESS_EVERY = 100
 #: ... or after this many seconds, whichever comes first.
@@ -118,8 +120,6 @@ _OUTPUT_NAMES = frozenset(
 FETCHED = Path(STATE_DIR) / "fetched"
 #: The engines of :func:`run_inference`.
 ENGINES: tuple[str, ...] = ("local", "ray")
-#: Test hook: the process kills itself (SIGKILL, no clean-up) after recording this many files.
-KILL_AFTER_ENV = "PNEUMONIA_MONAI_TEST_KILL_AFTER"
 
 
 class OutputBusyError(RuntimeError):
@@ -178,11 +178,6 @@ def in_flight_limit(batch_size: int, workers: int) -> int:
     while the device runs the current one.
     """
     return _window(batch_size, workers) + batch_size
-
-
-def heatmap_png_name(job: FilmJob) -> str:
-    """The name of a film's heatmap PNG in ``OUT/heatmaps/`` (:func:`~.film_step.with_output_stems`)."""
-    return job.output_name + ".png"
 
 
 def _window(batch_size: int, workers: int) -> int:
@@ -256,18 +251,6 @@ def _exclusive_lock(out: Path) -> Iterator[None]:
         yield
     finally:
         handle.close()  # closing the descriptor releases the lock
-
-
-def _kill_after() -> int | None:
-    value = os.environ.get(KILL_AFTER_ENV)
-    if not value:
-        return None
-    try:
-        count = int(value)
-    except ValueError:
-        raise ValueError(f"{KILL_AFTER_ENV} must be an integer, got {value!r}") from None
-    logger.warning("test hook %s=%d: this process will kill itself", KILL_AFTER_ENV, count)
-    return count
 
 
 def _check_arguments(
@@ -390,7 +373,6 @@ def run_inference(
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output {out} exists and is not a folder")
-    kill_after = _kill_after()
     if (out / LOCK_NAME).is_file():
         with _exclusive_lock(out):  # a busy folder is refused before the model is loaded (seconds)
             pass
@@ -450,7 +432,6 @@ def run_inference(
                 write_sr,
                 force,
                 progress,
-                kill_after,
                 fhir,
                 **options,
             ).run(input_paths)
@@ -470,7 +451,6 @@ class _Run:
         write_sr: bool,
         force: bool,
         progress: bool | None,
-        kill_after: int | None,
         fhir: bool = False,
         *,
         masks: bool = False,
@@ -490,11 +470,8 @@ class _Run:
         self.write_sr = write_sr
         self.force = force
         self.bar = sys.stderr.isatty() if progress is None else bool(progress)
-        self.kill_after = kill_after
         self.state_dir = out / STATE_DIR
-        fingerprint = hashlib.sha256(
-            (bundle.fingerprint + json.dumps(_rules_identity(rules), sort_keys=True, default=str)).encode()
-        ).hexdigest()
+        fingerprint = run_fingerprint(bundle.fingerprint, rules)
         self.journal = StateJournal(self.state_dir / JOURNAL_NAME, fingerprint)
         self.rows: list[ResultRow | None] = []
         self.entries: list[tuple[str, StateEntry] | None] = []
@@ -507,16 +484,12 @@ class _Run:
             studies_csv=out / STUDIES_CSV,
             in_flight_limit=in_flight_limit(batch_size, workers),
         )
-        self.recorded = 0
-        #: Study Instance UID -> digest of the results its SR on disk was built from.
-        self.sr_state: dict[str, Any] = {}
-        #: Study Instance UID -> digest of the results its FHIR Bundle on disk was built from.
-        self.fhir_state: dict[str, Any] = {}
+        self.outputs = RunOutputs(
+            bundle, rules, out, self.summary, fingerprint=fingerprint, heatmaps=heatmaps, masks=masks
+        )
         self._recent_studies: set[str] = set()
         #: The thread writing the SRs of settled studies during the stream (None: in this thread).
         self._writer: ThreadPoolExecutor | None = None
-        #: Study Instance UID -> {job index: (job, row)} of its ``ok`` DICOM images done so far.
-        self._ok_by_study: dict[str, dict[int, tuple[_Job, ResultRow]]] = {}
 
     # ---- driving
 
@@ -529,8 +502,7 @@ class _Run:
             shutil.rmtree(self.out / FETCHED, ignore_errors=True)
         jobs = self._jobs(inputs)
         previous = {} if self.force else self.journal.load()
-        self.sr_state = {} if self.force else _read_json_object(self.state_dir / SR_STATE_NAME)
-        self.fhir_state = {} if self.force else _read_json_object(self.state_dir / FHIR_STATE_NAME)
+        self.outputs.load_state(self.force)
         self.rows = [None] * len(jobs)
         self.entries = [None] * len(jobs)
         logger.info(
@@ -682,8 +654,8 @@ class _Run:
             return
         self.summary.n_inferred += len(batch)
         for item, p, row in zip(batch, probs, rows, strict=True):
-            done_heatmaps = self.heatmaps and self._heatmap(item, p, row)
-            done_masks = self.masks and self._masks(item, p)
+            done_heatmaps = self.heatmaps and self.outputs.write_heatmap(item, p, row)
+            done_masks = self.masks and self.outputs.write_masks(item, p)
             item.image = item.cam = None  # no pixels are kept past this point
             self._done(item.job, StateEntry(row, heatmaps=done_heatmaps, masks=done_masks))
         self._write_srs_of_settled_studies({item.study_uid for item in batch if item.study_uid})
@@ -692,177 +664,16 @@ class _Run:
         self.rows[job.index] = entry.row
         self.entries[job.index] = (job.key, entry)
         self.summary.counts[entry.row.status] += 1
-        if entry.row.status == OK and entry.row.study_uid:
-            self._ok_by_study.setdefault(entry.row.study_uid, {})[job.index] = (job, entry.row)
+        self.outputs.add_result(job, entry.row)
         self.progress.update()
         if entry.row.status == ERROR:
             logger.warning("%s: error: %s", job.rel, entry.row.reason)
         if record:
             self.journal.record(job.key, entry)
-            self.recorded += 1
-            if self.kill_after is not None and self.recorded >= self.kill_after:
-                logger.warning("test hook %s reached: killing this process", KILL_AFTER_ENV)
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    # ---- heatmaps
-
-    def _png_path(self, job: _Job) -> Path:
-        return self.out / HEATMAP_DIR / heatmap_png_name(job)
-
-    def _heatmap(self, item: _Item, probs: Any, row: ResultRow) -> bool:
-        """Write the PNG overlay (and the Secondary Capture for DICOM); return whether all was written.
-
-        The Grad-CAM of the network input is laid over the whole film at its own geometry (the film
-        is loaded again, for display, only here).
-        """
-        from pneumonia_monai.visualize.overlay import film_heatmap, reduce_for_display, save_png_atomic
-        from pneumonia_monai.transforms.io import load_film
-
-        folder = self.out / HEATMAP_DIR
-        folder.mkdir(exist_ok=True)
-        job = item.job
-        try:
-            cam = self._cam(item, probs)
-            film, _ = load_film(job.path)
-            shape = film.shape
-            film = reduce_for_display(film)  # the full-size film is garbage now: its budget share is back
-            caption = (
-                f"p(pneumonia) {row.prob_pneumonia:.2f}: {row.prediction} at threshold "
-                f"{self.bundle.threshold:.2f} ({self.bundle.model_name} {self.bundle.model_version})"
-            )
-            rgb = film_heatmap(film, cam, item.box, caption=caption, film_shape=shape)
-            del film
-            png = self._png_path(job)
-            save_png_atomic(rgb, png)
-            self.summary.png_paths.append(png)
-            if item.sop_uid:
-                sc_path = folder / f"{item.sop_uid}.dcm"
-                self._write_sc(job.path, rgb, sc_path)
-                self.summary.sc_paths.append(sc_path)
-        except Exception as exc:  # noqa: BLE001 - any failure to build an output is that file's failure
-            self.summary.output_failures += 1
-            logger.error("%s: heatmap not written: %s: %s", job.rel, type(exc).__name__, exc)
-            return False
-        return True
-
-    def _cam(self, item: _Item, probs: Any) -> Any:
-        """The Grad-CAM of an item's network input (computed once, for the heatmaps and the masks)."""
-        from pneumonia_monai.visualize.gradcam import gradcam
-
-        if item.cam is None:
-            item.cam = gradcam(
-                self.bundle.network,
-                item.image.cpu(),  # type: ignore[union-attr]
-                target_layer=self.bundle.heatmap_layer,
-                class_index=self.bundle.explained_class(probs),
-            )
-        return item.cam
-
-    # ---- masks
 
     def _reusable(self, job: _Job, entry: StateEntry | None) -> bool:
-        """Whether a journal entry stands for this run, its mask files included when they are asked for."""
-        if not _reusable(entry, self.heatmaps):
-            return False
-        from pneumonia_monai.inference.masks import mask_names
-
-        if not self.masks or entry.row.status != OK:  # type: ignore[union-attr]
-            return True
-        heat = self.out / MASK_DIR / mask_names(job.output_name)[1]
-        return entry.masks and heat.is_file()  # type: ignore[union-attr]  # all written, and still there
-
-    def _masks(self, item: _Item, probs: Any) -> bool:
-        """Write the heatmap and lung-field NIfTI files (and the SEG of a DICOM film); return whether done.
-
-        The film is loaded again, with its grid, only here (:func:`~.masks.load_film_and_grid`).
-        """
-        from pneumonia_monai.inference.masks import SEG_SUFFIX, cam_on_film, load_film_and_grid, mask_names
-        from pneumonia_monai.inference.masks import write_nifti_atomic as write
-        from pneumonia_monai.transforms.lung_crop import lung_field_mask
-
-        job, folder = item.job, self.out / MASK_DIR
-        what = f"{self.bundle.model_name} {self.bundle.model_version}"
-        lungs_name, heat_name = mask_names(job.output_name)
-        try:
-            cam = self._cam(item, probs)
-            film, _, grid = load_film_and_grid(job.path)
-            lungs = lung_field_mask(film)
-            heat = cam_on_film(cam, item.box, film.shape)
-            del film
-            description = f"Grad-CAM of {what}"[:80]
-            self.summary.mask_paths.append(
-                write(heat, grid, folder / heat_name, label=False, description=description)
-            )
-            if lungs is None:
-                logger.info("%s: no plausible lung fields found: no lung mask or SEG written", job.rel)
-                return True
-            description = f"lung fields of the crop of {what}"[:80]
-            self.summary.mask_paths.append(
-                write(lungs, grid, folder / lungs_name, label=True, description=description)
-            )
-            if item.sop_uid:
-                seg_path = folder / f"{item.sop_uid}{SEG_SUFFIX}"
-                self._write_seg(job.path, lungs, seg_path)
-                self.summary.seg_paths.append(seg_path)
-        except Exception as exc:  # noqa: BLE001 - any failure to build an output is that file's failure
-            self.summary.output_failures += 1
-            logger.error("%s: masks not written: %s: %s", job.rel, type(exc).__name__, exc)
-            return False
-        return True
-
-    def _write_seg(self, source_path: Path, lungs: Any, path: Path) -> None:
-        from pneumonia_monai.dicom.seg import build_lung_seg
-
-        self._write_derived(
-            source_path,
-            lambda header: build_lung_seg(
-                header,
-                lungs,
-                algorithm_name=self.bundle.model_name,
-                algorithm_version=self.bundle.model_version,
-            ),
-            path,
-        )
-
-    def _write_derived(self, source_path: Path, build: Any, path: Path) -> None:
-        """Write (atomically) the object ``build`` makes from the header of the film at ``source_path``."""
-        from pydicom import dcmread
-
-        from pneumonia_monai.dicom.sr import write_dataset_atomic
-
-        write_dataset_atomic(build(dcmread(source_path, stop_before_pixels=True, force=True)), path)
-
-    def _reused_masks(self, jobs: list[_Job]) -> None:
-        """List the mask files of rows reused from an earlier run (they were written then)."""
-        from pneumonia_monai.inference.masks import SEG_SUFFIX, mask_names
-
-        fresh = set(self.summary.mask_paths)
-        folder = self.out / MASK_DIR
-        for job, row in zip(jobs, self.rows, strict=True):
-            if row is None or row.status != OK:
-                continue
-            paths = [folder / name for name in mask_names(job.output_name)]
-            if any(path in fresh for path in paths):
-                continue
-            self.summary.mask_paths += [path for path in paths if path.is_file()]
-            seg_path = folder / f"{row.sop_uid}{SEG_SUFFIX}"
-            if row.sop_uid and seg_path.is_file():
-                self.summary.seg_paths.append(seg_path)
-
-    def _write_sc(self, source_path: Path, rgb: Any, path: Path) -> None:
-        from pneumonia_monai.dicom.secondary_capture import build_heatmap_sc
-
-        self._write_derived(
-            source_path,
-            lambda header: build_heatmap_sc(
-                header,
-                rgb,
-                algorithm_name=self.bundle.model_name,
-                algorithm_version=self.bundle.model_version,
-                operating_point=self.bundle.operating_point,
-            ),
-            path,
-        )
+        """Whether a journal entry stands for this run, its output files included."""
+        return reusable(entry, self.heatmaps) and self.outputs.reusable(job, entry)  # type: ignore[arg-type]
 
     # ---- end of run
 
@@ -871,9 +682,9 @@ class _Run:
         if len(rows) != len(jobs):  # every file is accounted for, or the run is not finished
             raise RuntimeError(f"{len(jobs) - len(rows)} file(s) have no result row")
         if self.heatmaps:
-            self._reused_heatmaps(jobs)
+            self.outputs.reused_heatmaps(jobs, self.rows)
         if self.masks:
-            self._reused_masks(jobs)
+            self.outputs.reused_masks(jobs, self.rows)
         studies = aggregate_studies(
             rows,
             threshold=self.bundle.threshold,
@@ -881,9 +692,9 @@ class _Run:
             operating_point=self.bundle.operating_point,
         )
         if self.write_sr:
-            studies = self._write_srs(studies)
+            studies = self.outputs.write_srs(studies)
         if self.fhir:
-            self._write_fhir_bundles(studies)
+            self.outputs.write_fhir_bundles(studies)
         write_results(self.out, rows, three_class=self.bundle.three_class)
         if self.parquet:
             write_results_parquet(self.out, rows, three_class=self.bundle.three_class)
@@ -891,38 +702,6 @@ class _Run:
             _remove_stale_parquet(self.out / RESULTS_PARQUET)
         write_studies(self.out, studies)
         self.journal.compact(entry for entry in self.entries if entry is not None)
-
-    def _reused_heatmaps(self, jobs: list[_Job]) -> None:
-        """List the heatmap files of rows reused from an earlier run (they were written then)."""
-        fresh = set(self.summary.png_paths)
-        for job, row in zip(jobs, self.rows, strict=True):
-            if row is None or row.status != OK:
-                continue
-            png = self.out / HEATMAP_DIR / heatmap_png_name(job)
-            if png not in fresh and png.is_file():
-                self.summary.png_paths.append(png)
-                sc_path = self.out / HEATMAP_DIR / f"{row.sop_uid}.dcm"
-                if row.sop_uid and sc_path.is_file():
-                    self.summary.sc_paths.append(sc_path)
-
-    def _write_srs(self, studies: list[StudyRow]) -> list[StudyRow]:
-        """Write (or keep) the SR of each study with ``ok`` DICOM images; return the studies with SR paths."""
-        updated = []
-        for study in studies:
-            images = self._study_images(study.study_uid)
-            path = self._write_sr(study.study_uid, images) if images else None
-            updated.append(
-                study if path is None else replace(study, sr_path=path.relative_to(self.out).as_posix())
-            )
-            if path is not None:
-                self.summary.sr_paths.append(path)
-        write_json_atomic(self.state_dir / SR_STATE_NAME, self.sr_state)
-        return updated
-
-    def _study_images(self, study_uid: str) -> list[tuple[_Job, ResultRow]]:
-        """The ``ok`` DICOM images of a study done so far, in input order."""
-        done = self._ok_by_study.get(study_uid, {})
-        return [done[index] for index in sorted(done)]
 
     def _write_srs_of_settled_studies(self, touched: set[str]) -> None:
         """Write the SRs of studies that the last batch did not add to, while the workers decode.
@@ -937,137 +716,17 @@ class _Run:
         if not settled or not self.write_sr:
             return
         for study_uid in sorted(settled):
-            images = self._study_images(study_uid)
+            images = self.outputs.study_images(study_uid)
             if not images:
                 continue
             if self._writer is None:
-                self._write_sr(study_uid, images, final=False)
-            else:  # _write_sr(final=False) logs its own failures; the end of the run retries them
-                self._writer.submit(self._write_sr, study_uid, images, final=False)
-
-    def _write_sr(
-        self, study_uid: str, images: list[tuple[_Job, ResultRow]], *, final: bool = True
-    ) -> Path | None:
-        """Write the SR of one study unless the same results already have one; return its path.
-
-        Returns ``None`` when it cannot be written: an output failure of the run when ``final``; during
-        the run (``final=False``) only a warning, since the end of the run tries again.
-        """
-        from pydicom import dcmread
-
-        from pneumonia_monai.dicom.sr import ImageFinding, build_pneumonia_sr, write_dataset_atomic
-
-        path = self.out / SR_DIR / f"{study_uid}.dcm"
-        digest = _study_digest(self.journal.fingerprint, [row for _, row in images])
-        if self.sr_state.get(study_uid) == digest and path.is_file():
-            logger.debug("study %s unchanged: its SR is kept", study_uid)
-            return path
-        try:
-            headers = [dcmread(job.path, stop_before_pixels=True, force=True) for job, _ in images]
-            findings = [
-                ImageFinding(
-                    sop_instance_uid=row.sop_uid,
-                    sop_class_uid=str(header.SOPClassUID),
-                    prob_pneumonia=row.prob_pneumonia,  # type: ignore[arg-type]
-                    present=row.prediction == PNEUMONIA,
-                    prob_normal=row.prob_normal,
-                    prob_bacterial=row.prob_bacterial,
-                    prob_viral=row.prob_viral,
-                    intended_use=row.intended_use or UNKNOWN,
-                )
-                for (_, row), header in zip(images, headers, strict=True)
-            ]
-            sr = build_pneumonia_sr(
-                headers,
-                findings,
-                algorithm_name=self.bundle.model_name,
-                algorithm_version=self.bundle.model_version,
-                threshold=self.bundle.threshold,
-                operating_point=self.bundle.operating_point,
-                intended_use=self.context.rules.intended_age.describe(),
-            )
-            path.parent.mkdir(exist_ok=True)
-            write_dataset_atomic(sr, path)
-        except Exception as exc:  # noqa: BLE001 - any failure to build an SR is its study's output failure
-            self.sr_state.pop(study_uid, None)
-            if not final:
-                logger.warning(
-                    "study %s: SR not written yet (%s: %s); retried at the end",
-                    study_uid,
-                    type(exc).__name__,
-                    exc,
-                )
-                return None
-            self.summary.output_failures += 1
-            logger.error("study %s: SR not written: %s: %s", study_uid, type(exc).__name__, exc)
-            return None
-        self.sr_state[study_uid] = digest
-        return path
-
-    def _write_fhir_bundles(self, studies: list[StudyRow]) -> None:
-        """Write (or keep) the FHIR Bundle of each study with ``ok`` DICOM images (module ``fhir``).
-
-        Like the SRs: a study whose results did not change since its Bundle was written keeps it as it
-        is; one that cannot be built is an output failure of the run, logged, and the others go on.
-        """
-        from pydicom import dcmread
-
-        from pneumonia_monai.dicom.sr import ImageFinding
-        from pneumonia_monai.fhir import build_study_bundle, write_bundle_atomic
-
-        for study in studies:
-            images = self._study_images(study.study_uid)
-            if not images:
-                continue
-            path = self.out / FHIR_DIR / f"{study.study_uid}.json"
-            digest = _study_digest(self.journal.fingerprint, [row for _, row in images])
-            if self.fhir_state.get(study.study_uid) == digest and path.is_file():
-                self.summary.fhir_paths.append(path)
-                continue
-            try:
-                findings = [
-                    ImageFinding(
-                        sop_instance_uid=row.sop_uid,
-                        sop_class_uid=str(
-                            dcmread(
-                                job.path, stop_before_pixels=True, force=True, specific_tags=["SOPClassUID"]
-                            ).SOPClassUID
-                        ),
-                        prob_pneumonia=row.prob_pneumonia,  # type: ignore[arg-type]
-                        present=row.prediction == PNEUMONIA,
-                        prob_normal=row.prob_normal,
-                        prob_bacterial=row.prob_bacterial,
-                        prob_viral=row.prob_viral,
-                        intended_use=row.intended_use or UNKNOWN,
-                    )
-                    for job, row in images
-                ]
-                bundle = build_study_bundle(
-                    study.study_uid,
-                    findings,
-                    algorithm_name=self.bundle.model_name,
-                    algorithm_version=self.bundle.model_version,
-                    threshold=self.bundle.threshold,
-                    operating_point=self.bundle.operating_point,
-                    intended_use=self.context.rules.intended_age.describe(),
-                )
-                write_bundle_atomic(path, bundle)
-            except Exception as exc:  # noqa: BLE001 - any failure to build a Bundle is its study's failure
-                self.fhir_state.pop(study.study_uid, None)
-                self.summary.output_failures += 1
-                logger.error(
-                    "study %s: FHIR Bundle not written: %s: %s", study.study_uid, type(exc).__name__, exc
-                )
-                continue
-            self.fhir_state[study.study_uid] = digest
-            self.summary.fhir_paths.append(path)
-        write_json_atomic(self.state_dir / FHIR_STATE_NAME, self.fhir_state)
+                self.outputs.write_sr(study_uid, images, final=False)
+            else:  # write_sr(final=False) logs its own failures; the end of the run retries them
+                self._writer.submit(self.outputs.write_sr, study_uid, images, final=False)
 
 
 def _remove_stale_parquet(path: Path) -> None:
     """Remove the ``results.parquet`` of an earlier run that this run does not rewrite (it would disagree)."""
-    import shutil
-
     if path.is_dir():
         shutil.rmtree(path)
     elif path.exists():
@@ -1075,46 +734,3 @@ def _remove_stale_parquet(path: Path) -> None:
     else:
         return
     logger.info("%s of an earlier run removed: this run writes no Parquet (--parquet)", path.name)
-
-
-def _reusable(entry: StateEntry | None, heatmaps: bool) -> bool:
-    """Whether a journal entry can stand for this run: not an error, and with heatmaps when asked for."""
-    if entry is None or entry.row.status == ERROR:
-        return False
-    return not (heatmaps and entry.row.status == OK and not entry.heatmaps)
-
-
-def _rules_identity(rules: SelectionRules) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    identity = asdict(rules)
-    identity.pop("source", None)
-    return identity
-
-
-def _study_digest(fingerprint: str, rows: list[ResultRow]) -> str:
-    data = [
-        (
-            row.sop_uid,
-            row.prob_pneumonia,
-            row.prediction,
-            row.prob_normal,
-            row.prob_bacterial,
-            row.prob_viral,
-            row.intended_use,
-        )
-        for row in rows
-    ]
-    return hashlib.sha256((fingerprint + json.dumps(data)).encode()).hexdigest()
-
-
-def _read_json_object(path: Path) -> dict[str, Any]:
-    try:
-        with path.open(encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        logger.warning("%s unreadable (%s): SRs are rebuilt", path, type(exc).__name__)
-        return {}
-    return data if isinstance(data, dict) else {}

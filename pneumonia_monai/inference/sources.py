@@ -28,7 +28,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pneumonia_monai import atomic
 from pneumonia_monai.inference.film_step import FilmJob
-from pneumonia_monai.inference.manifest import file_key
+from pneumonia_monai.inference.journal import file_key
 
 logger = logging.getLogger(__name__)
 
