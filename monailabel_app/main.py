@@ -36,7 +36,7 @@ from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 
 from pneumonia_monai.engine import bundle_config
-from pneumonia_monai.engine.paths import locate_bundle_root
+from pneumonia_monai.engine.paths import default_bundle
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ FILE_EXTENSIONS: tuple[str, ...] = ("*.dcm", "*.jpeg", "*.jpg", "*.png")
 
 def _bundle_root(conf: Mapping[str, str]) -> Path:
     configured = conf.get("bundle")
-    root = Path(configured) if configured else Path(locate_bundle_root())
+    root = Path(configured) if configured else default_bundle()
     if not (root / "configs" / "inference.json").is_file():
         raise ValueError(
             f"--conf bundle must name a bundle folder (configs/inference.json), got {str(root)!r}"

@@ -64,7 +64,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from pneumonia_monai.engine.paths import locate_bundle_root
+from pneumonia_monai.engine.paths import default_bundle
 from pneumonia_monai.inference.bundle import InferenceBundle, load_bundle
 from pneumonia_monai.inference.runner import run_inference
 
@@ -408,8 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.n < 10 or args.batch_size < 1 or args.workers < 0:
         parser.error("--n must be at least 10, --batch-size positive, --workers non-negative")
 
-    bundle = args.bundle if args.bundle is not None else Path(locate_bundle_root())
-    samples = sorted((Path(locate_bundle_root()) / "sample_data" / "chest_xray" / "train").rglob("*.jpeg"))
+    bundle = args.bundle if args.bundle is not None else default_bundle()
+    samples = sorted((default_bundle() / "sample_data" / "chest_xray" / "train").rglob("*.jpeg"))
     args.workdir.mkdir(parents=True, exist_ok=True)
     bundle_dir, random_weights = bundle_with_weights(bundle, args.workdir)
     start = time.perf_counter()

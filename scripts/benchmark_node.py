@@ -36,7 +36,7 @@ from pynetdicom import AE
 
 from pneumonia_monai.devtools.netns import NamespaceUnavailableError
 from pneumonia_monai.devtools.orthanc import OrthancError, OrthancServer, wait_for
-from pneumonia_monai.engine.paths import locate_bundle_root
+from pneumonia_monai.engine.paths import default_bundle
 
 logger = logging.getLogger("benchmark_node")
 
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.studies < 1 or not args.stable_seconds > 0:
         parser.error("--studies must be >= 1 and --stable-seconds > 0")
-    bundle = args.bundle or Path(locate_bundle_root())
+    bundle = args.bundle or default_bundle()
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     films = sample_films()

@@ -240,3 +240,42 @@ def test_one_version_for_the_package_the_bundle_and_the_deploy_app(repo_root: Pa
         if isinstance(t, ast.Name)
     }
     assert assigned["version"] == "pneumonia_monai.__version__"
+
+
+def test_bundle_root_follows_the_config_file_or_the_override(
+    bundle_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy's config run by MONAI's ConfigWorkflow gets the copy; --bundle_root wins; no env var."""
+    from monai.bundle import ConfigParser, ConfigWorkflow
+
+    from pneumonia_monai.engine import paths
+
+    monkeypatch.setenv(paths.BUNDLE_ENV, str(tmp_path / "not-read-for-configs"))
+    config = str(bundle_copy / "configs" / "inference.json")
+    workflow = ConfigWorkflow(config_file=config, workflow_type="infer", logging_file=False)
+    workflow.initialize()
+    # read as the workflow's property: evaluated by the workflow, as `monai.bundle run` evaluates it
+    assert Path(workflow.bundle_root) == bundle_copy.resolve()
+    other = tmp_path / "other"
+    workflow = ConfigWorkflow(
+        config_file=config, workflow_type="infer", logging_file=False, bundle_root=str(other)
+    )
+    workflow.initialize()
+    assert workflow.bundle_root == str(other)
+    parser = ConfigParser()  # no workflow, no override: the source checkout's bundle
+    parser.read_config(config)
+    assert Path(parser.get_parsed_content("bundle_root")) == paths.shipped_bundle()
+
+
+def test_the_default_bundle_of_the_commands(
+    bundle_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pneumonia_monai.engine import paths
+
+    monkeypatch.delenv(paths.BUNDLE_ENV, raising=False)
+    assert paths.default_bundle() == paths.shipped_bundle()
+    monkeypatch.setenv(paths.BUNDLE_ENV, str(bundle_copy))
+    assert paths.default_bundle() == bundle_copy.resolve()
+    monkeypatch.setenv(paths.BUNDLE_ENV, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"\$PNEUMONIA_MONAI_BUNDLE"):
+        paths.default_bundle()

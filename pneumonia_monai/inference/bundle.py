@@ -35,6 +35,7 @@ from pneumonia_monai.decision import BINARY_CLASSES, SUBTYPE_CLASSES
 from pneumonia_monai.engine import bundle_config
 from pneumonia_monai.engine.bundle_config import DEFAULT_MODEL_NAME, BundleError
 from pneumonia_monai.engine.checkpoint import network_state
+from pneumonia_monai.engine.paths import default_bundle
 from pneumonia_monai.engine.precision import PRECISIONS, AutocastInferer
 from pneumonia_monai.visualize.gradcam import DENSENET_TARGET_LAYER
 
@@ -238,18 +239,15 @@ def _file_sha256(path: Path) -> str:
 
 
 def locate_default_bundle() -> Path:
-    """Return the bundle shipped with the package.
+    """Return the bundle used when none is named (:func:`pneumonia_monai.engine.paths.default_bundle`).
 
-    Found by :func:`pneumonia_monai.engine.paths.locate_bundle_root` (the ``bundle/`` of a source checkout,
-    or the folder named by ``PNEUMONIA_MONAI_BUNDLE``).
+    The folder named by ``PNEUMONIA_MONAI_BUNDLE``, else the ``bundle/`` of the source checkout.
 
     Raises:
-        BundleError: if no bundle can be found.
+        BundleError: if no bundle is there.
     """
-    from pneumonia_monai.engine.paths import locate_bundle_root
-
     try:
-        return Path(locate_bundle_root())
+        return default_bundle()
     except FileNotFoundError as exc:
         raise BundleError(str(exc)) from exc
 
