@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -9,10 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from monai.networks.nets import DenseNet121
 from repo_paths import BUNDLE, REPO, SAMPLE_DICOM, SAMPLE_TREE
 
 from pneumonia_monai.devtools.netns import NamespaceUnavailableError
 from pneumonia_monai.devtools.orthanc import OrthancServer
+from pneumonia_monai.inference.bundle import InferenceBundle, load_bundle
 
 #: repo_guard: the session fails if it wrote into the repository tree; pytester: tests of that plugin.
 pytest_plugins = ["pytester", "repo_guard"]
@@ -38,6 +42,39 @@ def sample_images() -> list[Path]:
 def sample_dicom() -> Path:
     """The sample DICOM studies (``bundle/sample_data/dicom``: CR/DX films, a lateral, an RLE film...)."""
     return SAMPLE_DICOM
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> InferenceBundle:
+    """The shipped bundle, loaded on the CPU; where no model is shipped, a copy with seeded random weights."""
+    root = BUNDLE
+    if not (root / "models" / "model.pt").is_file():
+        root = tmp_path_factory.mktemp("bundle") / "bundle"
+        shutil.copytree(BUNDLE / "configs", root / "configs")
+        (root / "models").mkdir()
+        torch.manual_seed(0)
+        torch.save(
+            DenseNet121(spatial_dims=2, in_channels=1, out_channels=2).state_dict(),
+            root / "models" / "model.pt",
+        )
+    return load_bundle(root, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundle's configs with a 64x64 input and a seeded random DenseNet121 checkpoint (fast to run)."""
+    root = tmp_path_factory.mktemp("tiny_bundle") / "bundle"
+    shutil.copytree(BUNDLE / "configs", root / "configs")
+    config_path = root / "configs" / "inference.json"
+    config = json.loads(config_path.read_text())
+    config["spatial_size"] = [64, 64]
+    config_path.write_text(json.dumps(config, indent=2))
+    (root / "models").mkdir()
+    torch.manual_seed(0)
+    torch.save(
+        DenseNet121(spatial_dims=2, in_channels=1, out_channels=2).state_dict(), root / "models" / "model.pt"
+    )
+    return root
 
 
 @pytest.fixture

@@ -6,11 +6,11 @@ import csv
 import json
 import logging
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from dicom_checks import dciodvfy
 from dicom_factory import make_cr, make_dx
 from PIL import Image
 from pydicom import dcmread
@@ -82,15 +82,6 @@ def _dicoms(out: Path) -> dict[str, bytes]:
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.dcm"))}
 
 
-def _dciodvfy(path: Path) -> tuple[list[str], list[str]]:
-    exe = shutil.which("dciodvfy")
-    if exe is None:
-        pytest.fail("dciodvfy (dicom3tools) is not installed: apt-get install dicom3tools")
-    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60, check=False)
-    lines = (proc.stdout + proc.stderr).splitlines()
-    return [ln for ln in lines if ln.startswith("Error")], [ln for ln in lines if ln.startswith("Warning")]
-
-
 def test_every_source_file_is_accounted_for(src: Path, converted: Path) -> None:
     rows = _rows(converted)
     sources = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
@@ -111,7 +102,7 @@ def test_every_source_file_is_accounted_for(src: Path, converted: Path) -> None:
 
 def test_outputs_pass_dciodvfy(converted: Path) -> None:
     for path in sorted(converted.rglob("*.dcm")):
-        errors, warnings = _dciodvfy(path)
+        errors, warnings = dciodvfy(path)
         assert errors == [], f"{path}: {errors}"
         assert set(warnings) <= ALLOWED_WARNINGS, f"{path}: {warnings}"
 
@@ -212,7 +203,7 @@ def test_compressed_outputs_decode_to_the_same_pixels(
         assert ds.file_meta.TransferSyntaxUID == tsyntax
         np.testing.assert_array_equal(ds.pixel_array, np.asarray(Image.open(src / rel).convert("L")))
     first = out / packed["train/NORMAL/IM-0429-0001-0001.jpeg"]["output"]
-    errors, warnings = _dciodvfy(first)
+    errors, warnings = dciodvfy(first)
     assert errors == [] and set(warnings) <= ALLOWED_WARNINGS
     before = _dicoms(out)
     kaggle_to_dicom(src, tmp_path / f"{compression}-again", compression=compression)

@@ -2,35 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-from monai.networks.nets import DenseNet121
-from repo_paths import REPO, SAMPLE_DICOM
+from repo_paths import SAMPLE_DICOM
 
 from pneumonia_monai.cli.infer import main as infer_main
 from pneumonia_monai.devtools.orthanc import OrthancServer
 from pneumonia_monai.dicomweb import pull
-
-
-@pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("bundle") / "bundle"
-    shutil.copytree(REPO / "bundle" / "configs", root / "configs")
-    config = json.loads((root / "configs" / "inference.json").read_text())
-    config["spatial_size"] = [64, 64]
-    (root / "configs" / "inference.json").write_text(json.dumps(config))
-    (root / "models").mkdir()
-    torch.manual_seed(0)
-    torch.save(
-        DenseNet121(spatial_dims=2, in_channels=1, out_channels=2).state_dict(), root / "models/model.pt"
-    )
-    return root
 
 
 @pytest.fixture(scope="module")

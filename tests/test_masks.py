@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import highdicom as hd
@@ -17,9 +16,8 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-import torch
+from dicom_checks import assert_valid
 from monai.data import ITKReader
-from monai.networks.nets import DenseNet121
 from monai.transforms import LoadImage
 from PIL import Image
 from pydicom.data import get_testdata_file
@@ -27,7 +25,7 @@ from pydicom.data import get_testdata_file
 from pneumonia_monai.cli.infer import main as infer_main
 from pneumonia_monai.dicom.seg import LUNG_FIELDS_LABEL, build_lung_seg
 from pneumonia_monai.dicom.sr import write_dataset_atomic
-from pneumonia_monai.inference.bundle import InferenceBundle, load_bundle
+from pneumonia_monai.inference.bundle import InferenceBundle
 from pneumonia_monai.inference.masks import MASK_DIR, cam_on_film, mask_names
 from pneumonia_monai.inference.runner import run_inference
 from pneumonia_monai.transforms.io import load_film
@@ -42,35 +40,6 @@ ACCEPTED_WARNINGS = (
     re.compile(r"\(0x0008,0x0090\) PN Referring Physician's Name .* Retired Person Name form"),
     re.compile(r"Missing attribute or value that would be needed to build DICOMDIR - Study (Date|Time)"),
 )
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> InferenceBundle:
-    """The shipped bundle; where no model is shipped, a copy with seeded random weights."""
-    root = repo_root / "bundle"
-    if not (root / "models" / "model.pt").is_file():
-        copy_root = tmp_path_factory.mktemp("bundle") / "bundle"
-        shutil.copytree(root / "configs", copy_root / "configs")
-        (copy_root / "models").mkdir()
-        torch.manual_seed(0)
-        torch.save(
-            DenseNet121(spatial_dims=2, in_channels=1, out_channels=2).state_dict(),
-            copy_root / "models" / "model.pt",
-        )
-        root = copy_root
-    return load_bundle(root, device="cpu")
-
-
-def assert_valid(path: Path) -> None:
-    """dciodvfy (dicom3tools) finds no error and no warning but the accepted ones."""
-    exe = shutil.which("dciodvfy")
-    if exe is None:
-        pytest.fail("dciodvfy (dicom3tools) is required to validate DICOM outputs")
-    result = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60, check=False)
-    lines = (result.stdout + result.stderr).splitlines()
-    assert [line for line in lines if line.startswith("Error")] == []
-    warnings = [line for line in lines if line.startswith("Warning")]
-    assert [w for w in warnings if not any(p.search(w) for p in ACCEPTED_WARNINGS)] == []
 
 
 def _grey(path: Path) -> np.ndarray:
@@ -154,7 +123,7 @@ def test_dicom_film_gets_a_segmentation_referencing_it(run: tuple[Path, Path, ob
     source = pydicom.dcmread(films / "dx.dcm")
     assert [p.name for p in summary.seg_paths] == [f"{source.SOPInstanceUID}.seg.dcm"]
     path = summary.seg_paths[0]
-    assert_valid(path)
+    assert_valid(path, ACCEPTED_WARNINGS)
     seg = hd.seg.segread(path)
     assert seg.SegmentationType == "BINARY"
     assert seg.StudyInstanceUID == source.StudyInstanceUID
@@ -199,7 +168,7 @@ def test_seg_of_a_real_cr(tmp_path: Path) -> None:
     seg = build_lung_seg(rg1, mask, **ALGORITHM)
     path = tmp_path / "seg.dcm"
     write_dataset_atomic(seg, path)
-    assert_valid(path)
+    assert_valid(path, ACCEPTED_WARNINGS)
     back = hd.seg.segread(path)
     np.testing.assert_array_equal(back.pixel_array.astype(bool), mask)
     assert back.get_source_image_uids() == [(rg1.StudyInstanceUID, rg1.SeriesInstanceUID, rg1.SOPInstanceUID)]

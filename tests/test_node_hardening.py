@@ -6,7 +6,6 @@ Every server listens on 127.0.0.1 and takes its port from the server itself.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -21,7 +20,6 @@ from pathlib import Path
 import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import ComputedRadiographyImageStorage
-from repo_paths import BUNDLE
 from test_node_scp import NODE_AET, RecordingDestination, SrProcessor, dcmtk
 
 from pneumonia_monai.node.config import NodeConfig, StowDestination
@@ -292,28 +290,6 @@ def test_an_established_association_gets_the_configured_timeouts(
 
 # --------------------------------------------------------------------------------------------------
 # the node as a process, sending to a destination of the test's own
-
-
-@pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bundle's configs with a 64x64 input and a seeded random DenseNet121 checkpoint."""
-    import shutil
-
-    import torch
-    from monai.networks.nets import DenseNet121
-
-    root = tmp_path_factory.mktemp("bundle") / "bundle"
-    shutil.copytree(BUNDLE / "configs", root / "configs")
-    config_path = root / "configs" / "inference.json"
-    config = json.loads(config_path.read_text())
-    config["spatial_size"] = [64, 64]
-    config_path.write_text(json.dumps(config, indent=2))
-    (root / "models").mkdir()
-    torch.manual_seed(0)
-    torch.save(
-        DenseNet121(spatial_dims=2, in_channels=1, out_channels=2).state_dict(), root / "models" / "model.pt"
-    )
-    return root
 
 
 class RecordingSCP:

@@ -174,26 +174,6 @@ def storescu(port: int, files: Sequence[Path], *extra: str, aet: str = "STORESCU
 
 
 @pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bundle's configs with a 64x64 input and a seeded random DenseNet121 checkpoint."""
-    import torch
-    from monai.networks.nets import DenseNet121
-
-    root = tmp_path_factory.mktemp("bundle") / "bundle"
-    shutil.copytree(REPO / "bundle" / "configs", root / "configs")
-    config_path = root / "configs" / "inference.json"
-    config = json.loads(config_path.read_text())
-    config["spatial_size"] = [64, 64]
-    config_path.write_text(json.dumps(config, indent=2))
-    (root / "models").mkdir()
-    torch.manual_seed(0)
-    torch.save(
-        DenseNet121(spatial_dims=2, in_channels=1, out_channels=2).state_dict(), root / "models" / "model.pt"
-    )
-    return root
-
-
-@pytest.fixture(scope="module")
 def orthanc(
     tmp_path_factory: pytest.TempPathFactory, start_orthanc: Callable[..., OrthancServer]
 ) -> Iterator[OrthancServer]:

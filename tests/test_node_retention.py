@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,7 +25,6 @@ from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import ComputedRadiographyImageStorage
-from repo_paths import REPO
 from test_node_hardening import wait_until
 
 from pneumonia_monai.cli import serve
@@ -227,26 +225,6 @@ def test_the_node_applies_the_default_retention_at_start(
     wait_until(lambda: not (old / "instances").exists(), 10, "the old images to be deleted")
     assert (old / "status.json").is_file()
     assert (young / "instances").is_dir() and (young / "results" / "sr.dcm").is_file()
-
-
-@pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bundle's configs with a 64x64 input and a seeded random DenseNet121 checkpoint."""
-    import torch
-    from monai.networks.nets import DenseNet121
-
-    root = tmp_path_factory.mktemp("bundle") / "bundle"
-    shutil.copytree(REPO / "bundle" / "configs", root / "configs")
-    config_path = root / "configs" / "inference.json"
-    config = json.loads(config_path.read_text())
-    config["spatial_size"] = [64, 64]
-    config_path.write_text(json.dumps(config, indent=2))
-    (root / "models").mkdir()
-    torch.manual_seed(0)
-    torch.save(
-        DenseNet121(spatial_dims=2, in_channels=1, out_channels=2).state_dict(), root / "models" / "model.pt"
-    )
-    return root
 
 
 def test_the_bundle_is_loaded_once_for_every_study_the_node_processes(

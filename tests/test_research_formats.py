@@ -8,7 +8,6 @@ probability (within 0.01) through the shipped bundle.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import itk
@@ -16,38 +15,20 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.networks.nets import DenseNet121
 from PIL import Image
 
 from pneumonia_monai.data.datalist import prepare_datalist
 from pneumonia_monai.data.films import list_films
-from pneumonia_monai.formats import film_stem, film_suffix, is_film_name
 from pneumonia_monai.data.kaggle import scan_kaggle_tree
 from pneumonia_monai.dicom.selection import select_files
-from pneumonia_monai.inference.bundle import InferenceBundle, load_bundle
+from pneumonia_monai.formats import film_stem, film_suffix, is_film_name
+from pneumonia_monai.inference.bundle import InferenceBundle
 from pneumonia_monai.inference.runner import run_inference
 from pneumonia_monai.transforms.io import ImageLoadError, load_film
 from pneumonia_monai.transforms.volume_io import FilmGrid, display_intensities, film_decision
 
 FILMS = ["NORMAL/IM-0236-0001.jpeg", "PNEUMONIA/person12_bacteria_46.jpeg"]
 SPACING = 0.143  # mm: a typical detector pitch
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> InferenceBundle:
-    """The shipped bundle; where no model is shipped, a copy with seeded random weights."""
-    root = repo_root / "bundle"
-    if not (root / "models" / "model.pt").is_file():
-        copy_root = tmp_path_factory.mktemp("bundle") / "bundle"
-        shutil.copytree(root / "configs", copy_root / "configs")
-        (copy_root / "models").mkdir()
-        torch.manual_seed(0)
-        torch.save(
-            DenseNet121(spatial_dims=2, in_channels=1, out_channels=2).state_dict(),
-            copy_root / "models" / "model.pt",
-        )
-        root = copy_root
-    return load_bundle(root, device="cpu")
 
 
 def _grey(jpeg: Path) -> np.ndarray:
