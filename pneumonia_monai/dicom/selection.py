@@ -61,6 +61,7 @@ from pydicom.uid import (
 from pneumonia_monai import formats
 from pneumonia_monai.dicom import intended_use as intended
 from pneumonia_monai.dicom import limits
+from pneumonia_monai.dicom.duplicates import FirstOfSop, duplicate_reason
 from pneumonia_monai.dicom.header import (
     HEADER_READ_ERRORS,
     Header,
@@ -541,16 +542,13 @@ def select_files(
     rules = rules or SelectionRules.default()
     files = list(iter_input_files(inputs))
     decisions: list[Decision] = []
-    first_by_sop: dict[str, Decision] = {}
+    sops = FirstOfSop()
     for path, root in progress(files) if progress is not None else files:
         decision = decide_file(path, rules, root=root)
-        if decision.status == SELECTED:
-            first = first_by_sop.get(decision.sop_uid)
+        if decision.status == SELECTED:  # the first selected file of a SOP Instance UID wins
+            first = sops.hold(decision.sop_uid, decision.relative_path)
             if first is not None:
-                reason = f"duplicate SOP Instance UID of {first.relative_path}"
-                decision = replace(decision, status=SKIPPED, reason=reason)
-            else:
-                first_by_sop[decision.sop_uid] = decision
+                decision = replace(decision, status=SKIPPED, reason=duplicate_reason(first))
         logger.debug("%s: %s (%s)", decision.relative_path, decision.status, decision.reason)
         decisions.append(decision)
     result = SelectionResult(decisions, rules)

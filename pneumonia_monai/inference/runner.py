@@ -64,6 +64,7 @@ from typing import IO, Any
 from pneumonia_monai import checks
 from pneumonia_monai.atomic import remove_stale_temporaries
 from pneumonia_monai.dicom import limits
+from pneumonia_monai.dicom.duplicates import FirstOfSop, duplicate_reason
 from pneumonia_monai.dicom.selection import (
     SelectionRules,
     iter_input_files,
@@ -475,7 +476,8 @@ class _Run:
         self.journal = StateJournal(self.state_dir / JOURNAL_NAME, fingerprint)
         self.rows: list[ResultRow | None] = []
         self.entries: list[tuple[str, StateEntry] | None] = []
-        self.first_by_sop: dict[str, str] = {}
+        #: Which file holds each SOP Instance UID: the first one with an ``ok`` row.
+        self.sops = FirstOfSop()
         self.summary = RunSummary(
             counts=dict.fromkeys(STATUSES, 0),
             images_per_second=0.0,
@@ -612,24 +614,26 @@ class _Run:
             if item.image is not None
             else (row.sop_uid if row is not None and row.status == OK else "")
         )
-        if sop:
-            first = self.first_by_sop.get(sop)
-            if first is not None:
-                # Same rule as pneumonia-monai select: the first file of a SOP Instance UID wins.
-                source = row if row is not None else item
-                dup = self.context.row(
-                    item.job,
-                    SKIPPED,
-                    f"duplicate SOP Instance UID of {first}",
-                    study_uid=source.study_uid,
-                    series_uid=source.series_uid,
-                    sop_uid=sop,
-                    view=source.view,
-                    intended_use=source.intended_use,
-                )
-                self._done(item.job, StateEntry(dup))
-                return
-            self.first_by_sop[sop] = item.job.rel
+        if sop and any(pending.sop_uid == sop for pending in batch):
+            # An earlier file of this SOP Instance UID is not scored yet: whether it holds the UID (an ok
+            # row) or not (its forward failed) decides this file, so that batch is run now.
+            self._infer(batch)
+            batch.clear()
+        first = self.sops.holder(sop)
+        if first is not None:  # the rule of pneumonia-monai select and of the Ray engine (dicom.duplicates)
+            source = row if row is not None else item
+            dup = self.context.row(
+                item.job,
+                SKIPPED,
+                duplicate_reason(first),
+                study_uid=source.study_uid,
+                series_uid=source.series_uid,
+                sop_uid=sop,
+                view=source.view,
+                intended_use=source.intended_use,
+            )
+            self._done(item.job, StateEntry(dup))
+            return
         if item.reused is not None:
             self.summary.n_reused += 1
             self._done(item.job, item.reused, record=False)
@@ -665,6 +669,8 @@ class _Run:
         self.entries[job.index] = (job.key, entry)
         self.summary.counts[entry.row.status] += 1
         self.outputs.add_result(job, entry.row)
+        if entry.row.status == OK:
+            self.sops.hold(entry.row.sop_uid, job.rel)
         self.progress.update()
         if entry.row.status == ERROR:
             logger.warning("%s: error: %s", job.rel, entry.row.reason)
