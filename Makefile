@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_OUT ?= demo-output
 BENCH_DIR ?= /tmp/pneumonia-monai-benchmark
 
-.PHONY: install system-deps demo train-demo test lint benchmark benchmark-node clean
+.PHONY: install system-deps demo train-demo test test-fast lint benchmark benchmark-node clean
 
 install: $(VENV)/.installed
 
@@ -42,6 +42,11 @@ lint: install
 
 test: install system-deps lint
 	$(PY) -m pytest
+
+# Everyday work: the suite without the tests marked slow (real trainings, bundle and CLI subprocesses,
+# load tests, the optional environments); make test and CI run every test.
+test-fast: install system-deps
+	$(PY) -m pytest -m "not slow"
 
 benchmark: install
 	$(PY) scripts/benchmark_train.py

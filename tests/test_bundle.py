@@ -236,6 +236,7 @@ def test_channels_last_follows_the_device_and_the_override(
             assert net(torch.rand(2, 1, 32, 32)).shape == (2, 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("epochs", [1, 2])
 def test_override_max_epochs(tmp_path: Path, repo_root: Path, sample_tree: Path, epochs: int) -> None:
     tree = _small_tree(sample_tree, tmp_path / "tree", per_class=5)
@@ -299,6 +300,7 @@ def test_card_commands_verbatim(tmp_path: Path, bundle_copy: Path) -> None:
         assert (bundle_copy / "eval" / figure).stat().st_size > 1000, figure
 
 
+@pytest.mark.slow
 def test_card_command_from_repository_root(tmp_path: Path, repo_root: Path) -> None:
     """``bundle/configs/train.json`` relative to the repository root, as the README types it."""
     result = _run(
@@ -314,6 +316,7 @@ def test_card_command_from_repository_root(tmp_path: Path, repo_root: Path) -> N
     assert (tmp_path / "ckpt" / "model.pt").is_file()
 
 
+@pytest.mark.slow
 def test_bundle_inference_run_writes_class_probabilities(tmp_path: Path, bundle_copy: Path) -> None:
     """``run inference`` of inference.json: one row per film, the per-class softmax of each."""
     _save_random_checkpoint(bundle_copy)

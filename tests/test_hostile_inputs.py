@@ -743,6 +743,7 @@ def test_infer_over_every_hostile_input_beside_good_films(tmp_path, monkeypatch,
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.slow
 def test_peak_memory_of_infer_at_two_workers_stays_under_1_5_gb(tmp_path):
     """A subprocess runs ``infer`` over the bombs and two films at the pixel budget (8192 x 8192).
 

@@ -254,6 +254,7 @@ def test_round_trip_through_orthanc(node: ServeProcess, orthanc: OrthancServer, 
     assert str(stored.file_meta.TransferSyntaxUID) == "1.2.840.10008.1.2.4.70"
 
 
+@pytest.mark.slow
 def test_load_50_studies_from_5_concurrent_senders(
     node: ServeProcess, orthanc: OrthancServer, tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
