@@ -39,6 +39,7 @@ train-demo: install
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy pneumonia_monai
 
 test: install system-deps lint
 	$(PY) -m pytest

@@ -51,8 +51,16 @@ def class_weights(items: Sequence[Mapping[str, Any]], num_classes: int) -> torch
 
 
 def key_metric_score(engine: Engine) -> float:
-    """Score for early stopping: the evaluator's key metric (validation ROC AUC)."""
-    return float(engine.state.metrics[engine.state.key_metric_name])
+    """Score for early stopping: the evaluator's key metric (validation ROC AUC).
+
+    Raises:
+        ValueError: if ``engine`` has no key metric (MONAI's Workflow sets ``state.key_metric_name``
+            from its ``key_val_metric``; ignite's State has no such field).
+    """
+    name = getattr(engine.state, "key_metric_name", None)
+    if name is None:
+        raise ValueError("the engine has no key metric: give the evaluator a key_val_metric")
+    return float(engine.state.metrics[name])
 
 
 def stored_setting(bundle_root: str | Path, key: str, variant: str | None = None) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -81,8 +81,10 @@ class MetricsReportHandler:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._report)
 
     def _collect(self, engine: Engine) -> None:
-        output = engine.state.output
-        batch = engine.state.batch
+        # MONAI's evaluator leaves the decollated items of the iteration here (ignite annotates both
+        # attributes as an int)
+        output = cast(list[dict[str, Any]], engine.state.output)
+        batch: Any = engine.state.batch
         for item in output:
             self.probs.append(torch.as_tensor(item["pred"]).detach().float().cpu().numpy())
             label = torch.as_tensor(item["label"]).detach().cpu()
@@ -124,6 +126,7 @@ class MetricsReportHandler:
                 "sensitivity": choice.sensitivity,
                 "specificity": choice.specificity,
             }
+        films = [film for film in self.films if film is not None]  # drawn only when every film has one
         self.metrics = write_report(
             self.output_dir,
             y_true,
@@ -133,7 +136,7 @@ class MetricsReportHandler:
             groups=groups,
             images=images,
             cams=cam_of,
-            films=self.films if all(f is not None for f in self.films) else None,
+            films=films if len(films) == len(self.films) else None,
             split_name=self.split_name,
             extra=extra,
             n_resamples=self.n_resamples,

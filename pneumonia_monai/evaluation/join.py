@@ -259,7 +259,7 @@ def _label_items(path: Path, split: str | None) -> tuple[list[Mapping[str, Any]]
         columns = reader.fieldnames or []
         if "path" not in columns or "label" not in columns:
             raise InputError(f"{path} needs columns 'path' and 'label' (has {columns})")
-        rows = list(reader)
+        rows: list[Mapping[str, Any]] = list(reader)
     if split is not None:
         if "split" in columns:
             rows = [row for row in rows if (row.get("split") or "").strip() == split]

@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 
@@ -35,6 +35,9 @@ from pneumonia_monai.inference.bundle import InferenceBundle
 from pneumonia_monai.inference.manifest import ERROR, OK, SKIPPED, ResultRow
 from pneumonia_monai.names import JUNK_REASON, is_junk
 from pneumonia_monai.transforms.lung_crop import crop_fractions, lacks_content
+
+if TYPE_CHECKING:  # for the annotations only (typing.Unpack is Python 3.11+)
+    from typing_extensions import Unpack
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +108,32 @@ def with_output_stems(jobs: Sequence[FilmJob]) -> list[FilmJob]:
     return named
 
 
+class FileFacts(TypedDict, total=False):
+    """What the triage read of a file, for its row (the :class:`ResultRow` fields of the same names)."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    view: str
+    intended_use: str
+
+
+class RunFacts(TypedDict):
+    """What every row of a run carries (the :class:`ResultRow` fields of the same names)."""
+
+    threshold: float
+    model_version: str
+    operating_point: str
+
+
+class SubtypeProbabilities(TypedDict, total=False):
+    """The class probabilities of a three-class model's ``ok`` row (none for two classes)."""
+
+    prob_normal: float
+    prob_bacterial: float
+    prob_viral: float
+
+
 @dataclass
 class FilmItem:
     """A file on its way through the pipeline: a finished row, or a preprocessed image for the model."""
@@ -151,17 +180,17 @@ class FilmContext:
             raise TypeError(f"rules must be SelectionRules, got {type(rules).__name__}")
         self.bundle = bundle
         self.rules = rules
-        self.common = {
+        self.common: RunFacts = {
             "threshold": bundle.threshold,
             "model_version": bundle.model_version,
             "operating_point": bundle.operating_point,
         }
 
-    def row(self, job: FilmJob, status: str, reason: str, **uids: str) -> ResultRow:
+    def row(self, job: FilmJob, status: str, reason: str, **uids: Unpack[FileFacts]) -> ResultRow:
         """A row without probabilities (``skipped`` or ``error``)."""
         return ResultRow(job.rel, status, reason, **uids, **self.common)
 
-    def finished(self, job: FilmJob, status: str, reason: str, **uids: str) -> FilmItem:
+    def finished(self, job: FilmJob, status: str, reason: str, **uids: Unpack[FileFacts]) -> FilmItem:
         """An item that needs no inference."""
         return FilmItem(job, row=self.row(job, status, reason, **uids))
 
@@ -179,7 +208,7 @@ class FilmContext:
         entry = entry_problem(job.path)  # links, pipes, unreadable folders: never opened
         if entry is not None:
             return self.finished(job, *entry)
-        uids: dict[str, str] = {}
+        uids: FileFacts = {}
         try:
             # DICOM by the selection rules; pictures and research films by name and header
             # (selection.decide_film_file), as pneumonia-monai select decides them.
@@ -222,7 +251,7 @@ class FilmContext:
         rows = []
         for item, p in zip(batch, probs, strict=True):
             prob = bundle.pneumonia_probability(p)
-            subtypes = (
+            subtypes: SubtypeProbabilities = (
                 {"prob_normal": float(p[0]), "prob_bacterial": float(p[1]), "prob_viral": float(p[2])}
                 if bundle.three_class
                 else {}

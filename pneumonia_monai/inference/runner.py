@@ -545,7 +545,7 @@ class _Run:
         return summary
 
     def _jobs(self, inputs: list[Path]) -> list[_Job]:
-        jobs = []
+        jobs: list[_Job] = []
         excluded = 0
         for path, root in iter_input_files(inputs):
             if _is_own_output(path, self.out):

@@ -117,7 +117,7 @@ def manifest_jobs(manifest: str | Path, cache: Path, first_index: int = 0) -> li
             unknown kind (``ftp://``, a DICOMweb URL that is not an instance's).
     """
     manifest = Path(manifest)
-    jobs = []
+    jobs: list[FilmJob] = []
     for entry in read_manifest(manifest):
         scheme = uri_scheme(entry)
         index = first_index + len(jobs)
