@@ -594,16 +594,12 @@ def _prepare(
     )
 
 
-def _build_highdicom(report: _Report) -> hd.sr.ComprehensiveSR:
-    """Build ``report`` with highdicom's template classes."""
-    sources, ordered, sop_uid = report.sources, report.findings, report.sop_uid
-    algorithm_name, algorithm_version = report.algorithm_name, report.algorithm_version
-    manufacturer = report.manufacturer
-    algorithm_id = hd.sr.AlgorithmIdentification(
-        name=algorithm_name, version=algorithm_version, parameters=list(report.parameters)
-    )
+def _image_groups(
+    report: _Report, algorithm_id: hd.sr.AlgorithmIdentification
+) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """One measurement group per image: its probabilities (pneumonia, then the subtypes) and finding."""
     groups = []
-    for number, finding in enumerate(ordered, start=1):
+    for number, finding in enumerate(report.findings, start=1):
         measurements = [_probability(PROB_PNEUMONIA, finding.prob_pneumonia, algorithm_id)]
         subtypes = finding.subtype_probabilities
         if subtypes is not None:
@@ -627,30 +623,41 @@ def _build_highdicom(report: _Report) -> hd.sr.ComprehensiveSR:
                 report.tracking_uid(image_group_identifier(number)),
             )
         )
+    return groups
 
+
+def _study_group(
+    report: _Report, algorithm_id: hd.sr.AlgorithmIdentification
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """The study's group: the maximum probability over the images, Present when any image is."""
     study_measurement = _probability(
         PROB_PNEUMONIA, report.study_probability, algorithm_id, derivation=codes.SCT.Maximum
     )
-    groups.append(
-        _group(
-            STUDY_GROUP_IDENTIFIER,
-            [study_measurement],
-            report.study_present,
-            algorithm_id,
-            None,
-            report.tracking_uid(STUDY_GROUP_IDENTIFIER),
-        )
+    return _group(
+        STUDY_GROUP_IDENTIFIER,
+        [study_measurement],
+        report.study_present,
+        algorithm_id,
+        None,
+        report.tracking_uid(STUDY_GROUP_IDENTIFIER),
     )
 
-    observer = hd.sr.ObserverContext(
+
+def _device_observer(report: _Report) -> hd.sr.ObserverContext:
+    """The observing device: the algorithm (TID 1004)."""
+    return hd.sr.ObserverContext(
         observer_type=codes.cid270.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=report.device_observer_uid,
-            name=algorithm_name,
-            manufacturer_name=manufacturer,
-            model_name=algorithm_name,
+            name=report.algorithm_name,
+            manufacturer_name=report.manufacturer,
+            model_name=report.algorithm_name,
         ),
     )
+
+
+def _log_library_gaps(sources: Sequence[pydicom.Dataset]) -> None:
+    """Log (debug) which image library descriptors the sources lack: they are described without them."""
     lacking = {str(ds.SOPInstanceUID): _library_descriptors_missing(ds) for ds in sources}
     lacking = {uid: missing for uid, missing in lacking.items() if missing}
     if lacking:
@@ -660,16 +667,13 @@ def _build_highdicom(report: _Report) -> hd.sr.ComprehensiveSR:
             len(sources),
             sorted({keyword for missing in lacking.values() for keyword in missing}),
         )
-    document = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(
-            observer_person_context=None, observer_device_context=observer
-        ),
-        procedure_reported=PLAIN_CHEST_XRAY,
-        imaging_measurements=groups,
-        referenced_images=[_library_entry_source(ds) for ds in sources],
-    )
-    # TID 1500 row "Qualitative Evaluations" (C0034375, UMLS): study-level CODE/TEXT items; the notes
-    # and the disclaimer go here, where readers of TID 1500 (e.g. the DICOM SR to FHIR mapping) look.
+
+
+def _qualitative_evaluations(notes: Sequence[str]) -> hd.sr.ContainerContentItem:
+    """TID 1500 row "Qualitative Evaluations" (C0034375, UMLS): the notes, then the disclaimer.
+
+    Study-level TEXT items, where readers of TID 1500 (e.g. the DICOM SR to FHIR mapping) look.
+    """
     evaluations = hd.sr.ContainerContentItem(
         name=QUALITATIVE_EVALUATIONS,
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
@@ -682,7 +686,7 @@ def _build_highdicom(report: _Report) -> hd.sr.ComprehensiveSR:
                     value=note,
                     relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
                 )
-                for note in report.notes
+                for note in notes
             ),
             hd.sr.TextContentItem(
                 name=codes.DCM.Comment,
@@ -691,31 +695,48 @@ def _build_highdicom(report: _Report) -> hd.sr.ComprehensiveSR:
             ),
         ]
     )
-    document[0].ContentSequence.append(evaluations)
+    return evaluations
 
-    sr = hd.sr.ComprehensiveSR(
+
+def _build_highdicom(report: _Report) -> hd.sr.ComprehensiveSR:
+    """Build ``report`` with highdicom's template classes: the groups, the document, then the SR."""
+    sources = report.sources
+    algorithm_id = hd.sr.AlgorithmIdentification(
+        name=report.algorithm_name, version=report.algorithm_version, parameters=list(report.parameters)
+    )
+    groups = [*_image_groups(report, algorithm_id), _study_group(report, algorithm_id)]
+    _log_library_gaps(sources)
+    document = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(
+            observer_person_context=None, observer_device_context=_device_observer(report)
+        ),
+        procedure_reported=PLAIN_CHEST_XRAY,
+        imaging_measurements=groups,
+        referenced_images=[_library_entry_source(ds) for ds in sources],
+    )
+    document[0].ContentSequence.append(_qualitative_evaluations(report.notes))
+    return hd.sr.ComprehensiveSR(
         evidence=[_evidence_header(sources[0]), *sources[1:]],
         content=document[0],
         series_instance_uid=report.series_uid,
         series_number=report.series_number,
-        sop_instance_uid=sop_uid,
+        sop_instance_uid=report.sop_uid,
         instance_number=report.instance_number,
-        manufacturer=manufacturer,
+        manufacturer=report.manufacturer,
         is_complete=False,
         is_final=False,
         is_verified=False,
         series_description=SR_SERIES_DESCRIPTION,
-        manufacturer_model_name=algorithm_name,
-        software_versions=algorithm_version,
+        manufacturer_model_name=report.algorithm_name,
+        software_versions=report.algorithm_version,
         coding_schemes=[
             CodingSchemeIdentificationItem(
                 designator=PRIVATE_SCHEME,
                 name=PRIVATE_SCHEME_NAME,
-                responsible_organization=manufacturer,
+                responsible_organization=report.manufacturer,
             )
         ],
     )
-    return sr
 
 
 def build_pneumonia_sr(
