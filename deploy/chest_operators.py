@@ -37,7 +37,7 @@ from monai.deploy.core.domain.dicom_series_selection import SelectedSeries, Stud
 from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
 
 from pneumonia_monai.dicom.rules import SelectionRules
-from pneumonia_monai.dicom.sr import write_dataset_atomic
+from pneumonia_monai.dicom.writer import write_dataset_atomic
 
 logger = logging.getLogger(__name__)
 

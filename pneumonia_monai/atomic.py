@@ -2,7 +2,15 @@
 
 Readers never see a partial file, and an interrupted write leaves the previous version in place. The
 temporary file is created in the target's folder (so the rename is atomic on the same file system)
-with mode ``"x"``, which gives it the umask's permissions (``tempfile.mkstemp`` would make it 0600).
+with mode ``"x"``, which gives it the umask's permissions (``tempfile.mkstemp`` would make it 0600), as
+``cp``, dcmtk's ``storescp`` and pynetdicom write theirs: who may read the files (received instances
+hold patient data) is the process's umask (``UMask=0077`` in a systemd unit), the same for every file.
+With ``fsync=True`` a write is durable: the file's data, its folder's entry (after the rename) and any
+folder created for it are flushed to disk before the call returns; this is what the DICOM node needs
+before it acknowledges a C-STORE, and what the results, the resume state and the FHIR Bundles use.
+
+This module is the package's one atomic writer (bytes, text, JSON, CSV; DICOM datasets through
+:func:`pneumonia_monai.dicom.writer.write_dataset_atomic`, which writes with :func:`atomic_open`).
 A process killed while writing (SIGKILL) leaves its ``.<name>.<32 hex digits>.tmp`` behind: the owner
 of a folder removes them with :func:`remove_stale_temporaries` when no writer can be running (the
 batch runner does, holding its output folder's lock).
@@ -36,6 +44,34 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
 _NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
 
 
+def fsync_dir(path: str | Path) -> None:
+    """Flush a folder's entries to disk (a file renamed or created in it survives a crash)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dir_durable(folder: str | Path) -> bool:
+    """Create ``folder`` and any missing parents, each fsynced into its parent; return whether any was new."""
+    folder = Path(folder)
+    missing = []
+    current = folder
+    while not current.is_dir():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for created in reversed(missing):
+        try:
+            created.mkdir()
+        except FileExistsError:
+            continue
+        fsync_dir(created.parent)
+    return bool(missing)
+
+
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w", *, fsync: bool = False) -> Iterator[IO[Any]]:
     """Open a temporary sibling of ``path`` for writing; move it over ``path`` when the block succeeds.
@@ -43,7 +79,8 @@ def atomic_open(path: str | Path, mode: str = "w", *, fsync: bool = False) -> It
     Args:
         path: the file to (re)write; missing parent folders are created.
         mode: ``"w"`` (text, UTF-8, no newline translation) or ``"wb"``.
-        fsync: flush the data to disk before the rename (for files whose loss after a crash matters).
+        fsync: make the write durable (see the module docstring): the data before the rename, the folder
+            after it, and the folders created for it.
 
     Raises:
         ValueError: for a mode other than ``"w"`` or ``"wb"``.
@@ -51,7 +88,10 @@ def atomic_open(path: str | Path, mode: str = "w", *, fsync: bool = False) -> It
     if mode not in ("w", "wb"):
         raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if fsync:
+        make_dir_durable(path.parent)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     binary = mode == "wb"
     try:
@@ -66,11 +106,19 @@ def atomic_open(path: str | Path, mode: str = "w", *, fsync: bool = False) -> It
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if fsync:
+        fsync_dir(path.parent)
     logger.debug("wrote %s", path)
 
 
 def write_bytes_atomic(path: str | Path, data: bytes, *, fsync: bool = False) -> Path:
-    """Write ``data`` to ``path`` atomically; return ``path``."""
+    """Write ``data`` to ``path`` atomically; return ``path``.
+
+    Raises:
+        TypeError: if ``data`` is not bytes-like.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"data must be bytes, got {type(data).__name__}")
     with atomic_open(path, "wb", fsync=fsync) as fh:
         fh.write(data)
     return Path(path)

@@ -352,7 +352,8 @@ def stage_costs(
 
 def sr_cost(path: Path) -> float:
     """Milliseconds to build and write the SR of a one-image study (median of 3)."""
-    from pneumonia_monai.dicom.sr import ImageFinding, build_pneumonia_sr, write_dataset_atomic
+    from pneumonia_monai.dicom.sr import ImageFinding, build_pneumonia_sr
+    from pneumonia_monai.dicom.writer import write_dataset_atomic
 
     header = dcmread(path, stop_before_pixels=True)
     finding = ImageFinding(

@@ -29,8 +29,8 @@ from pneumonia_monai.dicom.sr import (
     ImageFinding,
     build_pneumonia_sr,
     build_pneumonia_sr_highdicom,
-    write_dataset_atomic,
 )
+from pneumonia_monai.dicom.writer import write_dataset_atomic
 
 #: The issue's target for a one-image study, build and write, in milliseconds.
 TARGET_MS = 20.0

@@ -18,7 +18,7 @@ from pydicom.uid import SecondaryCaptureImageStorage
 from repo_paths import SAMPLE_TREE
 
 from pneumonia_monai.dicom.secondary_capture import build_heatmap_sc
-from pneumonia_monai.dicom.sr import write_dataset_atomic
+from pneumonia_monai.dicom.writer import write_dataset_atomic
 from pneumonia_monai.visualize.overlay import overlay
 
 ALGORITHM = {"algorithm_name": "densenet121-pneumonia", "algorithm_version": "1.2.3"}

@@ -40,8 +40,8 @@ from pneumonia_monai.dicom.sr import (
     build_pneumonia_sr,
     build_pneumonia_sr_highdicom,
     default_device_observer_uid,
-    write_dataset_atomic,
 )
+from pneumonia_monai.dicom.writer import write_dataset_atomic
 
 ALGORITHM = {"algorithm_name": "densenet121-pneumonia", "algorithm_version": "1.2.3"}
 

@@ -17,7 +17,8 @@ from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 
 from pneumonia_monai.devtools.orthanc import OrthancServer, refused_port
-from pneumonia_monai.dicom.sr import ImageFinding, build_pneumonia_sr, write_dataset_atomic
+from pneumonia_monai.dicom.sr import ImageFinding, build_pneumonia_sr
+from pneumonia_monai.dicom.writer import write_dataset_atomic
 from pneumonia_monai.dicomweb import pull
 from pneumonia_monai.dicomweb.pull import DicomWebError, query_studies, retrieve_study, store_instances
 from pneumonia_monai.node.config import DicomDestination, NodeConfig, StowDestination

@@ -24,7 +24,7 @@ from pydicom.data import get_testdata_file
 
 from pneumonia_monai.cli.infer import main as infer_main
 from pneumonia_monai.dicom.seg import LUNG_FIELDS_LABEL, build_lung_seg
-from pneumonia_monai.dicom.sr import write_dataset_atomic
+from pneumonia_monai.dicom.writer import write_dataset_atomic
 from pneumonia_monai.inference.bundle import InferenceBundle
 from pneumonia_monai.inference.masks import MASK_DIR, cam_on_film, mask_names
 from pneumonia_monai.inference.runner import run_inference

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -30,7 +31,8 @@ from repo_paths import REPO, SAMPLE_DICOM
 from pneumonia_monai.cli import serve
 from pneumonia_monai.devtools.netns import listening_sockets
 from pneumonia_monai.devtools.orthanc import refused_port, wait_for
-from pneumonia_monai.dicom.sr import ImageFinding, build_pneumonia_sr, write_dataset_atomic
+from pneumonia_monai.dicom.sr import ImageFinding, build_pneumonia_sr
+from pneumonia_monai.dicom.writer import write_dataset_atomic
 from pneumonia_monai.node import inbox as inbox_module
 from pneumonia_monai.node.config import (
     DicomDestination,
@@ -325,15 +327,23 @@ def test_success_is_answered_only_once_the_instance_is_durably_on_disk(
     start_node: Callable[..., DicomNode], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     node = start_node(stable_seconds=60)
-    synced: list[int] = []
-    real_fsync = inbox_module.os.fsync
-    monkeypatch.setattr(inbox_module.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    synced: list[str] = []  # what each fsync flushed (pneumonia_monai.atomic does them)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
     ds = make_cr(tmp_path / "one.dcm")
     assert _scu_store(node.port, ds) == 0x0000
     # when the Success response reached us, the file was in place, complete, and fsynced with its folder
     stored = tmp_path / "work0" / "inbox" / ds.StudyInstanceUID / f"{ds.SOPInstanceUID}.dcm"
     assert dcmread(stored).PixelData == ds.PixelData
-    assert len(synced) >= 2  # the file, then the folder holding its new name
+    # the new study folder (in inbox/), the file's data (its temporary name), then the folder of its name
+    assert synced[-1] == str(stored.parent)
+    assert Path(synced[-2]).parent == stored.parent and Path(synced[-2]).name.endswith(".tmp")
+    assert str(stored.parent.parent) in synced[:-2]
 
 
 def test_write_failure_answers_out_of_resources(

@@ -106,7 +106,7 @@ def build_heatmap_sc(
 
     Returns:
         The SC image (Explicit VR Little Endian); write it with
-        :func:`pneumonia_monai.dicom.sr.write_dataset_atomic`.
+        :func:`pneumonia_monai.dicom.writer.write_dataset_atomic`.
 
     Raises:
         TypeError: if ``source`` is not a dataset or ``overlay_rgb`` not a uint8 array.

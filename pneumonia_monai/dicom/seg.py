@@ -69,7 +69,7 @@ def build_lung_seg(
         instance_number: Instance Number of the Segmentation.
 
     Returns:
-        The Segmentation; write it with :func:`pneumonia_monai.dicom.sr.write_dataset_atomic`.
+        The Segmentation; write it with :func:`pneumonia_monai.dicom.writer.write_dataset_atomic`.
 
     Raises:
         TypeError: if ``source`` is not a dataset or ``mask`` not a numeric or boolean array.

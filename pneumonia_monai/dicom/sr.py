@@ -65,7 +65,6 @@ import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import highdicom as hd
 import numpy as np
@@ -82,7 +81,6 @@ from pydicom.uid import generate_uid
 from pydicom.valuerep import DA, DT, TM, validate_value
 
 from pneumonia_monai import checks
-from pneumonia_monai.atomic import atomic_open
 from pneumonia_monai.dicom.intended_use import INTENDED_USE_VALUES, NO, UNKNOWN
 from pneumonia_monai.dicom.uids import derived_uid, result_uids, result_version
 from pneumonia_monai.dicom.values import check_long_string, check_positive_int, check_uid
@@ -791,7 +789,7 @@ def build_pneumonia_sr(
     which check every content item (about ten times slower), and the tests pin the two to each other.
 
     Returns:
-        The report; write it with :func:`write_dataset_atomic`.
+        The report; write it with :func:`pneumonia_monai.dicom.writer.write_dataset_atomic`.
 
     Raises:
         TypeError: if an argument has the wrong type.
@@ -853,22 +851,3 @@ def build_pneumonia_sr_highdicom(
     sr = _build_highdicom(report)
     report.log_built()
     return sr
-
-
-def write_dataset_atomic(ds: pydicom.Dataset, path: str | Path) -> None:
-    """Write ``ds`` as a DICOM Part 10 file; readers never see a partial file.
-
-    The file is written with ``enforce_file_format=True`` through :func:`pneumonia_monai.atomic.atomic_open`
-    (a temporary file in the destination's folder, then a rename).
-
-    Args:
-        ds: dataset with file meta information (as highdicom builds it).
-        path: destination; its folder must exist.
-
-    Raises:
-        TypeError: if ``ds`` is not a pydicom Dataset.
-    """
-    if not isinstance(ds, pydicom.Dataset):
-        raise TypeError(f"ds must be a pydicom.Dataset, got {type(ds).__name__}")
-    with atomic_open(path, "wb") as fp:
-        ds.save_as(fp, enforce_file_format=True)

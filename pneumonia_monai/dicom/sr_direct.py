@@ -344,7 +344,8 @@ def build_report(report: _sr._Report) -> Dataset:
     """Build the validated ``report`` (see :func:`pneumonia_monai.dicom.sr.build_pneumonia_sr`).
 
     Returns:
-        The Comprehensive SR, with file meta information, ready for ``write_dataset_atomic``.
+        The Comprehensive SR, with file meta information, ready for
+        :func:`~pneumonia_monai.dicom.writer.write_dataset_atomic`.
     """
     evidence = _sr._evidence_header(report.sources[0])
     sr = Dataset()

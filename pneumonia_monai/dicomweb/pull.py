@@ -30,7 +30,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
 
 from pneumonia_monai import checks
-from pneumonia_monai.dicom.sr import write_dataset_atomic
+from pneumonia_monai.dicom.writer import write_dataset_atomic
 
 logger = logging.getLogger(__name__)
 

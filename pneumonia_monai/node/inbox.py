@@ -63,11 +63,9 @@ import contextlib
 import enum
 import json
 import logging
-import os
 import queue
 import re
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -76,7 +74,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pneumonia_monai import checks
+from pneumonia_monai import atomic, checks
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +93,7 @@ INSTANCES = "instances"
 RESULTS = "results"
 #: Folder of ``outbox/`` where batches of studies are processed.
 BATCH = ".batch"
-#: Suffix of the temporary files of :func:`write_durable`.
+#: Suffix of the temporary files of :func:`write_durable` (:func:`pneumonia_monai.atomic.atomic_open`).
 TMP_SUFFIX = ".tmp"
 
 #: A UID that is safe as a file name: digits and dots, at most 64 characters. Looser than PS3.5 (it
@@ -115,50 +113,21 @@ def check_uid(value: object, name: str) -> str:
     return text
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _make_dir_durable(folder: Path) -> None:
-    """Create ``folder`` (one level) if missing, and fsync its parent so that the new entry persists."""
-    try:
-        folder.mkdir()
-    except FileExistsError:
-        return
-    _fsync_dir(folder.parent)
-
-
 def write_durable(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers never see a partial file and the file survives a crash.
 
-    Temporary file in the same folder, ``fsync``, :func:`os.replace`, then ``fsync`` of the folder.
+    :func:`pneumonia_monai.atomic.write_bytes_atomic` with ``fsync=True``: a temporary file in the same
+    folder, ``fsync``, :func:`os.replace`, then ``fsync`` of the folder.
 
     Args:
-        path: destination; its folder must exist.
+        path: destination.
         data: the bytes to write.
 
     Raises:
         TypeError: if ``data`` is not bytes.
         OSError: if writing fails (the temporary file is removed).
     """
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise TypeError(f"data must be bytes, got {type(data).__name__}")
-    path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    atomic.write_bytes_atomic(path, data, fsync=True)
 
 
 class StoreOutcome(enum.Enum):
@@ -372,7 +341,7 @@ class Inbox:
                 logger.info("study %s: discarded a copy of instance %s, already processed", study_uid, name)
                 return StoreOutcome.DUPLICATE
             folder = self.folder(LATE) / study_uid
-            _make_dir_durable(folder)
+            atomic.make_dir_durable(folder)
             write_durable(folder / name, data)
             logger.warning(
                 "study %s: instance %s arrived after the study was processed; kept in %s, no new result",
@@ -383,7 +352,7 @@ class Inbox:
             return StoreOutcome.LATE
         try:
             folder = self.study_dir(study_uid)
-            _make_dir_durable(folder)
+            atomic.make_dir_durable(folder)
             write_durable(folder / name, data)
         finally:
             with self._cond:
@@ -649,7 +618,7 @@ class Inbox:
             outbox.replace(target)
             self._studies.pop(study_uid, None)
         for folder in (self.folder(INBOX), self.folder(OUTBOX), target_root):
-            _fsync_dir(folder)
+            atomic.fsync_dir(folder)
         if target.name != study_uid:
             logger.warning("study %s was finished before; this run's record is %s", study_uid, target)
         logger.info("study %s %s: %s", study_uid, status, target)
