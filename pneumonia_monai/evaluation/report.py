@@ -303,6 +303,83 @@ def write_report(
         TypeError: if ``extra`` holds something JSON cannot.
     """
     names = [str(name) for name in class_names]
+    y, p, groups = _checked_inputs(y_true, probs, names, groups)
+    checks.non_negative_int("n_resamples", n_resamples)
+    if (images is None) != (cams is None):
+        raise ValueError("images and cams must be given together")
+    extra_ready = to_json_ready(dict(extra or {}), where="extra")
+    threshold_info = _threshold_info(threshold)
+    t = threshold_info["value"]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    y_bin = (y > 0).astype(np.int64)
+    prob_pneumonia = pneumonia_probabilities(p, names)
+    binary = binary_metrics(y_bin, prob_pneumonia, t)
+    multi = None
+    if len(names) > 2:
+        multi = multiclass_metrics(y, p, names, threshold=t)
+        multi.pop("binary")
+
+    interval_warning = bootstrap_sample_warning(y, groups) if n_resamples > 0 else None
+    if interval_warning is not None:
+        logger.warning("%s: %s", split_name, interval_warning)
+    bootstrap = {"n_resamples": int(n_resamples), "confidence": confidence, "seed": seed, "groups": groups}
+    intervals = _intervals(y, p, prob_pneumonia, t, binary, multi, **bootstrap) if n_resamples > 0 else None
+
+    figures = _write_figures(out, y_bin, prob_pneumonia, t, binary, multi, names, intervals, split_name)
+    if images is not None and _write_montage(out, y_bin, prob_pneumonia, t, images, cams, films) is not None:
+        figures["gradcam_montage"] = MONTAGE_FILE
+
+    counts = np.bincount(y, minlength=len(names))
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "pneumonia_monai_version": __version__,
+        "split": split_name,
+        "task": "multiclass" if multi is not None else "binary",
+        "class_names": names,
+        "n": int(y.size),
+        "class_counts": {name: int(count) for name, count in zip(names, counts, strict=True)},
+        "n_groups": None if groups is None else int(np.unique(groups).size),
+        "threshold": threshold_info,
+        "bootstrap": {
+            "n_resamples": int(n_resamples),
+            "confidence": float(confidence),
+            "seed": int(seed),
+            "method": "percentile",
+            "stratified_by": "class",
+            "unit": "film" if groups is None else "patient",
+            "warning": interval_warning,
+        },
+        "binary": binary,
+        "multiclass": multi,
+        "confidence_intervals": intervals,
+        "figures": figures,
+        "extra": extra_ready,
+    }
+    ready = to_json_ready(report, where="report")
+    write_json_atomic(out / METRICS_FILE, ready)
+    logger.info(
+        "%s: n=%d, ROC AUC %s, sensitivity %s, specificity %s at threshold %.3g -> %s",
+        split_name,
+        y.size,
+        _short(binary["roc_auc"]),
+        _short(binary["sensitivity"]),
+        _short(binary["specificity"]),
+        t,
+        out / METRICS_FILE,
+    )
+    return ready
+
+
+def _checked_inputs(
+    y_true: Any, probs: Any, names: list[str], groups: Any | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Labels, ``(n, k)`` probabilities (two columns from 1-D pneumonia probabilities) and patient ids.
+
+    Raises:
+        ValueError: on malformed or mismatched input.
+    """
     if len(names) < 2:
         raise ValueError(f"class_names must name at least 2 classes, got {names}")
     y = validate_labels(y_true, num_classes=len(names))
@@ -314,53 +391,57 @@ def write_report(
     p = validate_probs(p, y.size)
     if p.shape[1] != len(names):
         raise ValueError(f"probs has {p.shape[1]} columns but class_names has {len(names)} names")
-    checks.non_negative_int("n_resamples", n_resamples)
-    if (images is None) != (cams is None):
-        raise ValueError("images and cams must be given together")
     if groups is not None:
         groups = np.asarray(groups)
         if groups.shape != (y.size,):
             raise ValueError(f"groups must have shape ({y.size},), got {groups.shape}")
-    extra_ready = to_json_ready(dict(extra or {}), where="extra")
-    threshold_info = _threshold_info(threshold)
-    t = threshold_info["value"]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    return y, p, groups
 
-    multiclass = len(names) > 2
+
+def _intervals(
+    y: np.ndarray,
+    p: np.ndarray,
+    prob_pneumonia: np.ndarray,
+    t: float,
+    binary: Mapping[str, Any],
+    multi: Mapping[str, Any] | None,
+    **bootstrap: Any,
+) -> dict[str, Any]:
+    """Bootstrap intervals of :data:`BINARY_CI_METRICS` (and :data:`MULTICLASS_CI_METRICS` for 3 classes)."""
     y_bin = (y > 0).astype(np.int64)
-    prob_pneumonia = pneumonia_probabilities(p, names)
-    binary = binary_metrics(y_bin, prob_pneumonia, t)
-    multi = None
-    if multiclass:
-        multi = multiclass_metrics(y, p, names, threshold=t)
-        multi.pop("binary")
-
-    intervals: dict[str, Any] | None = None
-    interval_warning = bootstrap_sample_warning(y, groups) if n_resamples > 0 else None
-    if interval_warning is not None:
-        logger.warning("%s: %s", split_name, interval_warning)
-    if n_resamples > 0:
-        kwargs = {"n_resamples": int(n_resamples), "confidence": confidence, "seed": seed, "groups": groups}
-        intervals = {
-            "binary": {
-                name: _interval(
-                    y_bin,
-                    prob_pneumonia,
-                    roc_auc if name == "roc_auc" else threshold_metric(name, t),
-                    binary[name],
-                    **kwargs,
-                )
-                for name in BINARY_CI_METRICS
-            },
-            "multiclass": None,
+    intervals: dict[str, Any] = {
+        "binary": {
+            name: _interval(
+                y_bin,
+                prob_pneumonia,
+                roc_auc if name == "roc_auc" else threshold_metric(name, t),
+                binary[name],
+                **bootstrap,
+            )
+            for name in BINARY_CI_METRICS
+        },
+        "multiclass": None,
+    }
+    if multi is not None:
+        fns = {"accuracy": multiclass_accuracy, "macro_f1": macro_f1}
+        intervals["multiclass"] = {
+            name: _interval(y, p, fns[name], multi[name], **bootstrap) for name in MULTICLASS_CI_METRICS
         }
-        if multi is not None:
-            fns = {"accuracy": multiclass_accuracy, "macro_f1": macro_f1}
-            intervals["multiclass"] = {
-                name: _interval(y, p, fns[name], multi[name], **kwargs) for name in MULTICLASS_CI_METRICS
-            }
+    return intervals
 
+
+def _write_figures(
+    out: Path,
+    y_bin: np.ndarray,
+    prob_pneumonia: np.ndarray,
+    t: float,
+    binary: Mapping[str, Any],
+    multi: Mapping[str, Any] | None,
+    names: list[str],
+    intervals: Mapping[str, Any] | None,
+    split_name: str,
+) -> dict[str, str]:
+    """Draw the ROC, precision-recall, calibration and confusion-matrix figures; return their files."""
     auc_ci = None
     if intervals is not None:
         auc_ci = (intervals["binary"]["roc_auc"]["low"], intervals["binary"]["roc_auc"]["high"])
@@ -397,49 +478,7 @@ def write_report(
         matrix = [[c["tn"], c["fp"]], [c["fn"], c["tp"]]]
         title = f"Confusion matrix at threshold {t:.3g} - {split_name}"
     plot_confusion_matrix(matrix, names, out / FIGURE_FILES["confusion_matrix"], title=title)
-    figures = dict(FIGURE_FILES)
-    if images is not None and _write_montage(out, y_bin, prob_pneumonia, t, images, cams, films) is not None:
-        figures["gradcam_montage"] = MONTAGE_FILE
-
-    counts = np.bincount(y, minlength=len(names))
-    report = {
-        "schema_version": SCHEMA_VERSION,
-        "pneumonia_monai_version": __version__,
-        "split": split_name,
-        "task": "multiclass" if multiclass else "binary",
-        "class_names": names,
-        "n": int(y.size),
-        "class_counts": {name: int(count) for name, count in zip(names, counts, strict=True)},
-        "n_groups": None if groups is None else int(np.unique(groups).size),
-        "threshold": threshold_info,
-        "bootstrap": {
-            "n_resamples": int(n_resamples),
-            "confidence": float(confidence),
-            "seed": int(seed),
-            "method": "percentile",
-            "stratified_by": "class",
-            "unit": "film" if groups is None else "patient",
-            "warning": interval_warning,
-        },
-        "binary": binary,
-        "multiclass": multi,
-        "confidence_intervals": intervals,
-        "figures": figures,
-        "extra": extra_ready,
-    }
-    ready = to_json_ready(report, where="report")
-    write_json_atomic(out / METRICS_FILE, ready)
-    logger.info(
-        "%s: n=%d, ROC AUC %s, sensitivity %s, specificity %s at threshold %.3g -> %s",
-        split_name,
-        y.size,
-        _short(binary["roc_auc"]),
-        _short(binary["sensitivity"]),
-        _short(binary["specificity"]),
-        t,
-        out / METRICS_FILE,
-    )
-    return ready
+    return dict(FIGURE_FILES)
 
 
 def _short(value: float) -> str:
