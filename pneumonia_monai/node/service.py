@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from pneumonia_monai import checks
 from pneumonia_monai.node.config import NodeConfig
 from pneumonia_monai.node.destinations import (
     ResultDestination,
@@ -73,18 +74,8 @@ class DicomNode:
             raise TypeError(f"processor must have a process(study_dir, out_dir) method, got {processor!r}")
         if destination is not None and not isinstance(destination, ResultDestination):
             raise TypeError(f"destination must have a send(paths) method, got {destination!r}")
-        if (
-            isinstance(poll_interval, bool)
-            or not isinstance(poll_interval, int | float)
-            or poll_interval <= 0
-        ):
-            raise ValueError(f"poll_interval must be a positive number of seconds, got {poll_interval!r}")
-        if (
-            isinstance(purge_interval, bool)
-            or not isinstance(purge_interval, int | float)
-            or not purge_interval > 0
-        ):
-            raise ValueError(f"purge_interval must be a positive number of seconds, got {purge_interval!r}")
+        checks.positive_number("poll_interval", poll_interval, what="a positive number of seconds")
+        checks.positive_number("purge_interval", purge_interval, what="a positive number of seconds")
         self.config = config
         self.inbox = Inbox(
             config.work_dir,
