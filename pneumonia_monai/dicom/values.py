@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-from pydicom.uid import RE_VALID_UID
+import re
 
 from pneumonia_monai import checks
 
+#: A UID (PS3.5 9.1): components of digits separated by dots. A component with a leading zero, which PS3.5
+#: forbids but some archives write, is accepted: a study is stored and referenced under the UID it came with.
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+
 
 def check_uid(name: str, value: object) -> str:
-    """Return ``value`` if it is a valid UID (pydicom's pattern, at most 64 characters)."""
-    # pydicom's UID regex, without constructing a pydicom UID (which warns on invalid values).
-    if not isinstance(value, str) or len(value) > 64 or not RE_VALID_UID.match(value):
-        raise ValueError(f"{name} must be a valid DICOM UID, got {value!r}")
+    """Return ``value`` if it is a DICOM UID: digits and dots, at most 64 characters (safe as a file name).
+
+    The one UID check of the package (the SR and FHIR builders, the node's inbox, DICOMweb retrieval).
+
+    Raises:
+        ValueError: naming ``name`` and the value, if it is not a string of that form.
+    """
+    if not isinstance(value, str) or len(value) > 64 or not _UID.fullmatch(value):
+        raise ValueError(f"{name} must be a DICOM UID (digits and dots, at most 64), got {value!r}")
     return str(value)
 
 

@@ -30,6 +30,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
 
 from pneumonia_monai import checks
+from pneumonia_monai.dicom.values import check_uid
 from pneumonia_monai.dicom.writer import write_dataset_atomic
 
 logger = logging.getLogger(__name__)
@@ -40,14 +41,6 @@ ORIGINAL_TRANSFER_SYNTAX = "*"
 
 class DicomWebError(RuntimeError):
     """A DICOMweb request failed or was refused; the message says which and why."""
-
-
-def _check_uid(value: object, name: str) -> str:
-    text = str(value) if value is not None else ""
-    parts = text.split(".")
-    if not text or len(text) > 64 or not all(part.isdigit() and part.isascii() for part in parts):
-        raise ValueError(f"{name} must be a DICOM UID (digits and dots, at most 64), got {value!r}")
-    return text
 
 
 def _client(url: str, headers: dict[str, str] | None) -> DICOMwebClient:
@@ -158,9 +151,9 @@ def retrieve_study(
         DicomWebError: if the request fails, the study is not found or holds no instance, or an
             instance comes back without SOP Instance UID or transfer syntax.
     """
-    study_uid = _check_uid(study_uid, "study_uid")
+    study_uid = check_uid("study_uid", study_uid)
     if transfer_syntax != ORIGINAL_TRANSFER_SYNTAX:
-        _check_uid(transfer_syntax, "transfer_syntax")
+        check_uid("transfer_syntax", transfer_syntax)
     dest = Path(dest)
     client = _client(url, headers)
     dest.mkdir(parents=True, exist_ok=True)
@@ -181,7 +174,7 @@ def retrieve_study(
 def _write_instance(ds: Dataset, dest: Path, study_uid: str, path: Path | None = None) -> Path:
     """Write an instance to ``path`` (default ``dest/<SOPInstanceUID>.dcm``) atomically, its meta checked."""
     try:
-        sop_uid = _check_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
+        sop_uid = check_uid("SOPInstanceUID", ds.get("SOPInstanceUID"))
     except ValueError as exc:
         raise DicomWebError(f"WADO-RS: an instance of study {study_uid} has no usable {exc}") from exc
     meta = getattr(ds, "file_meta", None)
@@ -280,11 +273,11 @@ def retrieve_instance(
         DicomWebError: if the request fails, or the instance comes back with another SOP Instance UID or
             without transfer syntax.
     """
-    study_uid = _check_uid(study_uid, "study_uid")
-    series_uid = _check_uid(series_uid, "series_uid")
-    sop_uid = _check_uid(sop_uid, "sop_uid")
+    study_uid = check_uid("study_uid", study_uid)
+    series_uid = check_uid("series_uid", series_uid)
+    sop_uid = check_uid("sop_uid", sop_uid)
     if transfer_syntax != ORIGINAL_TRANSFER_SYNTAX:
-        _check_uid(transfer_syntax, "transfer_syntax")
+        check_uid("transfer_syntax", transfer_syntax)
     client = _client(url, headers)
     try:
         ds = client.retrieve_instance(

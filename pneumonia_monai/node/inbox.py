@@ -64,7 +64,6 @@ import enum
 import json
 import logging
 import queue
-import re
 import shutil
 import threading
 import time
@@ -75,6 +74,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumonia_monai import atomic, checks
+from pneumonia_monai.dicom.values import check_uid
 
 logger = logging.getLogger(__name__)
 
@@ -95,22 +95,6 @@ RESULTS = "results"
 BATCH = ".batch"
 #: Suffix of the temporary files of :func:`write_durable` (:func:`pneumonia_monai.atomic.atomic_open`).
 TMP_SUFFIX = ".tmp"
-
-#: A UID that is safe as a file name: digits and dots, at most 64 characters. Looser than PS3.5 (it
-#: admits leading zeros, which some modalities write) but never a path separator or "..".
-_SAFE_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-
-
-def check_uid(value: object, name: str) -> str:
-    """Return ``value`` as a string if it is a UID that can be used as a file name.
-
-    Raises:
-        ValueError: naming ``name`` and the value, if it is not digits separated by dots (at most 64).
-    """
-    text = str(value) if value is not None else ""
-    if len(text) > 64 or not _SAFE_UID.match(text):
-        raise ValueError(f"{name} must be a DICOM UID (digits and dots, at most 64), got {value!r}")
-    return text
 
 
 def write_durable(path: str | Path, data: bytes) -> None:
@@ -224,11 +208,11 @@ class Inbox:
 
     def study_dir(self, study_uid: str) -> Path:
         """Return the inbox folder of a study."""
-        return self.folder(INBOX) / check_uid(study_uid, "study_uid")
+        return self.folder(INBOX) / check_uid("study_uid", study_uid)
 
     def results_dir(self, study_uid: str) -> Path:
         """Return the folder the processing of a study writes its results to (``outbox/<uid>/results``)."""
-        return self.folder(OUTBOX) / check_uid(study_uid, "study_uid") / RESULTS
+        return self.folder(OUTBOX) / check_uid("study_uid", study_uid) / RESULTS
 
     def batch_dir(self) -> Path:
         """Return an empty ``outbox/.batch`` folder, where a batch of studies is processed."""
@@ -283,7 +267,7 @@ class Inbox:
                 study.rmdir()
                 continue
             try:
-                uid = check_uid(study.name, "inbox folder name")
+                uid = check_uid("inbox folder name", study.name)
             except ValueError:
                 logger.warning("ignoring %s: its name is not a Study Instance UID", study)
                 continue
@@ -324,8 +308,8 @@ class Inbox:
             ValueError: if a UID is not usable as a file name.
             OSError: if it could not be written (the caller reports a failure to the sender).
         """
-        study_uid = check_uid(study_uid, "StudyInstanceUID")
-        name = check_uid(sop_instance_uid, "SOPInstanceUID") + ".dcm"
+        study_uid = check_uid("StudyInstanceUID", study_uid)
+        name = check_uid("SOPInstanceUID", sop_instance_uid) + ".dcm"
         with self._cond:
             study = self._studies.get(study_uid)
             late = (study is not None and study.state is _State.PROCESSING) or (
@@ -462,7 +446,7 @@ class Inbox:
 
     def release(self, study_uid: str) -> None:
         """Give a study back to the inbox unfinished (the node is stopping): it is resumed at restart."""
-        study_uid = check_uid(study_uid, "study_uid")
+        study_uid = check_uid("study_uid", study_uid)
         outbox = self.folder(OUTBOX) / study_uid
         if outbox.exists():
             shutil.rmtree(outbox)
@@ -498,7 +482,7 @@ class Inbox:
         Returns:
             Where the study went.
         """
-        study_uid = check_uid(study_uid, "study_uid")
+        study_uid = check_uid("study_uid", study_uid)
         if status not in {DONE, FAILED}:
             raise ValueError(f"status must be {DONE!r} or {FAILED!r}, got {status!r}")
         outbox = self.folder(OUTBOX) / study_uid
