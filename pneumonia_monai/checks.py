@@ -58,24 +58,15 @@ def integer(
 ) -> int:
     """Return ``value`` as an ``int`` if it is an integer in ``[minimum, maximum]`` (either end open).
 
-    Args:
-        name: the value's name in the message (a parameter, a config key).
-        value: the value to check.
-        minimum: the inclusive lower bound, ``None`` for none.
-        maximum: the inclusive upper bound, ``None`` for none.
-        what: the message's description (default: from the bounds, e.g. ``"a positive int"``).
-
-    Raises:
-        ValueTypeError: if ``value`` is not an integer (``bool`` and floats such as ``1.0`` included).
-        ValueError: if it lies outside the bounds.
+    The arguments are :func:`number`'s (``name`` a parameter or config key; ``what`` by default from the
+    bounds, e.g. ``"a positive int"``). A wrong type (``bool``, or a float such as ``1.0``) raises
+    :class:`ValueTypeError`, an integer outside the bounds :class:`ValueError`.
     """
     what = what or _bounds("int", minimum, maximum, None)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise _refuse_type(name, value, what)
-    number = int(value)
-    if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
-        raise ValueError(f"{name} must be {what}, got {value!r}")
-    return number
+    number(name, value, minimum=minimum, maximum=maximum, what=what)  # the bounds, checked once
+    return int(value)
 
 
 def positive_int(name: str, value: object, *, what: str | None = None) -> int:

@@ -445,22 +445,17 @@ def _write_figures(
     auc_ci = None
     if intervals is not None:
         auc_ci = (intervals["binary"]["roc_auc"]["low"], intervals["binary"]["roc_auc"]["high"])
-    plot_roc(
-        y_bin,
-        prob_pneumonia,
-        out / FIGURE_FILES["roc"],
-        threshold=t,
-        auc=binary["roc_auc"],
-        auc_ci=auc_ci,
-        split_name=split_name,
-    )
+    marked: dict[str, Any] = {
+        "threshold": t,
+        "split_name": split_name,
+    }  # the ROC and PR curves mark the threshold
+    plot_roc(y_bin, prob_pneumonia, out / FIGURE_FILES["roc"], auc=binary["roc_auc"], auc_ci=auc_ci, **marked)
     plot_precision_recall(
         y_bin,
         prob_pneumonia,
         out / FIGURE_FILES["pr"],
-        threshold=t,
         average_precision=binary["average_precision"],
-        split_name=split_name,
+        **marked,
     )
     plot_calibration(
         y_bin,
