@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +73,29 @@ SR_STATE_NAME = "sr.json"
 #: Folder of the FHIR Bundles (``fhir=True``), and the record of those written, by study.
 FHIR_DIR = "fhir"
 FHIR_STATE_NAME = "fhir.json"
+
+
+@dataclass
+class StudyOutcome:
+    """What a run did for one study (Study Instance UID (0020,000D)): its rows and the files written for it.
+
+    Attributes:
+        rows: the rows of the study's files, in input order.
+        sr_path: its SR, if written (or kept from an earlier run).
+        sc_paths: the heatmap Secondary Captures of its ``ok`` images (with ``heatmaps``).
+        seg_paths: the lung-field Segmentations of its ``ok`` images (with ``masks``).
+        fhir_path: its FHIR Bundle, if written (with ``fhir``).
+    """
+
+    rows: list[ResultRow] = field(default_factory=list)
+    sr_path: Path | None = None
+    sc_paths: list[Path] = field(default_factory=list)
+    seg_paths: list[Path] = field(default_factory=list)
+    fhir_path: Path | None = None
+
+    def has_status(self, status: str) -> bool:
+        """Whether a file of the study has ``status`` (``ok``, ``skipped``, ``error``)."""
+        return any(row.status == status for row in self.rows)
 
 
 def heatmap_png_name(job: FilmJob) -> str:
@@ -140,6 +163,22 @@ class RunOutputs:
         """Where a film's heatmap PNG goes."""
         return self.out / HEATMAP_DIR / heatmap_png_name(job)
 
+    def sc_path(self, sop_uid: str) -> Path:
+        """Where the heatmap Secondary Capture of the DICOM film ``sop_uid`` goes."""
+        return self.out / HEATMAP_DIR / f"{sop_uid}.dcm"
+
+    def seg_path(self, sop_uid: str) -> Path:
+        """Where the lung-field Segmentation of the DICOM film ``sop_uid`` goes."""
+        return self.out / MASK_DIR / f"{sop_uid}{SEG_SUFFIX}"
+
+    def sr_path(self, study_uid: str) -> Path:
+        """Where the SR of a study goes."""
+        return self.out / SR_DIR / f"{study_uid}.dcm"
+
+    def fhir_path(self, study_uid: str) -> Path:
+        """Where the FHIR Bundle of a study goes."""
+        return self.out / FHIR_DIR / f"{study_uid}.json"
+
     def write_heatmap(self, item: FilmItem, probs: Any, row: ResultRow) -> bool:
         """Write the PNG overlay (and the Secondary Capture for DICOM); return whether all was written.
 
@@ -164,7 +203,7 @@ class RunOutputs:
             save_png_atomic(rgb, png)
             self.summary.png_paths.append(png)
             if item.sop_uid:
-                sc_path = folder / f"{item.sop_uid}.dcm"
+                sc_path = self.sc_path(item.sop_uid)
                 self.write_sc(job.path, rgb, sc_path)
                 self.summary.sc_paths.append(sc_path)
         except Exception as exc:  # noqa: BLE001 - any failure to build an output is that file's failure
@@ -210,7 +249,7 @@ class RunOutputs:
                 write_nifti_atomic(lungs, grid, folder / lungs_name, label=True, description=description)
             )
             if item.sop_uid:
-                seg_path = folder / f"{item.sop_uid}{SEG_SUFFIX}"
+                seg_path = self.seg_path(item.sop_uid)
                 self.write_seg(job.path, lungs, seg_path)
                 self.summary.seg_paths.append(seg_path)
         except Exception as exc:  # noqa: BLE001 - any failure to build an output is that file's failure
@@ -247,7 +286,7 @@ class RunOutputs:
             if any(path in fresh for path in paths):
                 continue
             self.summary.mask_paths += [path for path in paths if path.is_file()]
-            seg_path = folder / f"{row.sop_uid}{SEG_SUFFIX}"
+            seg_path = self.seg_path(row.sop_uid)
             if row.sop_uid and seg_path.is_file():
                 self.summary.seg_paths.append(seg_path)
 
@@ -274,9 +313,41 @@ class RunOutputs:
             png = self.out / HEATMAP_DIR / heatmap_png_name(job)
             if png not in fresh and png.is_file():
                 self.summary.png_paths.append(png)
-                sc_path = self.out / HEATMAP_DIR / f"{row.sop_uid}.dcm"
+                sc_path = self.sc_path(row.sop_uid)
                 if row.sop_uid and sc_path.is_file():
                     self.summary.sc_paths.append(sc_path)
+
+    def study_outcomes(self, rows: Sequence[ResultRow]) -> dict[str, StudyOutcome]:
+        """Each study's rows and the files this run wrote (or kept) for it, by Study Instance UID.
+
+        Rows without a Study Instance UID (JPEG/PNG films, files whose header could not be read) belong to
+        no study.
+        """
+        written = {
+            *self.summary.sr_paths,
+            *self.summary.sc_paths,
+            *self.summary.seg_paths,
+            *self.summary.fhir_paths,
+        }
+        outcomes: dict[str, StudyOutcome] = {}
+        for row in rows:
+            if not row.study_uid:
+                continue
+            outcome = outcomes.setdefault(row.study_uid, StudyOutcome())
+            outcome.rows.append(row)
+            if row.status != OK or not row.sop_uid:
+                continue
+            for path, found in (
+                (self.sc_path(row.sop_uid), outcome.sc_paths),
+                (self.seg_path(row.sop_uid), outcome.seg_paths),
+            ):
+                if path in written:
+                    found.append(path)
+        for study_uid, outcome in outcomes.items():
+            sr, bundle = self.sr_path(study_uid), self.fhir_path(study_uid)
+            outcome.sr_path = sr if sr in written else None
+            outcome.fhir_path = bundle if bundle in written else None
+        return outcomes
 
     def write_srs(self, studies: list[StudyRow]) -> list[StudyRow]:
         """Write (or keep) the SR of each study with ``ok`` DICOM images; return the studies with SR paths."""
@@ -305,7 +376,7 @@ class RunOutputs:
         Returns ``None`` when it cannot be written: an output failure of the run when ``final``; during
         the run (``final=False``) only a warning, since the end of the run tries again.
         """
-        path = self.out / SR_DIR / f"{study_uid}.dcm"
+        path = self.sr_path(study_uid)
         digest = study_digest(self.fingerprint, [row for _, row in images])
         if self.sr_state.get(study_uid) == digest and path.is_file():
             logger.debug("study %s unchanged: its SR is kept", study_uid)
@@ -353,7 +424,7 @@ class RunOutputs:
             images = self.study_images(study.study_uid)
             if not images:
                 continue
-            path = self.out / FHIR_DIR / f"{study.study_uid}.json"
+            path = self.fhir_path(study.study_uid)
             digest = study_digest(self.fingerprint, [row for _, row in images])
             if self.fhir_state.get(study.study_uid) == digest and path.is_file():
                 self.summary.fhir_paths.append(path)

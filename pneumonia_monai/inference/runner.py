@@ -101,6 +101,7 @@ from pneumonia_monai.inference.outputs import (
     HEATMAP_DIR,
     SR_DIR,
     RunOutputs,
+    StudyOutcome,
 )
 from pneumonia_monai.site_overlay import SiteOperatingPoint, apply_site
 
@@ -150,6 +151,8 @@ class RunSummary:
         peak_in_flight: the most preprocessed-but-unfinished items held at once.
         in_flight_limit: the bound ``peak_in_flight`` never exceeds (:func:`in_flight_limit`).
         elapsed_s: seconds of the run, model loading excluded.
+        studies: each study's outcome (its rows, SR, Secondary Captures, SEGs and FHIR Bundle), by Study
+            Instance UID; files without one (JPEG/PNG films, unreadable headers) are in no study.
     """
 
     counts: dict[str, int]
@@ -170,6 +173,7 @@ class RunSummary:
     peak_in_flight: int = 0
     in_flight_limit: int = 0
     elapsed_s: float = 0.0
+    studies: dict[str, StudyOutcome] = field(default_factory=dict)
 
 
 def in_flight_limit(batch_size: int, workers: int) -> int:
@@ -707,6 +711,7 @@ class _Run:
         else:
             _remove_stale_parquet(self.out / RESULTS_PARQUET)
         write_studies(self.out, studies)
+        self.summary.studies = self.outputs.study_outcomes(rows)
         self.journal.compact(entry for entry in self.entries if entry is not None)
 
     def _write_srs_of_settled_studies(self, touched: set[str]) -> None:

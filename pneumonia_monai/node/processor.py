@@ -12,15 +12,11 @@ loaded model: loading costs about 9-10 s on a CPU, more than a study's processin
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
-
-from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
 
 from pneumonia_monai import checks
 from pneumonia_monai.atomic import write_bytes_atomic
@@ -166,7 +162,8 @@ class InferenceProcessor:
 
     def process_many(self, study_dirs: Sequence[Path], out_dir: Path) -> dict[Path, list[Path] | Exception]:
         """Run the bundle once on several studies; see :class:`BatchStudyProcessor`."""
-        from pneumonia_monai.inference.runner import run_inference
+        from pneumonia_monai.inference.manifest import ERROR, OK
+        from pneumonia_monai.inference.runner import StudyOutcome, run_inference
 
         dirs = [Path(study_dir) for study_dir in study_dirs]
         summary = run_inference(
@@ -182,56 +179,45 @@ class InferenceProcessor:
             fhir=self.fhir_dir is not None,
             masks=self.masks,
         )
-        rows = json.loads(Path(summary.results_json).read_text(encoding="utf-8"))
-        srs = {Path(path).stem: Path(path) for path in summary.sr_paths}
-        scs: dict[str, list[Path]] = {}
-        if self.heatmaps:
-            for path in summary.sc_paths:
-                scs.setdefault(_study_of(Path(path)), []).append(Path(path))
-        for path in summary.seg_paths if self.masks else ():  # sent beside the SR, with the SCs
-            scs.setdefault(_study_of(Path(path)), []).append(Path(path))
         outcomes: dict[Path, list[Path] | Exception] = {}
+        n_srs = 0
         for study_dir in dirs:
-            uid = study_dir.name
-            names = {path.name for path in study_dir.iterdir()}
-            mine = [row for row in rows if row.get("path") in names]
-            if uid in srs:
-                problem = self._deliver_fhir(uid, Path(out_dir))
-                outcomes[study_dir] = problem or [srs[uid], *sorted(scs.get(uid, []))]
+            uid = study_dir.name  # the inbox names a study's folder by its Study Instance UID
+            study = summary.studies.get(uid, StudyOutcome())
+            if study.sr_path is not None:
+                n_srs += 1
+                problem = self._deliver_fhir(uid, study.fhir_path)
+                extras = [
+                    *(study.sc_paths if self.heatmaps else ()),
+                    *(study.seg_paths if self.masks else ()),
+                ]
+                outcomes[study_dir] = problem or [study.sr_path, *sorted(extras)]
                 continue
-            reasons = "; ".join(f"{row['path']}: {row['status']}: {row['reason']}" for row in mine)
-            if any(row.get("status") == "ok" for row in mine):
+            reasons = "; ".join(f"{row.path}: {row.status}: {row.reason}" for row in study.rows)
+            if study.has_status(OK):
                 # Scored, but its SR could not be built: an output failure of this study alone.
                 outcomes[study_dir] = StudyProcessingError(
                     "no SR: the study was scored but its report could not be built (see the log)"
                 )
-            elif any(row.get("status") == "error" for row in mine) or not mine:
+            elif study.has_status(ERROR) or not study.rows:
                 outcomes[study_dir] = StudyProcessingError(
                     f"no SR: {reasons or 'no file of the study was read'}"[:MAX_REASON_CHARS]
                 )
             else:
                 logger.warning("study %s: nothing to report: %s", uid, reasons[:MAX_REASON_CHARS])
                 outcomes[study_dir] = []
-        logger.info("%d study(ies) processed: %d SR(s), files %s", len(dirs), len(srs), dict(summary.counts))
+        logger.info("%d study(ies) processed: %d SR(s), files %s", len(dirs), n_srs, dict(summary.counts))
         return outcomes
 
-    def _deliver_fhir(self, study_uid: str, out_dir: Path) -> StudyProcessingError | None:
+    def _deliver_fhir(self, study_uid: str, source: Path | None) -> StudyProcessingError | None:
         """Copy the study's FHIR Bundle into ``fhir_dir`` (atomically); the failure, if it could not be."""
         if self.fhir_dir is None:
             return None
-        source = out_dir / "fhir" / f"{study_uid}.json"
+        if source is None:  # the run could not build it (logged there)
+            return StudyProcessingError("no FHIR Bundle: it could not be built (see the log)")
         try:
             write_bytes_atomic(self.fhir_dir / source.name, source.read_bytes(), fsync=True)
         except OSError as exc:
             logger.error("study %s: FHIR Bundle not delivered to %s: %s", study_uid, self.fhir_dir, exc)
             return StudyProcessingError(f"FHIR Bundle not written to {self.fhir_dir}: {exc}")
         return None
-
-
-def _study_of(path: Path) -> str:
-    try:
-        return str(
-            dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).StudyInstanceUID
-        )
-    except (InvalidDicomError, OSError, AttributeError):
-        return ""
