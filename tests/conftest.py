@@ -5,18 +5,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from monai.networks.nets import DenseNet121
+from node_helpers import NODE_AET
 from repo_paths import BUNDLE, REPO, SAMPLE_DICOM, SAMPLE_TREE
 
 from pneumonia_monai.devtools.netns import NamespaceUnavailableError
 from pneumonia_monai.devtools.orthanc import OrthancServer
 from pneumonia_monai.inference.bundle import InferenceBundle, load_bundle
+from pneumonia_monai.node.config import NodeConfig, StowDestination
+from pneumonia_monai.node.service import DicomNode
 
 #: repo_guard: the session fails if it wrote into the repository tree; pytester: tests of that plugin.
 pytest_plugins = ["pytester", "repo_guard"]
@@ -101,6 +104,64 @@ def start_orthanc() -> Callable[..., OrthancServer]:
             pytest.skip(f"no private Orthanc: {exc}")
 
     return start
+
+
+# ------------------------------------------------------------------------------------- DICOM node
+
+
+@pytest.fixture
+def node_defaults() -> dict[str, Any]:
+    """What ``start_node`` gives a node unless the call says otherwise; a node test module overrides it.
+
+    Keys: ``processor`` and ``destination`` (factories of the node's processor and destination
+    doubles, required), ``drain_timeout`` (of the stop at teardown, default 30 s), and any
+    :class:`NodeConfig` value (``stable_seconds``...).
+    """
+    pytest.fail("a module using start_node defines node_defaults (its processor and destination doubles)")
+
+
+@pytest.fixture
+def start_node(tmp_path: Path, node_defaults: dict[str, Any]) -> Iterator[Callable[..., DicomNode]]:
+    """Start a :class:`DicomNode` on a free loopback port, working in ``tmp_path``; each is stopped after.
+
+    ``start(processor=None, destination=None, work_dir=None, transfer_syntaxes=None, **config)``.
+    """
+    defaults = dict(node_defaults)
+    make_processor, make_destination = defaults.pop("processor"), defaults.pop("destination")
+    drain_timeout = defaults.pop("drain_timeout", 30)
+    nodes: list[DicomNode] = []
+
+    def start(
+        processor: Any = None,
+        destination: Any = None,
+        work_dir: Path | None = None,
+        transfer_syntaxes: list[str] | None = None,
+        **overrides: Any,
+    ) -> DicomNode:
+        values = {
+            "work_dir": work_dir or tmp_path / f"work{len(nodes)}",
+            "destination": StowDestination("http://127.0.0.1:9/dicom-web"),
+            "ae_title": NODE_AET,
+            "port": 0,
+            "stable_seconds": 0.5,
+            "retry_backoff_seconds": 0.01,
+            **defaults,
+            **overrides,
+        }
+        node = DicomNode(
+            NodeConfig(**values),
+            processor=processor or make_processor(),
+            destination=destination or make_destination(),
+            poll_interval=0.05,
+            transfer_syntaxes=transfer_syntaxes,
+        )
+        node.start()
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        node.stop(association_grace=2, drain_timeout=drain_timeout)
 
 
 # ------------------------------------------------------------------------- optional environments

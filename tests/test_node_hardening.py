@@ -16,11 +16,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from node_helpers import NODE_AET, wait_until
 from pynetdicom import AE
 from pynetdicom.sop_class import ComputedRadiographyImageStorage
-from test_node_scp import NODE_AET, RecordingDestination, SrProcessor, dcmtk
+from test_node_scp import RecordingDestination, SrProcessor, dcmtk
 
 from pneumonia_monai.node.config import NodeConfig, StowDestination
 from pneumonia_monai.node.gate import PreAssociationGate
@@ -32,42 +34,9 @@ ECHO_BOUND_S = 3.0
 
 
 @pytest.fixture
-def start_node(tmp_path: Path) -> Iterator[Callable[..., DicomNode]]:
-    nodes: list[DicomNode] = []
-
-    def start(processor=None, destination=None, **overrides) -> DicomNode:
-        values = {
-            "work_dir": tmp_path / f"work{len(nodes)}",
-            "destination": StowDestination("http://127.0.0.1:9/dicom-web"),
-            "ae_title": NODE_AET,
-            "port": 0,
-            "stable_seconds": 0.5,
-            "retry_backoff_seconds": 0.01,
-        }
-        values.update(overrides)
-        node = DicomNode(
-            NodeConfig(**values),
-            processor=processor or SrProcessor(),
-            destination=destination or RecordingDestination(),
-            poll_interval=0.05,
-        )
-        node.start()
-        nodes.append(node)
-        return node
-
-    yield start
-    for node in nodes:
-        node.stop(association_grace=2, drain_timeout=30)
-
-
-def wait_until(
-    condition: Callable[[], bool], timeout: float, what: str, state: Callable[[], object] = str
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what} ({state()})")
-        time.sleep(0.02)
+def node_defaults() -> dict[str, Any]:
+    """conftest's start_node: a node whose processor writes a real SR, sent to a recording double."""
+    return {"processor": SrProcessor, "destination": RecordingDestination}
 
 
 def echo(port: int) -> tuple[float, subprocess.CompletedProcess]:

@@ -16,16 +16,17 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dicom_factory import make_cr
+from node_helpers import NODE_AET, wait_until
 from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import ComputedRadiographyImageStorage
-from test_node_hardening import wait_until
 
 from pneumonia_monai.cli import serve
 from pneumonia_monai.inference import bundle as bundle_module
@@ -36,7 +37,6 @@ from pneumonia_monai.node.inbox import DONE, FAILED, Inbox, StoreOutcome
 from pneumonia_monai.node.processor import InferenceProcessor
 from pneumonia_monai.node.service import SECONDS_PER_DAY, DicomNode
 
-NODE_AET = "PNEUMONIA"
 DAY = SECONDS_PER_DAY
 
 
@@ -66,32 +66,14 @@ class RecordingDestination:
 
 
 @pytest.fixture
-def start_node(tmp_path: Path) -> Iterator[Callable[..., DicomNode]]:
-    nodes: list[DicomNode] = []
-
-    def start(processor=None, destination=None, work_dir: Path | None = None, **overrides) -> DicomNode:
-        values = {
-            "work_dir": work_dir or tmp_path / f"work{len(nodes)}",
-            "destination": StowDestination("http://127.0.0.1:9/dicom-web"),
-            "ae_title": NODE_AET,
-            "port": 0,
-            "stable_seconds": 0.3,
-            "retry_backoff_seconds": 0.01,
-        }
-        values.update(overrides)
-        node = DicomNode(
-            NodeConfig(**values),
-            processor=processor or FileProcessor(),
-            destination=destination or RecordingDestination(),
-            poll_interval=0.05,
-        )
-        node.start()
-        nodes.append(node)
-        return node
-
-    yield start
-    for node in nodes:
-        node.stop(association_grace=2, drain_timeout=60)
+def node_defaults() -> dict[str, Any]:
+    """conftest's start_node: a node writing one result file per study, sent to a recording double."""
+    return {
+        "processor": FileProcessor,
+        "destination": RecordingDestination,
+        "stable_seconds": 0.3,
+        "drain_timeout": 60,
+    }
 
 
 def send(port: int, *datasets: Dataset) -> None:

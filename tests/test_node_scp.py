@@ -17,11 +17,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dicom_factory import make_cr, referenced_sop_uids
+from node_helpers import NODE_AET, wait_until
 from pydicom import Dataset, dcmread
 from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
 from pynetdicom import AE
@@ -36,7 +38,6 @@ from pneumonia_monai.dicom.writer import write_dataset_atomic
 from pneumonia_monai.node import inbox as inbox_module
 from pneumonia_monai.node.config import (
     DicomDestination,
-    NodeConfig,
     StowDestination,
     config_from_mapping,
     read_config_file,
@@ -52,7 +53,6 @@ from pneumonia_monai.node.scp import NATIVE_TRANSFER_SYNTAXES
 from pneumonia_monai.node.service import DicomNode
 
 DCMTK_HINT = "dcmtk's storescu/echoscu/dcmcjpeg are needed: apt-get install dcmtk"
-NODE_AET = "PNEUMONIA"
 
 
 def dcmtk(tool: str) -> str:
@@ -149,33 +149,9 @@ class RecordingDestination:
 
 
 @pytest.fixture
-def start_node(tmp_path: Path) -> Iterator[Callable[..., DicomNode]]:
-    nodes: list[DicomNode] = []
-
-    def start(processor=None, destination=None, transfer_syntaxes=None, **overrides) -> DicomNode:
-        values = {
-            "work_dir": tmp_path / f"work{len(nodes)}",
-            "destination": StowDestination("http://127.0.0.1:9/dicom-web"),
-            "ae_title": NODE_AET,
-            "port": 0,
-            "stable_seconds": 0.5,
-            "retry_backoff_seconds": 0.01,
-        }
-        values.update(overrides)
-        node = DicomNode(
-            NodeConfig(**values),
-            processor=processor or SrProcessor(),
-            destination=destination or RecordingDestination(),
-            poll_interval=0.05,
-            transfer_syntaxes=transfer_syntaxes,
-        )
-        node.start()
-        nodes.append(node)
-        return node
-
-    yield start
-    for node in nodes:
-        node.stop(association_grace=2, drain_timeout=30)
+def node_defaults() -> dict[str, Any]:
+    """conftest's start_node: a node whose processor writes a real SR, sent to a recording double."""
+    return {"processor": SrProcessor, "destination": RecordingDestination}
 
 
 def study_files(folder: Path, n_images: int) -> list[Path]:
@@ -304,9 +280,7 @@ def test_echo_and_calling_ae_restriction(
         refused = subprocess.run([*echo, "-aet", "INTRUDER"], capture_output=True, text=True, timeout=30)
         # pynetdicom sends A-ASSOCIATE-RJ before it fires EVT_REJECTED, so echoscu may exit before
         # the node's reactor thread has logged the reason: wait for it (bounded) inside the capture.
-        deadline = time.monotonic() + 10
-        while not any(expected in m for m in messages()) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: any(expected in m for m in messages()), 10, "the rejection's log line", messages)
     assert refused.returncode != 0
     assert "Calling AE Title Not Recognized" in refused.stderr or "rejected" in refused.stderr.lower()
     assert any(expected in m for m in messages()), messages()
@@ -441,11 +415,11 @@ def test_stores_succeed_while_the_worker_is_busy_and_the_queue_full(
         assert result.returncode == 0, result.stderr  # acknowledged although nothing can be processed
         assert time.monotonic() - started < 20
         # let them become stable (bounded wait): one fits the queue, two wait in the inbox
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not any(
-            "work queue full (1)" in r.getMessage() for r in caplog.records
-        ):
-            time.sleep(0.1)
+        wait_until(
+            lambda: any("work queue full (1)" in r.getMessage() for r in caplog.records),
+            15,
+            "the inbox's 'work queue full' log line",
+        )
     assert any("work queue full (1)" in r.getMessage() for r in caplog.records)
     assert len(list((tmp_path / "work0" / "inbox").iterdir())) == 4
     gate.set()
@@ -464,9 +438,8 @@ def test_ready_studies_are_batched_but_get_one_result_each(
     assert processor.started.wait(20)  # the worker is busy with the blocker (alone: process())
     files = [study_files(tmp_path / f"s{i}", 2) for i in range(3)]
     assert storescu(node.port, [p for study in files for p in study]).returncode == 0
-    deadline = time.monotonic() + 15  # all three become stable and wait in the queue
-    while node.inbox.queued_count() < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # all three become stable and wait in the queue
+    wait_until(lambda: node.inbox.queued_count() >= 3, 15, "three queued studies", node.inbox.queued_count)
     assert node.inbox.queued_count() == 3
     gate.set()
     assert node.wait_idle(30)
