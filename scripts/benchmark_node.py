@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from pydicom import dcmread
@@ -145,7 +146,7 @@ def sr_stored(orthanc: OrthancServer, study_uid: str) -> bool:
     return bool(orthanc.find("Series", {"StudyInstanceUID": study_uid, "Modality": "SR"}, expand=False))
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; return the exit status (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--studies", type=int, default=3, help="4-film studies to send, one after the other")

@@ -32,6 +32,7 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from pneumonia_monai.inference.manifest import read_results_csv
@@ -230,7 +231,7 @@ def memory(args: argparse.Namespace) -> int:
     return 0 if rows == args.memory_entries else 1
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; return the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, required=True, help="where films and outputs go")

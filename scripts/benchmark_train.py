@@ -19,6 +19,7 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -93,7 +94,7 @@ def bare_rate(args: argparse.Namespace, precision: str) -> float:
     return args.batch_size * (len(timed) - 1) / (timed[-1] - timed[0])
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run both measurements and print the ratio."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset-dir", type=Path, default=REPO / "bundle/sample_data/chest_xray")

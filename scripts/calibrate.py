@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ def pneumonia_probs(bundle: InferenceBundle, probs: np.ndarray) -> np.ndarray:
     return np.array([bundle.pneumonia_probability(row) for row in probs])
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Calibrate; return 0, or 2 on bad usage."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, default=REPO / "bundle")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from pneumonia_monai.engine.bundle_config import BundleError, write_config_values
@@ -27,7 +28,7 @@ from pneumonia_monai.engine.bundle_config import BundleError, write_config_value
 REPO = Path(__file__).resolve().parents[1]
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Write the threshold; return 0, or 2 when the report cannot be used."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("metrics", type=Path, help="metrics.json of the evaluating run on validation")
