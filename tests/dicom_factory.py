@@ -19,11 +19,14 @@ Every ``make_*`` returns the dataset it wrote (``path=None`` writes nothing).
 
 from __future__ import annotations
 
+import copy
+import io
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
@@ -252,3 +255,15 @@ def referenced_sop_uids(ds: Dataset) -> set[str]:
 
     walk(ds.ContentSequence)
     return found
+
+
+def with_unknown_vr(source: Dataset, name: str) -> Dataset:
+    """``source`` written and read back with Patient's Name ``name`` under the VR bytes ``ZZ``."""
+    ds = copy.deepcopy(source)
+    ds.PatientName = name
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    raw = buffer.getvalue()
+    at = raw.index(b"\x10\x00\x10\x00PN")
+    raw = raw[: at + 4] + b"ZZ" + raw[at + 6 :]
+    return pydicom.dcmread(io.BytesIO(raw), force=True)

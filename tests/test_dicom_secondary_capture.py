@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import io
 import logging
 import re
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 from dicom_checks import assert_valid
+from dicom_factory import with_unknown_vr
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.uid import SecondaryCaptureImageStorage
@@ -175,18 +175,6 @@ def test_an_unreadable_patient_element_is_left_out_by_tag(
     messages = [r.getMessage() for r in caplog.records]
     assert any("(0010,0010)" in m and "left out" in m for m in messages)
     assert not any("Zorro" in m for m in messages)
-
-
-def with_unknown_vr(source: pydicom.Dataset, name: str) -> pydicom.Dataset:
-    """``source`` written and read back with Patient's Name ``name`` under the VR bytes ``ZZ``."""
-    ds = copy.deepcopy(source)
-    ds.PatientName = name
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    raw = buffer.getvalue()
-    at = raw.index(b"\x10\x00\x10\x00PN")
-    raw = raw[: at + 4] + b"ZZ" + raw[at + 6 :]
-    return pydicom.dcmread(io.BytesIO(raw), force=True)
 
 
 def test_rejects_bad_inputs(rg1: pydicom.Dataset) -> None:

@@ -13,6 +13,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from dicom_factory import with_unknown_vr
 from highdicom.sr.utils import find_content_items
 from pydicom.data import get_testdata_file
 from pydicom.sr.codedict import codes
@@ -22,7 +23,6 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
     generate_uid,
 )
-from test_dicom_secondary_capture import with_unknown_vr
 
 from pneumonia_monai.dicom.sr import (
     ABSENT,
