@@ -179,6 +179,12 @@ class RunOutputs:
         """Where the FHIR Bundle of a study goes."""
         return self.out / FHIR_DIR / f"{study_uid}.json"
 
+    def _failed(self, job: FilmJob, what: str, exc: Exception) -> bool:
+        """Count and log an output of ``job`` that could not be written; return ``False`` (not all done)."""
+        self.summary.output_failures += 1
+        logger.error("%s: %s not written: %s: %s", job.rel, what, type(exc).__name__, exc)
+        return False
+
     def write_heatmap(self, item: FilmItem, probs: Any, row: ResultRow) -> bool:
         """Write the PNG overlay (and the Secondary Capture for DICOM); return whether all was written.
 
@@ -203,13 +209,9 @@ class RunOutputs:
             save_png_atomic(rgb, png)
             self.summary.png_paths.append(png)
             if item.sop_uid:
-                sc_path = self.sc_path(item.sop_uid)
-                self.write_sc(job.path, rgb, sc_path)
-                self.summary.sc_paths.append(sc_path)
+                self.summary.sc_paths.append(self.write_sc(job.path, rgb, self.sc_path(item.sop_uid)))
         except Exception as exc:  # noqa: BLE001 - any failure to build an output is that file's failure
-            self.summary.output_failures += 1
-            logger.error("%s: heatmap not written: %s: %s", job.rel, type(exc).__name__, exc)
-            return False
+            return self._failed(job, "heatmap", exc)
         return True
 
     def cam(self, item: FilmItem, probs: Any) -> Any:
@@ -249,31 +251,31 @@ class RunOutputs:
                 write_nifti_atomic(lungs, grid, folder / lungs_name, label=True, description=description)
             )
             if item.sop_uid:
-                seg_path = self.seg_path(item.sop_uid)
-                self.write_seg(job.path, lungs, seg_path)
-                self.summary.seg_paths.append(seg_path)
+                self.summary.seg_paths.append(self.write_seg(job.path, lungs, self.seg_path(item.sop_uid)))
         except Exception as exc:  # noqa: BLE001 - any failure to build an output is that file's failure
-            self.summary.output_failures += 1
-            logger.error("%s: masks not written: %s: %s", job.rel, type(exc).__name__, exc)
-            return False
+            return self._failed(job, "masks", exc)
         return True
 
-    def write_seg(self, source_path: Path, lungs: Any, path: Path) -> None:
-        """Write the lung-field DICOM Segmentation of the film at ``source_path``."""
-        self.write_derived(
-            source_path,
-            lambda header: build_lung_seg(
-                header,
-                lungs,
-                algorithm_name=self.bundle.model_name,
-                algorithm_version=self.bundle.model_version,
-            ),
-            path,
-        )
+    def write_seg(self, source_path: Path, lungs: Any, path: Path) -> Path:
+        """Write the lung-field DICOM Segmentation of the film at ``source_path`` to ``path``; return it."""
+        return self.write_derived(source_path, build_lung_seg, lungs, path)
 
-    def write_derived(self, source_path: Path, build: Any, path: Path) -> None:
-        """Write (atomically) the object ``build`` makes from the header of the film at ``source_path``."""
-        write_dataset_atomic(build(dcmread(source_path, stop_before_pixels=True, force=True)), path)
+    def write_derived(self, source_path: Path, build: Any, pixels: Any, path: Path, **options: Any) -> Path:
+        """Write (atomically) ``build(header, pixels, ...)`` of the film at ``source_path``; return ``path``.
+
+        ``build`` is a builder of a derived DICOM object (Secondary Capture, Segmentation) from the source
+        film's header; it gets the bundle's name and version as the algorithm's, and ``options``.
+        """
+        header = dcmread(source_path, stop_before_pixels=True, force=True)
+        derived = build(
+            header,
+            pixels,
+            algorithm_name=self.bundle.model_name,
+            algorithm_version=self.bundle.model_version,
+            **options,
+        )
+        write_dataset_atomic(derived, path)
+        return path
 
     def reused_masks(self, jobs: Sequence[FilmJob], rows: Sequence[ResultRow | None]) -> None:
         """List the mask files of rows reused from an earlier run (they were written then)."""
@@ -290,18 +292,10 @@ class RunOutputs:
             if row.sop_uid and seg_path.is_file():
                 self.summary.seg_paths.append(seg_path)
 
-    def write_sc(self, source_path: Path, rgb: Any, path: Path) -> None:
-        """Write the heatmap ``rgb`` of the film at ``source_path`` as a DICOM Secondary Capture."""
-        self.write_derived(
-            source_path,
-            lambda header: build_heatmap_sc(
-                header,
-                rgb,
-                algorithm_name=self.bundle.model_name,
-                algorithm_version=self.bundle.model_version,
-                operating_point=self.bundle.operating_point,
-            ),
-            path,
+    def write_sc(self, source_path: Path, rgb: Any, path: Path) -> Path:
+        """Write the heatmap ``rgb`` of the film at ``source_path`` as a Secondary Capture at ``path``."""
+        return self.write_derived(
+            source_path, build_heatmap_sc, rgb, path, operating_point=self.bundle.operating_point
         )
 
     def reused_heatmaps(self, jobs: Sequence[FilmJob], rows: Sequence[ResultRow | None]) -> None:
@@ -390,11 +384,7 @@ class RunOutputs:
             report = sr.build_pneumonia_sr(  # looked up at call time (tests replace it)
                 headers,
                 findings,
-                algorithm_name=self.bundle.model_name,
-                algorithm_version=self.bundle.model_version,
-                threshold=self.bundle.threshold,
-                operating_point=self.bundle.operating_point,
-                intended_use=self.rules.intended_age.describe(),
+                **self._report_options(),
             )
             path.parent.mkdir(exist_ok=True)
             write_dataset_atomic(report, path)
@@ -413,6 +403,16 @@ class RunOutputs:
             return None
         self.sr_state[study_uid] = digest
         return path
+
+    def _report_options(self) -> dict[str, Any]:
+        """What a study's SR and FHIR Bundle state about the algorithm and its operating point."""
+        return {
+            "algorithm_name": self.bundle.model_name,
+            "algorithm_version": self.bundle.model_version,
+            "threshold": self.bundle.threshold,
+            "operating_point": self.bundle.operating_point,
+            "intended_use": self.rules.intended_age.describe(),
+        }
 
     def write_fhir_bundles(self, studies: list[StudyRow]) -> None:
         """Write (or keep) the FHIR Bundle of each study with ``ok`` DICOM images (module ``fhir``).
@@ -444,11 +444,7 @@ class RunOutputs:
                 bundle = build_study_bundle(
                     study.study_uid,
                     findings,
-                    algorithm_name=self.bundle.model_name,
-                    algorithm_version=self.bundle.model_version,
-                    threshold=self.bundle.threshold,
-                    operating_point=self.bundle.operating_point,
-                    intended_use=self.rules.intended_age.describe(),
+                    **self._report_options(),
                 )
                 write_bundle_atomic(path, bundle)
             except Exception as exc:  # noqa: BLE001 - any failure to build a Bundle is its study's failure
