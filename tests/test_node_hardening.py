@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from node_helpers import NODE_AET, wait_until
+from node_helpers import NODE_AET, RecordingDestination, SrProcessor, dcmtk, wait_until
 from pynetdicom import AE
 from pynetdicom.sop_class import ComputedRadiographyImageStorage
-from test_node_scp import RecordingDestination, SrProcessor, dcmtk
 
 from pneumonia_monai.node.config import NodeConfig, StowDestination
 from pneumonia_monai.node.gate import PreAssociationGate

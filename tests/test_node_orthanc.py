@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from dicom_factory import make_cr, referenced_sop_uids
+from node_helpers import NODE_AET, dcmtk
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 from repo_paths import REPO
@@ -46,17 +46,8 @@ from pneumonia_monai.devtools.orthanc import DICOM_PORT, HTTP_PORT, OrthancServe
 from pneumonia_monai.dicomweb.pull import retrieve_study, store_instances
 from pneumonia_monai.node.processor import InferenceProcessor
 
-NODE_AET = "PNEUMONIA"
-DCMTK_HINT = "dcmtk's storescu/echoscu/dcmcjpeg are needed: apt-get install dcmtk"
 #: Seconds without a new instance before the node processes a study.
 STABLE_SECONDS = 1.0
-
-
-def dcmtk(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        pytest.fail(f"{tool} not found; {DCMTK_HINT}")
-    return path
 
 
 # --------------------------------------------------------------------------------------------------

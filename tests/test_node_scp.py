@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from typing import Any
 
 import pytest
 from dicom_factory import make_cr, referenced_sop_uids
-from node_helpers import NODE_AET, wait_until
+from node_helpers import NODE_AET, RecordingDestination, SrProcessor, dcmtk, wait_until
 from pydicom import Dataset, dcmread
 from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
 from pynetdicom import AE
@@ -33,8 +32,6 @@ from repo_paths import REPO, SAMPLE_DICOM
 from pneumonia_monai.cli import serve
 from pneumonia_monai.devtools.netns import listening_sockets
 from pneumonia_monai.devtools.orthanc import refused_port, wait_for
-from pneumonia_monai.dicom.sr import ImageFinding, build_pneumonia_sr
-from pneumonia_monai.dicom.writer import write_dataset_atomic
 from pneumonia_monai.node import inbox as inbox_module
 from pneumonia_monai.node.config import (
     DicomDestination,
@@ -52,15 +49,6 @@ from pneumonia_monai.node.inbox import Inbox, StoreOutcome
 from pneumonia_monai.node.scp import NATIVE_TRANSFER_SYNTAXES
 from pneumonia_monai.node.service import DicomNode
 
-DCMTK_HINT = "dcmtk's storescu/echoscu/dcmcjpeg are needed: apt-get install dcmtk"
-
-
-def dcmtk(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        pytest.fail(f"{tool} not found; {DCMTK_HINT}")
-    return path
-
 
 def storescu(
     port: int, files: Sequence[Path], *extra: str, aet: str = "STORESCU"
@@ -77,41 +65,6 @@ def storescu(
 # test doubles
 
 
-class SrProcessor:
-    """Builds a real pneumonia SR for the study; records the calls and the thread they ran in."""
-
-    def __init__(self, gate: threading.Event | None = None, fail: bool = False) -> None:
-        self.calls: list[tuple[str, list[str], str]] = []
-        self.gate = gate
-        self.fail = fail
-        self.started = threading.Event()
-
-    def _sr(self, study_dir: Path, out_dir: Path) -> Path:
-        headers = [dcmread(p, stop_before_pixels=True) for p in sorted(study_dir.glob("*.dcm"))]
-        findings = [
-            ImageFinding(str(h.SOPInstanceUID), str(h.SOPClassUID), prob_pneumonia=0.75, present=True)
-            for h in headers
-        ]
-        sr = build_pneumonia_sr(
-            headers, findings, algorithm_name="test", algorithm_version="1", threshold=0.5
-        )
-        path = out_dir / "sr" / f"{study_dir.name}.dcm"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_dataset_atomic(sr, path)
-        return path
-
-    def process(self, study_dir: Path, out_dir: Path) -> list[Path]:
-        self.calls.append(
-            (study_dir.name, sorted(p.name for p in study_dir.glob("*.dcm")), threading.current_thread().name)
-        )
-        self.started.set()
-        if self.gate is not None:
-            assert self.gate.wait(30), "the test never opened the gate"
-        if self.fail:
-            raise RuntimeError("model exploded")
-        return [self._sr(study_dir, out_dir)]
-
-
 class BatchSrProcessor(SrProcessor):
     def __init__(self, gate: threading.Event | None = None) -> None:
         super().__init__(gate=gate)
@@ -120,28 +73,6 @@ class BatchSrProcessor(SrProcessor):
     def process_many(self, study_dirs: Sequence[Path], out_dir: Path) -> dict[Path, list[Path] | Exception]:
         self.batches.append([d.name for d in study_dirs])
         return {d: [self._sr(d, out_dir)] for d in study_dirs}
-
-
-class RecordingDestination:
-    """Records (study UID, referenced SOP UIDs, SOP class) of each file sent; fails the first ``failures``."""
-
-    def __init__(self, failures: int = 0) -> None:
-        self.failures = failures
-        self.attempts = 0
-        self.sent: list[tuple[str, set[str], str]] = []
-        self.lock = threading.Lock()
-
-    def send(self, paths: Sequence[Path]) -> None:
-        with self.lock:
-            self.attempts += 1
-            if self.attempts <= self.failures:
-                raise SendError(f"destination down (attempt {self.attempts})")
-            for path in paths:
-                ds = dcmread(path)
-                self.sent.append((str(ds.StudyInstanceUID), referenced_sop_uids(ds), str(ds.SOPClassUID)))
-
-    def __str__(self) -> str:
-        return "recording destination"
 
 
 # --------------------------------------------------------------------------------------------------
