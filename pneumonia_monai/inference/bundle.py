@@ -506,7 +506,7 @@ def _forward_rule(
             )
         inferer = _parity_checked(inferer, network, root, preprocessing)
         if inferer.channels_last:
-            network = network.to(memory_format=torch.channels_last)
+            network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # not in the stubs
     amp = parsed("amp") if "amp" in parsed else device.type == "cuda"
     if not isinstance(amp, bool):
         raise BundleError(f"{parsed.source}: 'amp' must be true or false, got {amp!r}")
