@@ -230,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args)
     apply_limit_args(args)
 
-    from pneumonia_monai.dicom.selection import SelectionRules
+    from pneumonia_monai.dicom.rules import SelectionRules
     from pneumonia_monai.inference.bundle import BundleError
     from pneumonia_monai.inference.ray_engine import RayEngineError
     from pneumonia_monai.inference.runner import OutputBusyError, run_inference

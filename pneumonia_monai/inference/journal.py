@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from pneumonia_monai import atomic
-from pneumonia_monai.dicom.selection import SelectionRules
+from pneumonia_monai.dicom.rules import SelectionRules
 from pneumonia_monai.inference.manifest import ERROR, OK, ResultRow
 
 logger = logging.getLogger(__name__)

@@ -31,9 +31,9 @@ from pydicom import dcmread
 from pneumonia_monai.decision import PNEUMONIA
 from pneumonia_monai.dicom import sr
 from pneumonia_monai.dicom.intended_use import UNKNOWN
+from pneumonia_monai.dicom.rules import SelectionRules
 from pneumonia_monai.dicom.secondary_capture import build_heatmap_sc
 from pneumonia_monai.dicom.seg import build_lung_seg
-from pneumonia_monai.dicom.selection import SelectionRules
 from pneumonia_monai.dicom.sr import ImageFinding
 from pneumonia_monai.dicom.writer import write_dataset_atomic
 from pneumonia_monai.fhir import build_study_bundle, write_bundle_atomic

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumonia_monai import checks
-from pneumonia_monai.dicom.selection import SelectionRules
+from pneumonia_monai.dicom.rules import SelectionRules
 from pneumonia_monai.inference.film_step import FilmContext, FilmItem, FilmJob
 from pneumonia_monai.inference.journal import StateEntry
 from pneumonia_monai.inference.manifest import OK, ResultRow

@@ -65,10 +65,8 @@ from pneumonia_monai import checks
 from pneumonia_monai.atomic import remove_stale_temporaries
 from pneumonia_monai.dicom import limits
 from pneumonia_monai.dicom.duplicates import FirstOfSop, duplicate_reason
-from pneumonia_monai.dicom.selection import (
-    SelectionRules,
-    iter_input_files,
-)
+from pneumonia_monai.dicom.rules import SelectionRules
+from pneumonia_monai.dicom.walk import iter_input_files
 from pneumonia_monai.inference.bundle import InferenceBundle, load_bundle
 from pneumonia_monai.inference.film_step import FilmContext, FilmItem, FilmJob, with_output_stems
 from pneumonia_monai.inference.journal import (
