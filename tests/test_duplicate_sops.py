@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 from dicom_factory import make_cr
+from infer_helpers import SMALL_NET, film, write_bundle
 from pydicom.uid import generate_uid
-from test_infer_cli import SMALL_NET, film, write_bundle
 
 from pneumonia_monai.decision import label_at
 from pneumonia_monai.dicom.duplicates import FirstOfSop, duplicate_reason

@@ -30,6 +30,7 @@ import numpy as np
 import pydicom
 import pytest
 from dicom_factory import make_cr, ramp
+from infer_helpers import SMALL_NET, film, write_bundle
 from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
@@ -40,7 +41,6 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
     JPEGLSLossless,
 )
-from test_infer_cli import SMALL_NET, film, write_bundle
 
 from pneumonia_monai import atomic
 from pneumonia_monai.cli import infer as infer_cli

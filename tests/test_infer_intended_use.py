@@ -12,11 +12,11 @@ import numpy as np
 import pydicom
 import pytest
 from highdicom.sr.utils import find_content_items
+from infer_helpers import SMALL_NET, chest, film, write_bundle
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.uid import SecondaryCaptureImageStorage
 from test_dicom_sr import assert_air_displayable, assert_valid
-from test_infer_cli import SMALL_NET, chest, film, write_bundle
 
 from pneumonia_monai.dicom.rules import SelectionRules
 from pneumonia_monai.dicom.sr import OUTSIDE_INTENDED_USE

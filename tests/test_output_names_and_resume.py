@@ -9,7 +9,7 @@ import fsspec
 import numpy as np
 import pytest
 from dicom_factory import make_cr
-from test_infer_cli import film, write_bundle
+from infer_helpers import film, write_bundle
 
 from pneumonia_monai.inference import runner
 from pneumonia_monai.inference.film_step import MAX_STEM_BYTES, FilmJob, with_output_stems

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from test_infer_cli import SMALL_NET, build_dataset, write_bundle
+from infer_helpers import SMALL_NET, build_dataset, write_bundle
 
 from pneumonia_monai.cli import infer as infer_cli
 from pneumonia_monai.inference.manifest import (

@@ -7,8 +7,8 @@ from pathlib import Path
 import pydicom
 import pytest
 from dicom_factory import make_cr
+from infer_helpers import SMALL_NET, film, write_bundle
 from pydicom.uid import generate_uid
-from test_infer_cli import SMALL_NET, film, write_bundle
 
 from pneumonia_monai.inference.manifest import read_results_csv
 from pneumonia_monai.inference.runner import run_inference
