@@ -16,7 +16,7 @@ from infer_helpers import SMALL_NET, chest, film, write_bundle
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.uid import SecondaryCaptureImageStorage
-from test_dicom_sr import assert_air_displayable, assert_valid
+from sr_checks import assert_air_displayable, assert_valid
 
 from pneumonia_monai.dicom.rules import SelectionRules
 from pneumonia_monai.dicom.sr import OUTSIDE_INTENDED_USE
