@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pneumonia_monai import checks
 from pneumonia_monai.atomic import write_bytes_atomic, write_csv_atomic, write_json_atomic
 from pneumonia_monai.data.datalist import DATALIST_KEYS
 from pneumonia_monai.data.kaggle import IMAGE_SUFFIXES, ImageRecord, scan_kaggle_tree
@@ -155,8 +156,8 @@ def kaggle_to_dicom(
     src, out = Path(src), Path(out)
     check_compression(compression)
     check_label_mode(label_mode)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+    if limit is not None:
+        checks.positive_int("limit", limit, what="a positive int or None")
     if not namespace:
         raise ValueError("namespace must be a non-empty string")
     if not src.is_dir():

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
+from pneumonia_monai import checks
+
 #: Values of the ``intended_use`` column of the results.
 YES = "yes"
 NO = "no"
@@ -65,8 +67,7 @@ class AgeRange:
     def __post_init__(self) -> None:
         for name in ("min_years", "max_years"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an integer number of years, got {value!r}")
+            checks.integer(name, value, what="an integer number of years")
             if not 0 <= value <= MAX_AGE_YEARS:
                 raise ValueError(f"{name} must be in [0, {MAX_AGE_YEARS}], got {value!r}")
         if self.min_years > self.max_years:

@@ -21,6 +21,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation
 
+from pneumonia_monai import checks
 from pneumonia_monai.dicom import intended_use as intended
 
 #: The image SOP class kept for each modality name allowed in ``modalities``.
@@ -341,9 +342,7 @@ def _convert_value(key: str, value: Any, source: str) -> Any:
             raise TypeError(f"{source}: {key!r} must be one of {choices}, got {value!r}")
         return value.strip().lower()
     if key in ("intended_age_min_years", "intended_age_max_years"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{source}: {key!r} must be a whole number of years, got {value!r}")
-        return value
+        return checks.integer(f"{source}: {key!r}", value, what="a whole number of years")
     if key.endswith("_codes"):
         return _code_list(key, value, source)
     if key.endswith("_attributes"):

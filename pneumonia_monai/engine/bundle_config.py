@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pneumonia_monai import checks
 from pneumonia_monai.atomic import atomic_open
 from pneumonia_monai.transforms.temperature import check_bias, check_temperature
 
@@ -128,9 +129,10 @@ def check_threshold(value: Any, source: str | Path = "the bundle") -> float:
     Raises:
         BundleError: if it is not a number in [0, 1] (a bool is not a number).
     """
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
-        raise BundleError(f"{source}: 'threshold' must be a number in [0, 1], got {value!r}")
-    return float(value)
+    try:
+        return checks.probability(f"{source}: 'threshold'", value)
+    except ValueError as exc:  # ValueTypeError included
+        raise BundleError(str(exc)) from None
 
 
 @dataclass(frozen=True)
