@@ -52,8 +52,6 @@ logger = logging.getLogger(__name__)
 #: The ``format`` and ``version`` keys of an overlay file.
 OVERLAY_FORMAT = "pneumonia_monai site operating point"
 OVERLAY_VERSION = 1
-#: ``operating_point`` of a run that uses the bundle's own threshold.
-BUNDLE_OPERATING_POINT = "bundle"
 #: Default file name of the overlay ``evaluate --choose-threshold`` writes into its output folder.
 OVERLAY_FILE = "site_operating_point.json"
 

@@ -27,9 +27,9 @@ from pneumonia_monai.cli import convert as convert_cli
 from pneumonia_monai.data.dicom_datalist import dicom_to_datalist, read_labels
 from pneumonia_monai.data.kaggle_dicom import kaggle_to_dicom
 from pneumonia_monai.dicom.convert import build_dx_dataset
-from pneumonia_monai.dicom.selection import select_files
 from pneumonia_monai.dicom.uids import derived_uid, pseudonym, salted_patient_hash
 from pneumonia_monai.labels import label_value
+from pneumonia_monai.triage import select_files
 
 SAMPLE = SAMPLE_TREE
 

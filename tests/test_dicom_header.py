@@ -10,7 +10,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from pneumonia_monai.dicom.header import NotDicomError, has_dicom_prefix, is_dicom, read_header
-from pneumonia_monai.dicom.selection import decide_file
+from pneumonia_monai.triage import decide_file
 
 
 def _data_file(name: str) -> Path:

@@ -22,7 +22,8 @@ from repo_paths import REPO, SAMPLE_TREE
 from pneumonia_monai.cli import select as select_cli
 from pneumonia_monai.dicom.header import TruncatedDicomError, read_header
 from pneumonia_monai.dicom.rules import SelectionRules
-from pneumonia_monai.dicom.selection import DECISION_COLUMNS, select_files
+from pneumonia_monai.dicom.selection import DECISION_COLUMNS
+from pneumonia_monai.triage import select_files
 
 SAMPLE = SAMPLE_TREE
 DEFAULT_RULES_TEXT = (REPO / "pneumonia_monai/dicom/selection_rules.yaml").read_text(encoding="utf-8")

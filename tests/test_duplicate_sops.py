@@ -12,11 +12,11 @@ from pydicom.uid import generate_uid
 from pneumonia_monai.decision import label_at
 from pneumonia_monai.dicom.duplicates import FirstOfSop, duplicate_reason
 from pneumonia_monai.dicom.rules import SelectionRules
-from pneumonia_monai.dicom.selection import select_files
 from pneumonia_monai.inference.bundle import InferenceBundle, load_bundle
 from pneumonia_monai.inference.film_step import FilmItem, FilmJob
 from pneumonia_monai.inference.manifest import ResultRow, read_results_csv
 from pneumonia_monai.inference.runner import _Progress, _Run, run_inference
+from pneumonia_monai.triage import select_files
 
 
 @pytest.fixture(scope="module")

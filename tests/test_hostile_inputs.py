@@ -48,11 +48,12 @@ from pneumonia_monai.cli import select as select_cli
 from pneumonia_monai.cli.common import DEFAULT_MAX_PIXELS
 from pneumonia_monai.dicom import io as dicom_io
 from pneumonia_monai.dicom import limits
-from pneumonia_monai.dicom.selection import ERROR, SKIPPED, decide_file, select_files
+from pneumonia_monai.dicom.selection import ERROR, SKIPPED
 from pneumonia_monai.inference import runner
 from pneumonia_monai.inference.manifest import read_results_csv
 from pneumonia_monai.names import escape_name, unescape_name
 from pneumonia_monai.transforms.io import ImageLoadError, load_raster
+from pneumonia_monai.triage import decide_file, select_files
 
 STUDY = "1.2.826.0.1.3680043.8.498.7001"
 #: The peak resident memory a whole ``infer`` run at 2 workers may reach, whatever the input.

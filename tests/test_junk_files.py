@@ -9,8 +9,8 @@ from dicom_factory import make_cr
 
 from pneumonia_monai.data.films import list_films
 from pneumonia_monai.data.kaggle import iter_image_files
-from pneumonia_monai.dicom.selection import select_files
 from pneumonia_monai.names import JUNK_REASON, is_junk
+from pneumonia_monai.triage import select_files
 
 JUNK = (
     "__MACOSX/NORMAL/film.dcm",

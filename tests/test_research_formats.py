@@ -20,12 +20,12 @@ from PIL import Image
 from pneumonia_monai.data.datalist import prepare_datalist
 from pneumonia_monai.data.films import list_films
 from pneumonia_monai.data.kaggle import scan_kaggle_tree
-from pneumonia_monai.dicom.selection import select_files
 from pneumonia_monai.formats import film_stem, film_suffix, is_film_name
 from pneumonia_monai.inference.bundle import InferenceBundle
 from pneumonia_monai.inference.runner import run_inference
 from pneumonia_monai.transforms.io import ImageLoadError, load_film
 from pneumonia_monai.transforms.volume_io import FilmGrid, display_intensities, film_decision
+from pneumonia_monai.triage import select_files
 
 FILMS = ["NORMAL/IM-0236-0001.jpeg", "PNEUMONIA/person12_bacteria_46.jpeg"]
 SPACING = 0.143  # mm: a typical detector pitch

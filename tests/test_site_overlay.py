@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pneumonia_monai.dicom.uids import BUNDLE_OPERATING_POINT
 from pneumonia_monai.evaluation.threshold import choose_threshold
 from pneumonia_monai.site_overlay import (
-    BUNDLE_OPERATING_POINT,
     OVERLAY_FORMAT,
     SiteOverlayError,
     ThresholdRule,

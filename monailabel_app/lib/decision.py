@@ -16,8 +16,8 @@ from monai.transforms import MapTransform
 
 from pneumonia_monai.decision import is_pneumonia, pneumonia_probability
 from pneumonia_monai.dicom.rules import SelectionRules
-from pneumonia_monai.dicom.selection import select_files
 from pneumonia_monai.engine import bundle_config
+from pneumonia_monai.triage import select_files
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class ResolveChestFilmd(MapTransform):
 
     MONAI Label's DICOMweb datastore hands a task the folder of the series it downloaded; the bundle's
     preprocessing reads one file. A file is left as it is. In a folder, the first film selected by
-    :func:`pneumonia_monai.dicom.selection.select_files` (sorted paths) is kept and its SOP Instance UID
+    :func:`pneumonia_monai.triage.select_files` (sorted paths) is kept and its SOP Instance UID
     stored under :data:`SOP_INSTANCE_UID_KEY`.
 
     Args:

@@ -38,7 +38,8 @@ from pneumonia_monai.cli.common import (
     returns_exit_status,
 )
 from pneumonia_monai.dicom.rules import SelectionRules
-from pneumonia_monai.dicom.selection import DECISION_COLUMNS, ERROR, select_files
+from pneumonia_monai.dicom.selection import DECISION_COLUMNS, ERROR
+from pneumonia_monai.triage import select_files
 
 logger = logging.getLogger(__name__)
 

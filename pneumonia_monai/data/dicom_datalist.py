@@ -1,7 +1,7 @@
 """A datalist from a site's DICOM archive and a labels CSV, with salted patient hashes for Patient IDs.
 
 :func:`dicom_to_datalist` selects the chest frontal films of a DICOM folder
-(:func:`pneumonia_monai.dicom.selection.select_files`), joins a labels CSV by Study Instance UID, SOP
+(:func:`pneumonia_monai.triage.select_files`), joins a labels CSV by Study Instance UID, SOP
 Instance UID or Accession Number (:func:`read_labels`, label words of :mod:`pneumonia_monai.labels`) and
 splits the patients into ``training`` and ``validation`` by the one patient split of the package
 (:func:`pneumonia_monai.data.splits.grouped_split`: patient-grouped, stratified on normal / bacterial /
@@ -24,9 +24,10 @@ from pneumonia_monai.data.datalist import DATALIST_KEYS
 from pneumonia_monai.data.splits import grouped_split
 from pneumonia_monai.dicom.header import HEADER_READ_ERRORS, read_header
 from pneumonia_monai.dicom.rules import SelectionRules
-from pneumonia_monai.dicom.selection import SELECTED, Decision, select_files
+from pneumonia_monai.dicom.selection import SELECTED, Decision
 from pneumonia_monai.dicom.uids import salted_patient_hash
 from pneumonia_monai.labels import check_label_mode, label_value, parse_label, stratum
+from pneumonia_monai.triage import select_files
 
 logger = logging.getLogger(__name__)
 

@@ -110,7 +110,9 @@ class OwnOutputMarker:
 
 @dataclass(frozen=True)
 class SelectionRules:
-    """The site-editable rules of :func:`select_files` (see ``selection_rules.yaml`` for each key's meaning).
+    """The site-editable rules of :func:`pneumonia_monai.triage.select_files`.
+
+    See ``selection_rules.yaml`` for each key's meaning.
 
     Build it with :meth:`default`, :meth:`from_file` or :meth:`from_mapping`; string lists are stored upper
     case, codes as ``(SCHEME, VALUE)`` tuples.

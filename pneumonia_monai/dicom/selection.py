@@ -46,8 +46,8 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -58,21 +58,13 @@ from pydicom.uid import (
     MediaStorageDirectoryStorage,
 )
 
-from pneumonia_monai import formats
 from pneumonia_monai.dicom import intended_use as intended
-from pneumonia_monai.dicom import limits
-from pneumonia_monai.dicom.duplicates import FirstOfSop, duplicate_reason
 from pneumonia_monai.dicom.header import (
-    HEADER_READ_ERRORS,
     Header,
-    NotDicomError,
-    TruncatedDicomError,
-    is_dicom,
-    read_header,
 )
 from pneumonia_monai.dicom.rules import SECONDARY_CAPTURE_SOP_CLASSES, SelectionRules
-from pneumonia_monai.dicom.walk import file_kind, iter_input_files, os_error_reason
-from pneumonia_monai.names import JUNK_REASON, escape_name, is_junk, printable
+from pneumonia_monai.dicom.walk import file_kind, os_error_reason
+from pneumonia_monai.names import escape_name, printable
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +97,7 @@ OUTSIDE_INTENDED_USE = "outside the intended use"
 
 @dataclass(frozen=True)
 class Decision:
-    """What :func:`select_files` decided for one file.
+    """What :func:`pneumonia_monai.triage.select_files` decided for one file.
 
     Attributes:
         path: the file.
@@ -139,7 +131,7 @@ class Decision:
     @property
     def relative_path(self) -> str:
         """The path relative to its input root, with forward slashes."""
-        return _relative_path(self.path, self.root)
+        return relative_path_in(self.path, self.root)
 
     @property
     def selected(self) -> bool:
@@ -157,7 +149,8 @@ class Decision:
         return {column: row[column] for column in DECISION_COLUMNS}
 
 
-def _relative_path(path: Path, root: Path) -> str:
+def relative_path_in(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` in POSIX form, or ``path`` itself where it is not under ``root``."""
     try:
         return path.relative_to(root).as_posix()
     except ValueError:
@@ -166,7 +159,7 @@ def _relative_path(path: Path, root: Path) -> str:
 
 @dataclass
 class SelectionResult:
-    """All decisions of one :func:`select_files` run, in input order then sorted path order."""
+    """All decisions of one :func:`pneumonia_monai.triage.select_files` run, inputs in order."""
 
     decisions: list[Decision]
     rules: SelectionRules
@@ -372,7 +365,7 @@ def _secondary_capture(ds: Dataset, rules: SelectionRules) -> tuple[bool, str]:
     )
 
 
-def _decision(
+def make_decision(
     path: Path,
     root: Path,
     status: str,
@@ -380,6 +373,11 @@ def _decision(
     ds: Dataset | None = None,
     rules: SelectionRules | None = None,
 ) -> Decision:
+    """The :class:`Decision` of one file, with the UIDs and attributes of its header ``ds`` when read.
+
+    The intended-use verdict is filled in for a selected film (and one skipped as outside the intended
+    use) when ``rules`` are given.
+    """
     if ds is None:
         return Decision(path, root, status, reason)
     use = ""
@@ -404,78 +402,6 @@ def _decision(
 def intended_use_of(ds: Dataset, rules: SelectionRules) -> str:
     """``yes``, ``no`` or ``unknown``: whether the patient of ``ds`` is in the rules' intended ages."""
     return intended.assess_intended_use(ds, rules.intended_age).status
-
-
-def decide_file(
-    path: str | Path, rules: SelectionRules | None = None, *, root: str | Path | None = None
-) -> Decision:
-    """Decide one file (without the duplicate check, which needs the other files).
-
-    Args:
-        path: the file.
-        rules: the rules (default: the package's).
-        root: the input folder it belongs to (default: its parent), for :attr:`Decision.relative_path`.
-    """
-    path = Path(path)
-    rules = rules or SelectionRules.default()
-    root_path = Path(root) if root is not None else path.parent
-    if is_junk(_relative_path(path, root_path)):
-        return _decision(path, root_path, SKIPPED, JUNK_REASON)
-    entry = entry_problem(path)
-    if entry is not None:
-        return _decision(path, root_path, *entry)
-    try:
-        if path.stat().st_size == 0:
-            return _decision(path, root_path, SKIPPED, "zero-byte file")
-        film = decide_film_file(path)
-        if film is not None:
-            return _decision(path, root_path, *film)
-        header = read_header(path, rules.header_keywords())
-    except NotDicomError as exc:
-        return _decision(path, root_path, SKIPPED, str(exc))
-    except TruncatedDicomError as exc:
-        logger.warning("%s is truncated", path)
-        return _decision(path, root_path, ERROR, str(exc))
-    except (limits.SizeLimitError, limits.DeflateError) as exc:
-        logger.warning("%s: %s", path, type(exc).__name__)
-        return _decision(path, root_path, ERROR, str(exc))
-    except RecursionError:
-        logger.warning("cannot read the DICOM header of %s: RecursionError", path)
-        return _decision(
-            path, root_path, ERROR, "unreadable DICOM header (sequences nested too deeply to read)"
-        )
-    except OSError as exc:
-        logger.warning("cannot read %s: %s", path, type(exc).__name__)
-        return _decision(
-            path, root_path, ERROR, f"cannot read file ({type(exc).__name__}: {exc.strerror or exc})"
-        )
-    except HEADER_READ_ERRORS as exc:
-        logger.warning("cannot read the DICOM header of %s: %s", path, type(exc).__name__)
-        return _decision(path, root_path, ERROR, f"unreadable DICOM header ({type(exc).__name__}: {exc})")
-    status, reason = decide_header(header, rules)
-    return _decision(path, root_path, status, reason, header.dataset, rules)
-
-
-def decide_film_file(path: str | Path) -> tuple[str, str] | None:
-    """Decide a film that is not DICOM by its name (:mod:`pneumonia_monai.formats`), or None.
-
-    A file named as a JPEG, PNG or TIFF picture is taken as a frontal chest film; a NIfTI, MetaImage or
-    NRRD file is decided from its header (:func:`pneumonia_monai.transforms.volume_io.film_decision`:
-    one 2-D grey film is selected, a volume of more slices, a 4-D or vector file skipped, each with its
-    reason); the ``.raw`` / ``.zraw`` voxel data beside a ``.mhd`` header of the same name is skipped as such.
-    A file that is DICOM by its header is never decided here, whatever its name.
-    """
-    suffix = formats.film_suffix(path)
-    header = formats.metaimage_header_of(path)
-    if header is not None:
-        return SKIPPED, f"MetaImage voxel data of {header.name} (read through that header)"
-    if suffix not in formats.FILM_SUFFIXES or is_dicom(path):
-        return None
-    if suffix in formats.PICTURE_SUFFIXES:
-        return SELECTED, f"{suffix.lstrip('.').upper()} image, taken as a frontal chest film"
-    from pneumonia_monai.transforms.volume_io import film_decision
-
-    return film_decision(path)
 
 
 def entry_problem(path: str | Path) -> tuple[str, str] | None:
@@ -513,52 +439,3 @@ def entry_problem(path: str | Path) -> tuple[str, str] | None:
             return ERROR, f"cannot read folder ({os_error_reason(exc, path)})"
         return SKIPPED, "folder"
     return SKIPPED, f"not a regular file ({file_kind(mode)}; not opened)"
-
-
-def select_files(
-    inputs: Sequence[str | Path],
-    rules: SelectionRules | None = None,
-    *,
-    progress: Callable[[Iterable[tuple[Path, Path]]], Iterable[tuple[Path, Path]]] | None = None,
-) -> SelectionResult:
-    """Decide every file under ``inputs``: one :class:`Decision` per file, in a stable order.
-
-    Args:
-        inputs: files and folders (searched recursively; every file is looked at, whatever its name).
-        rules: the rules (default: the package's ``selection_rules.yaml``).
-        progress: wraps the file iterator to show progress (e.g. ``tqdm``); called once.
-
-    Raises:
-        ValueError: if ``inputs`` is empty.
-        FileNotFoundError: if an input does not exist.
-    """
-    if isinstance(inputs, str | Path):
-        raise TypeError("inputs must be a sequence of paths, not a single path")
-    if not inputs:
-        raise ValueError("select_files needs at least one input path")
-    for item in inputs:
-        if not Path(item).exists():
-            raise FileNotFoundError(f"input not found: {item}")
-    rules = rules or SelectionRules.default()
-    files = list(iter_input_files(inputs))
-    decisions: list[Decision] = []
-    sops = FirstOfSop()
-    for path, root in progress(files) if progress is not None else files:
-        decision = decide_file(path, rules, root=root)
-        if decision.status == SELECTED:  # the first selected file of a SOP Instance UID wins
-            first = sops.hold(decision.sop_uid, decision.relative_path)
-            if first is not None:
-                decision = replace(decision, status=SKIPPED, reason=duplicate_reason(first))
-        logger.debug("%s: %s (%s)", decision.relative_path, decision.status, decision.reason)
-        decisions.append(decision)
-    result = SelectionResult(decisions, rules)
-    counts = result.counts()
-    logger.info(
-        "%d file(s): %d selected in %d study(ies), %d skipped, %d unreadable",
-        len(decisions),
-        counts[SELECTED],
-        len(result.studies()),
-        counts[SKIPPED],
-        counts[ERROR],
-    )
-    return result

@@ -21,8 +21,6 @@ from pathlib import Path
 
 from pydicom.uid import UID
 
-from pneumonia_monai.site_overlay import BUNDLE_OPERATING_POINT
-
 #: Namespace of every name-based UUID this package derives. Never change it: that would change every UID.
 UID_NAMESPACE: uuid.UUID = uuid.UUID("0400c9ff-e9f6-4b3d-8633-f2911517f619")
 
@@ -71,6 +69,11 @@ def derived_uid(*parts: str) -> UID:
     """
     _check_parts(parts, "derived_uid")
     return UID(f"2.25.{derived_uuid(*parts).int}")
+
+
+#: ``operating_point`` of a run that uses the bundle's own threshold (a site's own is named in its
+#: overlay, :mod:`pneumonia_monai.site_overlay`).
+BUNDLE_OPERATING_POINT = "bundle"
 
 
 def result_version(model_version: str, operating_point: str | None = None) -> str:

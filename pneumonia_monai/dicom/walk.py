@@ -3,7 +3,7 @@
 :func:`iter_input_files` yields every entry found (not only regular files), so that each gets a decision;
 links are never followed inside a folder and a named pipe is never opened (:func:`open_regular_file`).
 Operating-system metadata (``.DS_Store``, ``__MACOSX/``, ...) is yielded too: its decision is
-:func:`pneumonia_monai.names.is_junk`'s, made by :func:`pneumonia_monai.dicom.selection.decide_file`.
+:func:`pneumonia_monai.names.is_junk`'s, made by :func:`pneumonia_monai.triage.decide_file`.
 """
 
 from __future__ import annotations

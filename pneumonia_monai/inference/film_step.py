@@ -5,7 +5,7 @@ in Ray actors) run every file through the same functions, so their rows cannot d
 
 1. :meth:`FilmContext.prepare`: the file's bytes (a local file, or a URI of a manifest fetched once into
    the run's cache, :mod:`pneumonia_monai.inference.sources`) -> header triage with the selection rules
-   (:func:`pneumonia_monai.dicom.selection.decide_file`) -> decoding and the bundle's ``preprocessing``;
+   (:func:`pneumonia_monai.triage.decide_file`) -> decoding and the bundle's ``preprocessing``;
    a file that is not to be scored comes back as a finished row;
 2. :meth:`FilmContext.score`: a batch of prepared films -> the bundle's ``predict`` -> one ``ok`` row per
    film, called at the bundle's threshold (:class:`~pneumonia_monai.inference.manifest.ResultRow` checks
@@ -30,11 +30,12 @@ import torch
 
 from pneumonia_monai.decision import label_at
 from pneumonia_monai.dicom.rules import SelectionRules
-from pneumonia_monai.dicom.selection import SELECTED, decide_file, entry_problem
+from pneumonia_monai.dicom.selection import SELECTED, entry_problem
 from pneumonia_monai.inference.bundle import InferenceBundle
 from pneumonia_monai.inference.manifest import ERROR, OK, SKIPPED, ResultRow
 from pneumonia_monai.names import JUNK_REASON, is_junk
 from pneumonia_monai.transforms.lung_crop import crop_fractions, lacks_content
+from pneumonia_monai.triage import decide_file
 
 if TYPE_CHECKING:  # for the annotations only (typing.Unpack is Python 3.11+)
     from typing_extensions import Unpack

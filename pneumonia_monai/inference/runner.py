@@ -5,7 +5,7 @@ received study). Its pipeline, for every file found under the inputs, in a stabl
 
 1. **triage** (header only): junk files (``__MACOSX``, ``._*``, ``.DS_Store``) are skipped; JPEG/PNG files
    (by suffix, and not DICOM by header) are taken as frontal chest films; everything else goes through the
-   DICOM selection rules (:func:`pneumonia_monai.dicom.selection.decide_file`);
+   DICOM selection rules (:func:`pneumonia_monai.triage.decide_file`);
 2. **decoding and preprocessing** with the bundle's own ``preprocessing``, in a pool of ``workers`` threads
    (numpy, scipy, torch and the decoders tried first, imagecodecs for JPEG 2000 / JPEG-LS and
    pylibjpeg-rle, release the GIL for most of this work; see
