@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,9 +42,6 @@ from pneumonia_monai.site_overlay import SiteOperatingPoint
 
 logger = logging.getLogger(__name__)
 
-#: Test hook: the first actor to finish a batch creates this file and kills itself (SIGKILL) before
-#: handing the batch back, so that Ray restarts it and retries the batch.
-RAY_KILL_ENV = "PNEUMONIA_MONAI_TEST_RAY_KILL_MARKER"
 #: Jobs per block of the input dataset (many blocks per actor keep the pool busy and memory small).
 JOBS_PER_BLOCK = 64
 
@@ -68,7 +63,6 @@ class ActorSpec:
         out: the output folder (heatmaps are written there).
         heatmaps: write Grad-CAM heatmaps.
         fingerprint: the driver's bundle fingerprint; an actor that loads other weights refuses to run.
-        kill_marker: test hook (:data:`RAY_KILL_ENV`).
     """
 
     bundle_root: str
@@ -81,7 +75,6 @@ class ActorSpec:
     out: str
     heatmaps: bool
     fingerprint: str
-    kill_marker: str = ""
 
 
 class FilmScorer:
@@ -162,7 +155,6 @@ class FilmScorer:
                     heatmaps[index] = self.outputs.write_heatmap(item, probs[number], row)
                     failed[index] = self.summary.output_failures > failures
                 item.image = item.cam = None  # no pixels are kept past this point
-        self._test_kill()
         order = [job.index for job in jobs]
         return {
             "index": order,
@@ -171,16 +163,6 @@ class FilmScorer:
             "scored": [scored[i] for i in order],
             "output_failed": [failed[i] for i in order],
         }
-
-    def _test_kill(self) -> None:
-        if not self.spec.kill_marker:
-            return
-        try:
-            os.close(os.open(self.spec.kill_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:
-            return
-        logger.warning("test hook %s: this actor kills itself before handing its batch back", RAY_KILL_ENV)
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _jobs_table(jobs: list[FilmJob]) -> Any:

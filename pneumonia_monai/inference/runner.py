@@ -388,20 +388,21 @@ def run_inference(
 
     out.mkdir(parents=True, exist_ok=True)
     out = out.resolve()
+    output_folders = (
+        out,
+        out / STATE_DIR,
+        out / SR_DIR,
+        out / HEATMAP_DIR,
+        out / FHIR_DIR,
+        out / MASK_DIR,
+        out / FETCHED,
+    )
     with _exclusive_lock(out), limits.film_budget():  # two films at --max-pixels are never in memory at once
-        remove_stale_temporaries(
-            out,
-            out / STATE_DIR,
-            out / SR_DIR,
-            out / HEATMAP_DIR,
-            out / FHIR_DIR,
-            out / MASK_DIR,
-            out / FETCHED,
-        )
+        remove_stale_temporaries(*output_folders)
         options: dict[str, Any] = {"masks": masks, "manifest": manifest, "parquet": parquet}
         run_class: type[_Run] = _Run
         if engine == "ray":
-            from pneumonia_monai.inference.ray_engine import RAY_KILL_ENV, ActorSpec, RayRun, ray_session
+            from pneumonia_monai.inference.ray_engine import ActorSpec, RayRun, ray_session
 
             run_class = RayRun
             options["parquet"] = True
@@ -416,7 +417,6 @@ def run_inference(
                 str(out),
                 heatmaps,
                 loaded.fingerprint,
-                os.environ.get(RAY_KILL_ENV, ""),
             )
             options.update(
                 actors=ray_actors,
@@ -425,7 +425,7 @@ def run_inference(
             )
         session = ray_session(ray_address) if engine == "ray" else contextlib.nullcontext()
         with session:
-            return run_class(
+            summary = run_class(
                 loaded,
                 rules,
                 out,
@@ -438,6 +438,9 @@ def run_inference(
                 fhir,
                 **options,
             ).run(input_paths)
+        # a Ray actor killed mid-write (and restarted) left its temporary file; every writer is done now
+        remove_stale_temporaries(*output_folders)
+        return summary
 
 
 class _Run:
