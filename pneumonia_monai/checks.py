@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
+
 
 class ValueTypeError(TypeError, ValueError):
     """A value of the wrong type: a TypeError, and a ValueError for callers that catch ValueError."""
@@ -129,3 +131,14 @@ def non_negative_number(name: str, value: object, *, what: str | None = None) ->
 def probability(name: str, value: object) -> float:
     """:func:`number` in [0, 1] (``"{name} must be a number in [0, 1], got 1.5"``)."""
     return number(name, value, minimum=0.0, maximum=1.0)
+
+
+def rgb_image(name: str, value: object) -> np.ndarray:
+    """Return ``value`` if it is a ``(rows, columns, 3)`` uint8 array; TypeError or ValueError naming it."""
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(value).__name__}")
+    if value.dtype != np.uint8:
+        raise TypeError(f"{name} must be uint8, got dtype {value.dtype}")
+    if value.ndim != 3 or value.shape[2] != 3 or min(value.shape[:2]) < 1:
+        raise ValueError(f"{name} must have shape (rows, columns, 3), got {value.shape}")
+    return value

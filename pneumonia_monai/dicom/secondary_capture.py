@@ -28,6 +28,7 @@ import pydicom
 from highdicom.sc.enum import ConversionTypeValues
 from pydicom.sr.codedict import codes
 
+from pneumonia_monai import checks
 from pneumonia_monai.dicom.sr import NOT_FOR_DIAGNOSTIC_USE, SERIES_DESCRIPTION_PREFIX, readable_copy
 from pneumonia_monai.dicom.uids import result_uids, result_version
 from pneumonia_monai.dicom.values import check_long_string, check_positive_int
@@ -121,12 +122,7 @@ def build_heatmap_sc(
     for keyword in ("StudyInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         if not source.get(keyword):
             raise ValueError(f"source has no {keyword}")
-    if not isinstance(overlay_rgb, np.ndarray):
-        raise TypeError(f"overlay_rgb must be a numpy array, got {type(overlay_rgb).__name__}")
-    if overlay_rgb.dtype != np.uint8:
-        raise TypeError(f"overlay_rgb must be uint8, got dtype {overlay_rgb.dtype}")
-    if overlay_rgb.ndim != 3 or overlay_rgb.shape[2] != 3 or min(overlay_rgb.shape[:2]) < 1:
-        raise ValueError(f"overlay_rgb must have shape (rows, columns, 3), got {overlay_rgb.shape}")
+    checks.rgb_image("overlay_rgb", overlay_rgb)
     if max(overlay_rgb.shape[:2]) > 0xFFFF:
         raise ValueError(f"overlay_rgb is too large for DICOM Rows/Columns: {overlay_rgb.shape}")
     check_long_string("algorithm_name", algorithm_name)

@@ -10,7 +10,7 @@ import numpy as np
 
 from pneumonia_monai import checks
 from pneumonia_monai.atomic import atomic_open
-from pneumonia_monai.visualize.overlay import check_rgb, check_unit_array
+from pneumonia_monai.visualize.overlay import check_unit_array
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def montage(
             raise TypeError(f"tile {index} must be an (image, title) tuple, got {type(tile).__name__}")
         image, title = tile
         if isinstance(image, np.ndarray) and image.ndim == 3:
-            check_rgb(image)
+            checks.rgb_image("rgb", image)
         else:
             image = check_unit_array(f"tile {index} image", image)
         checked.append((image, title))

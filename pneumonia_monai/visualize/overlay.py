@@ -90,16 +90,6 @@ def overlay(
     return np.round(np.clip(blended, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def check_rgb(rgb: np.ndarray) -> None:
-    """Check that ``rgb`` is a ``(rows, columns, 3)`` uint8 array (TypeError, ValueError otherwise)."""
-    if not isinstance(rgb, np.ndarray):
-        raise TypeError(f"rgb must be a numpy array, got {type(rgb).__name__}")
-    if rgb.dtype != np.uint8:
-        raise TypeError(f"rgb must be uint8, got dtype {rgb.dtype}")
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1:
-        raise ValueError(f"rgb must have shape (rows, columns, 3), got {rgb.shape}")
-
-
 def save_png_atomic(rgb: np.ndarray, path: str | Path) -> None:
     """Write an RGB image as PNG; readers never see a partial file (temporary file + os.replace).
 
@@ -112,7 +102,7 @@ def save_png_atomic(rgb: np.ndarray, path: str | Path) -> None:
     """
     from PIL import Image
 
-    check_rgb(rgb)
+    checks.rgb_image("rgb", rgb)
     with atomic_open(path, "wb") as fh:
         Image.fromarray(np.ascontiguousarray(rgb)).save(fh, format="PNG")
 
