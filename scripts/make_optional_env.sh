@@ -52,6 +52,9 @@ trap 'rm -f "$constraints"' EXIT
 echo "$torch_pin" >"$constraints"
 # Also for the isolated build environments of source distributions.
 export PIP_CONSTRAINT="$constraints"
+# No copy of the downloaded wheels in pip's cache: the label environment's CUDA torch and its nvidia-*
+# libraries alone are about 4 GB of downloads, which a cache would hold twice on disk (CI ran out of disk).
+export PIP_NO_CACHE_DIR=1
 
 if [[ ! -x "$env_dir/bin/python" ]]; then
     "$python" -m venv "$env_dir"
