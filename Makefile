@@ -15,10 +15,11 @@ BENCH_DIR ?= /tmp/pneumonia-monai-benchmark
 
 install: $(VENV)/.installed
 
+# No pip cache: a fresh machine installs once, and a cache would hold every downloaded wheel twice on disk.
 $(VENV)/.installed: pyproject.toml
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,ray]'
+	PIP_NO_CACHE_DIR=1 $(PY) -m pip install --quiet -e '.[test,ray]'
 	touch $@
 
 system-deps:
