@@ -40,7 +40,7 @@ train-demo: install
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy pneumonia_monai
+	$(PY) -m mypy pneumonia_monai scripts
 
 test: install system-deps lint
 	$(PY) -m pytest

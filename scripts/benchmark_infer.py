@@ -44,6 +44,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -170,8 +171,8 @@ def _compress(ds: Dataset, syntax: str, plugin: str | None) -> None:
         ds.LossyImageCompression = "01"
         ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
         return
-    options = {"encoding_plugin": plugin} if plugin else {}
-    ds.compress(syntax, generate_instance_uid=False, **options)
+    # "" is pydicom's default: the first encoding plugin available for the syntax
+    ds.compress(syntax, encoding_plugin=plugin or "", generate_instance_uid=False)
 
 
 def make_films(folder: Path, n: int, samples: list[Path]) -> dict[str, list[Path]]:
@@ -341,11 +342,11 @@ def stage_costs(
             return result
 
         for path in paths[:per_kind]:
-            timed("header", lambda path=path: dcmread(path, stop_before_pixels=True))
-            timed("decode+LUT full", lambda path=path: read_image(path))
-            image, _ = timed("decode+LUT reduced", lambda path=path: read_image(path, min_side=side))
-            timed("lung box", lambda image=image: locate_crop(image))
-            timed("preprocessing", lambda path=path: loaded.preprocessing({"image": str(path)}))
+            timed("header", partial(dcmread, path, stop_before_pixels=True))
+            timed("decode+LUT full", partial(read_image, path))
+            image, _ = timed("decode+LUT reduced", partial(read_image, path, min_side=side))
+            timed("lung box", partial(locate_crop, image))
+            timed("preprocessing", partial(loaded.preprocessing, {"image": str(path)}))
         out[kind] = {name: float(np.median(values)) for name, values in stages.items()}
     return out
 
@@ -452,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"full-decode bound (every pixel, fastest): {bound:8.2f} images/s")
     print(f"lean reference (pydicom, LUTs, resize):   {lean:8.2f} images/s")
     print(
-        f"bare forward ({loaded.inferer.precision if loaded.inferer else 'device'}):"
+        f"bare forward ({getattr(loaded.inferer, 'precision', 'device')}):"
         f"                   {forward:8.2f} images/s"
     )
     print(f"ratio infer / full-decode bound:          {steady / bound:8.3f}   (target >= 1.0)")

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pydicom import dcmread
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
@@ -63,7 +63,7 @@ def new_study(films: list[Dataset]) -> tuple[str, list[Dataset]]:
     out = []
     for number, film in enumerate(films, start=1):
         ds = film.copy()
-        ds.file_meta = film.file_meta.copy()
+        ds.file_meta = FileMetaDataset(film.file_meta)
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()

@@ -42,7 +42,7 @@ def study(n_images: int) -> list[pydicom.Dataset]:
     if path is None:
         raise FileNotFoundError("pydicom-data (RG1_UNCI.dcm) is needed: pip install pydicom-data")
     first = pydicom.dcmread(path, stop_before_pixels=True)
-    headers = [first]
+    headers: list[pydicom.Dataset] = [first]
     for _ in range(n_images - 1):
         other = copy.deepcopy(first)
         other.SeriesInstanceUID = generate_uid()

@@ -27,6 +27,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,7 +69,7 @@ def _window(image: np.ndarray) -> Image.Image:
 
 
 #: name -> (change, file suffix, save options)
-PERTURBATIONS: dict[str, tuple[Callable[[np.ndarray], Image.Image], str, dict[str, int]]] = {
+PERTURBATIONS: dict[str, tuple[Callable[[np.ndarray], Image.Image], str, dict[str, Any]]] = {
     "border_black": (_border(0), ".png", {}),
     "border_white": (_border(255), ".png", {}),
     "upscale_2x": (_resize(2.0, Image.Resampling.BICUBIC), ".png", {}),
