@@ -72,8 +72,8 @@ def bare_rate(args: argparse.Namespace, precision: str) -> float:
     device = torch.device(args.device)
     bf16 = precision == "bf16"
     layout = torch.channels_last if bf16 else torch.contiguous_format
-    net = DenseNet121(spatial_dims=2, in_channels=1, out_channels=2).to(device)
-    net = net.to(memory_format=layout)  # type: ignore[call-overload]  # accepted by Module.to, absent from its stubs
+    net = DenseNet121(spatial_dims=2, in_channels=1, out_channels=2)
+    net = net.to(device, memory_format=layout)  # type: ignore[call-overload]  # not in torch's stubs
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
     loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor([1.0, 0.5], device=device))
     x = torch.rand(args.batch_size, 1, args.spatial_size, args.spatial_size, device=device)

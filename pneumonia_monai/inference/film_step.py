@@ -212,7 +212,7 @@ class FilmContext:
         uids: FileFacts = {}
         try:
             # DICOM by the selection rules; pictures and research films by name and header
-            # (selection.decide_film_file), as pneumonia-monai select decides them.
+            # (triage.decide_film_file), as pneumonia-monai select decides them.
             decision = decide_file(job.path, self.rules, root=job.root)
             uids = {
                 "study_uid": decision.study_uid,
