@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import shutil
 import statistics
 import sys
@@ -15,6 +16,8 @@ from typing import Any
 import pytest
 from monai.bundle import ConfigParser
 from repo_paths import REPO
+
+from pneumonia_monai.engine.bundle_config import read_operating_point, write_config_values
 
 
 def _kfold() -> ModuleType:
@@ -76,10 +79,10 @@ def test_last_checkpoint_is_the_highest_epoch_not_the_newest_name(tmp_path: Path
 @pytest.mark.parametrize(
     ("fields", "match"),
     [
-        ({"stage_a_epochs": 0}, "stage_a_epochs must be a positive int, got 0"),
-        ({"stage_b_epochs": True}, "stage_b_epochs must be a positive int, got True"),
-        ({"stage_a_epochs": 10}, r"stage_a_epochs \(10\) must not exceed schedule_epochs \(9\)"),
-        ({"stage_b_learning_rate": 0.0}, "stage_b_learning_rate must be > 0, got 0.0"),
+        ({"stage_a_epochs": 0}, "--stage-a-epochs must be a positive int, got 0"),
+        ({"stage_b_epochs": True}, "--stage-b-epochs must be a positive int, got True"),
+        ({"stage_a_epochs": 10}, r"--stage-a-epochs \(10\) must not exceed --schedule-epochs \(9\)"),
+        ({"stage_b_learning_rate": 0.0}, "--stage-b-learning-rate must be > 0, got 0.0"),
     ],
 )
 def test_recipe_refuses_bad_values(fields: dict[str, Any], match: str) -> None:
@@ -125,33 +128,216 @@ def test_summary_mean_sd_and_range_by_hand(tmp_path: Path, capsys: pytest.Captur
     assert (out / "kfold.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_read_records_refuses_duplicates_mixed_folds_and_other_schemas(tmp_path: Path) -> None:
-    (tmp_path / "fold1.json").write_text(json.dumps(_record(1, 0.9, 0.9, 0.02)), encoding="utf-8")
-    (tmp_path / "fold1b.json").write_text(json.dumps(_record(1, 0.9, 0.9, 0.02)), encoding="utf-8")
-    with pytest.raises(ValueError, match=r"more than one record for a fold: \[1, 1\]"):
+def test_read_records_refuses_misnamed_mixed_and_malformed_records(tmp_path: Path) -> None:
+    def write(name: str, record: Any) -> None:
+        (tmp_path / name).write_text(json.dumps(record), encoding="utf-8")
+
+    write("fold1.json", _record(1, 0.9, 0.9, 0.02))
+    assert [r["fold"] for r in kfold.read_records(tmp_path)] == [1]
+    write("fold3.json", _record(1, 0.9, 0.9, 0.02))
+    with pytest.raises(ValueError, match=r"fold3.json: holds fold 1, so it must be named fold1.json"):
         kfold.read_records(tmp_path)
-    (tmp_path / "fold1b.json").write_text(
-        json.dumps(_record(2, 0.9, 0.9, 0.02, num_folds=10)), encoding="utf-8"
-    )
+    write("fold3.json", _record(3, 0.9, 0.9, 0.02, num_folds=10))
     with pytest.raises(ValueError, match="disagree on num_folds"):
         kfold.read_records(tmp_path)
-    (tmp_path / "fold1b.json").write_text(
-        json.dumps({**_record(2, 0.9, 0.9, 0.02), "schema": 99}), encoding="utf-8"
-    )
-    with pytest.raises(ValueError, match="schema must be 1, got 99"):
+    write("fold3.json", {**_record(3, 0.9, 0.9, 0.02), "schema": 99})
+    with pytest.raises(ValueError, match=r"fold3\.json: schema must be 1, got 99"):
         kfold.read_records(tmp_path)
+    write("fold3.json", _record(7, 0.9, 0.9, 0.02))
+    with pytest.raises(ValueError, match="fold 7 of num_folds 5 is not a fold"):
+        kfold.read_records(tmp_path)
+    unscored = _record(3, 0.9, 0.9, 0.02)
+    unscored["metrics"]["roc_auc"]["estimate"] = None  # a fold whose validation side has one class
+    write("fold3.json", unscored)
+    with pytest.raises(ValueError, match=r"fold3\.json: roc_auc must be a number in \[0, 1\], got None"):
+        kfold.read_records(tmp_path)
+    (tmp_path / "fold3.json").write_text("{", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"fold3\.json: not JSON"):
+        kfold.read_records(tmp_path)
+    assert kfold.main(["summary", str(tmp_path)]) == 1
 
 
-def test_run_refuses_bad_usage_before_training(tmp_path: Path) -> None:
-    base = ["run", "--dataset-dir", str(tmp_path), "--work", str(tmp_path / "w")]
-    assert kfold.main([*base, "--fold", "5"]) == 2
-    assert kfold.main([*base, "--fold", "0", "--stage-a-epochs", "12"]) == 2
-    assert kfold.main([*base, "--fold", "0", "--set", "max_epochs; rm", "1"]) == 2
-    assert (
-        kfold.main(["run", "--fold", "0", "--dataset-dir", str(tmp_path / "no"), "--work", str(tmp_path)])
-        == 2
-    )
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--fold", "5"], r"--fold must be in \[0, 5\), got 5"),
+        (["--fold", "0", "--num-folds", "1"], "--num-folds must be at least 2, got 1"),
+        (
+            ["--fold", "0", "--stage-a-epochs", "12"],
+            r"--stage-a-epochs \(12\) must not exceed --schedule-epochs",
+        ),
+        (["--fold", "0", "--stage-b-epochs", "0"], "--stage-b-epochs must be a positive int, got 0"),
+        (["--fold", "0", "--set", "max_epochs; rm", "1"], "--set key must be a train.json key"),
+        (["--fold", "0", "--set", "learning_rate", "1"], "the driver sets 'learning_rate' itself"),
+        (["--fold", "0", "--set", "spatial_size", "[32,32]"], "'spatial_size' changes what the network sees"),
+        (["--fold", "0", "--bundle", "/nonexistent"], "--bundle '/nonexistent' has no configs/train.json"),
+    ],
+)
+def test_run_refuses_bad_usage_before_training(
+    tmp_path: Path, extra: list[str], message: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "data").mkdir()
+    base = ["run", "--dataset-dir", str(tmp_path / "data"), "--work", str(tmp_path / "w")]
+    assert kfold.main([*base, *extra]) == 2
+    assert re.search(message, caplog.text), caplog.text
     assert not (tmp_path / "w").exists()
+
+
+def test_run_refuses_a_missing_dataset(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    argv = ["run", "--fold", "0", "--dataset-dir", str(tmp_path / "no"), "--work", str(tmp_path / "w")]
+    assert kfold.main(argv) == 2
+    assert f"--dataset-dir {str(tmp_path / 'no')!r} is not a folder" in caplog.text
+
+
+class FakeStages:
+    """Stands in for the monai.bundle and calibrate.py subprocesses: writes what each would, logs the call."""
+
+    def __init__(self, n_validation: int = 6) -> None:
+        self.calls: list[tuple[str, list[str]]] = []
+        self.n = n_validation
+
+    def __call__(self, cmd: list[str], log: Path) -> float:
+        args = dict(zip(cmd[1::2], cmd[2::2], strict=False)) | dict(zip(cmd[2::2], cmd[3::2], strict=False))
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a", encoding="utf-8") as handle:
+            handle.write("2026-12-02 02:00:00,000 - INFO - fake\n")
+        if "training" in cmd:
+            stage = Path(args["--ckpt_dir"])
+            self.calls.append((stage.name, cmd))
+            (stage / "resume").mkdir(parents=True, exist_ok=True)
+            for old in (stage / "resume").glob("*.pt"):
+                old.unlink()
+            (stage / "resume" / f"checkpoint_epoch={args['--max_epochs']}.pt").write_bytes(b"state")
+            (stage / "model.pt").write_bytes(f"weights of {stage} {len(self.calls)}".encode())
+            (stage / "tb").mkdir(exist_ok=True)
+            items = [{"image": f"/x/{i}.jpeg", "label": i % 2, "patient_id": str(i)} for i in range(self.n)]
+            (stage / "tb" / "datalist.json").write_text(json.dumps({"training": [], "validation": items}))
+        elif "evaluating" in cmd:
+            self.calls.append(("evaluate", cmd))
+            out = Path(args["--output_dir"])
+            out.mkdir(parents=True)
+            threshold = read_operating_point(Path(args["--bundle_root"])).threshold
+            binary = {name: 0.9 for name in kfold.METRICS} | {
+                "confusion_matrix": {"tn": 3, "fp": 0, "fn": 0, "tp": 3}
+            }
+            (out / "metrics.json").write_text(
+                json.dumps(
+                    {
+                        "n": self.n,
+                        "n_groups": self.n,
+                        "class_counts": {"normal": 3, "pneumonia": 3},
+                        "threshold": {"value": threshold},
+                        "binary": binary,
+                        "confidence_intervals": None,
+                    }
+                )
+            )
+        else:
+            self.calls.append(("calibrate", cmd))
+            out = Path(args["--output"])
+            out.mkdir(parents=True, exist_ok=True)
+            calibration = {
+                "n": self.n, "temperature": 0.9, "logit_bias": [0.0, 1.0],
+                "ece_before": 0.05, "ece_after": 0.01, "ece_after_cross_fitted": 0.02,
+            }  # fmt: skip
+            (out / "calibration.json").write_text(json.dumps(calibration))
+            write_config_values(Path(args["--bundle"]) / "configs" / "inference.json", {"threshold": 0.4321})
+        return 60.0
+
+
+@pytest.fixture
+def fake_stages(monkeypatch: pytest.MonkeyPatch) -> FakeStages:
+    fake = FakeStages()
+    monkeypatch.setattr(kfold, "run_logged", fake)
+    return fake
+
+
+def _argv(tmp_path: Path, bundle: Path, *extra: str) -> list[str]:
+    (tmp_path / "data").mkdir(exist_ok=True)
+    return [
+        "run", "--bundle", str(bundle), "--fold", "2", "--dataset-dir", str(tmp_path / "data"),
+        "--work", str(tmp_path / "work"), "--record", str(tmp_path / "records"), *extra,
+    ]  # fmt: skip
+
+
+def _value(cmd: list[str], flag: str) -> str:
+    return cmd[cmd.index(flag) + 1]
+
+
+def test_run_chains_the_recipe_and_a_rerun_does_nothing(
+    tmp_path: Path, bundle_copy: Path, fake_stages: FakeStages
+) -> None:
+    argv = _argv(tmp_path, bundle_copy, "--set", "bn_films", "8")
+    assert kfold.main(argv) == 0
+    assert [name for name, _ in fake_stages.calls] == ["a", "b", "calibrate", "evaluate"]
+    (_, a), (_, b), (_, calibrate), (_, evaluate) = fake_stages.calls
+    fold = tmp_path / "work" / "fold2"
+    assert (_value(a, "--max_epochs"), _value(a, "--schedule_epochs")) == ("4", "9")
+    assert (_value(a, "--split_mode"), _value(a, "--num_folds"), _value(a, "--fold")) == ("kfold", "5", "2")
+    assert "--init_checkpoint" not in a and "--resume_checkpoint" not in a
+    assert _value(b, "--max_epochs") == "2" and "--schedule_epochs" not in b
+    assert _value(b, "--learning_rate") == "0.0003"
+    assert _value(b, "--init_checkpoint") == str(fold / "a" / "resume" / "checkpoint_epoch=4.pt")
+    assert _value(a, "--bn_films") == _value(b, "--bn_films") == "8"
+    assert _value(calibrate, "--datalist") == str(fold / "b" / "tb" / "datalist.json")
+    assert _value(evaluate, "--dataset_dir") == str(fold / "b" / "tb" / "datalist.json")
+    assert (fold / "bundle" / "models" / "model.pt").read_bytes() == (fold / "b" / "model.pt").read_bytes()
+    record = json.loads((tmp_path / "records" / "fold2.json").read_text(encoding="utf-8"))
+    assert record["threshold"] == 0.4321 == read_operating_point(fold / "bundle").threshold
+    assert read_operating_point(bundle_copy).threshold != 0.4321  # the source bundle is never edited
+    assert record["training_minutes"] == {"a": 1.0, "b": 1.0}
+    assert record["recipe"]["schedule_epochs"] == 9 and record["set"] == {"bn_films": "8"}
+
+    fake_stages.calls.clear()
+    assert kfold.main(argv) == 0
+    assert fake_stages.calls == []
+
+
+def test_run_resumes_an_interrupted_stage_and_redoes_what_follows_a_retrained_one(
+    tmp_path: Path, bundle_copy: Path, fake_stages: FakeStages
+) -> None:
+    argv = _argv(tmp_path, bundle_copy)
+    fold = tmp_path / "work" / "fold2"
+    (fold / "a" / "resume").mkdir(parents=True)
+    (fold / "a" / "resume" / "checkpoint_epoch=2.pt").write_bytes(b"state")
+    assert kfold.main(argv) == 0
+    assert _value(fake_stages.calls[0][1], "--resume_checkpoint") == str(
+        fold / "a" / "resume" / "checkpoint_epoch=2.pt"
+    )
+
+    fake_stages.calls.clear()
+    (fold / "b" / "model.pt").write_bytes(b"other weights")  # stage b trained again, by hand
+    assert kfold.main(argv) == 0
+    assert [name for name, _ in fake_stages.calls] == ["calibrate", "evaluate"]
+    assert (fold / "bundle" / "models" / "model.pt").read_bytes() == b"other weights"
+
+    fake_stages.calls.clear()
+    (fold / "bundle" / kfold.CALIBRATED_MARK).unlink()  # calibrate.py died before --write finished
+    assert kfold.main(argv) == 0
+    assert [name for name, _ in fake_stages.calls] == ["calibrate", "evaluate"]
+
+
+def test_run_refuses_a_fold_folder_made_with_other_settings(
+    tmp_path: Path, bundle_copy: Path, fake_stages: FakeStages, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert kfold.main(_argv(tmp_path, bundle_copy)) == 0
+    fake_stages.calls.clear()
+    assert kfold.main(_argv(tmp_path, bundle_copy, "--num-folds", "10")) == 2
+    assert "was made with num_folds 5, not 10" in caplog.text
+    assert kfold.main(_argv(tmp_path, bundle_copy, "--stage-b-learning-rate", "0.001")) == 2
+    assert "was made with recipe" in caplog.text
+    assert fake_stages.calls == []
+
+
+def test_run_refuses_a_stage_past_the_recipe(
+    tmp_path: Path, bundle_copy: Path, fake_stages: FakeStages, caplog: pytest.LogCaptureFixture
+) -> None:
+    resume = tmp_path / "work" / "fold2" / "a" / "resume"
+    resume.mkdir(parents=True)
+    (resume / "checkpoint_epoch=5.pt").write_bytes(b"state")
+    assert kfold.main(_argv(tmp_path, bundle_copy)) == 1
+    assert "stage a holds epoch 5, the recipe asks for 4" in caplog.text
+    assert fake_stages.calls == []
 
 
 def test_log_minutes_spans_the_first_and_last_stamped_lines(tmp_path: Path) -> None:
@@ -186,7 +372,7 @@ def test_a_fold_end_to_end_then_a_rerun_does_nothing(
         "run", "--bundle", str(bundle_copy), "--fold", "1", "--num-folds", "2",
         "--dataset-dir", str(tree), "--work", str(work), "--record", str(record_dir),
         "--stage-a-epochs", "1", "--schedule-epochs", "2", "--stage-b-epochs", "1",
-        "--set", "spatial_size", "[32,32]", "--set", "bn_films", "8", "--set", "batch_size", "4",
+        "--set", "bn_films", "8", "--set", "batch_size", "4",
     ]  # fmt: skip
     assert kfold.main(argv) == 0
     fold = work / "fold1"
