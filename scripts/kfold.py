@@ -644,10 +644,11 @@ def run_summary(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The command line: ``run`` and ``summary``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true")
-    parser.add_argument("-q", "--quiet", action="store_true")
+    verbosity = argparse.ArgumentParser(add_help=False)
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="log the commands too")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="train, calibrate and score one fold")
+    run = sub.add_parser("run", parents=[verbosity], help="train, calibrate and score one fold")
     run.add_argument("--fold", type=int, required=True)
     run.add_argument("--bundle", type=Path, default=REPO / "bundle", help="the bundle whose recipe runs")
     run.add_argument("--num-folds", type=int, default=5)
@@ -667,7 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--schedule-epochs", type=int, default=Recipe.schedule_epochs)
     run.add_argument("--stage-b-epochs", type=int, default=Recipe.stage_b_epochs)
     run.add_argument("--stage-b-learning-rate", type=float, default=Recipe.stage_b_learning_rate)
-    summary = sub.add_parser("summary", help="summarize the fold records of a folder")
+    summary = sub.add_parser("summary", parents=[verbosity], help="summarize the fold records of a folder")
     summary.add_argument("records", type=Path)
     summary.add_argument(
         "--output", type=Path, default=None, help="folder for kfold_summary.json and kfold.png"

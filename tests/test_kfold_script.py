@@ -118,7 +118,7 @@ def test_summary_mean_sd_and_range_by_hand(tmp_path: Path, capsys: pytest.Captur
     assert summary["n_films"] == 1000 + 1001 + 1002
 
     out = tmp_path / "out"
-    assert kfold.main(["summary", str(tmp_path), "--output", str(out)]) == 0
+    assert kfold.main(["summary", str(tmp_path), "--output", str(out), "-q"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[2].startswith("| 0 | 1000 (500) | 0.500000 | 0.9800 |")
     assert table[-2].startswith("| mean ± SD | | | 0.9800 ± 0.0100 |")
