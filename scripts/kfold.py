@@ -34,7 +34,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import re
@@ -52,6 +51,7 @@ from typing import Any
 from pneumonia_monai.atomic import write_json_atomic
 from pneumonia_monai.engine.bundle_config import read_operating_point
 from pneumonia_monai.evaluation.report import METRICS_FILE
+from pneumonia_monai.inference.bundle import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("kfold")
@@ -226,14 +226,6 @@ def train_stage(bundle: Path, fold_dir: Path, stage: str, overrides: Sequence[st
     return target
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def bundle_copy(source: Path, target: Path, checkpoint: Path, stale: Sequence[Path] = ()) -> Path:
     """A copy of the bundle's configs and docs at ``target``, holding ``checkpoint`` as its model.
 
@@ -242,7 +234,7 @@ def bundle_copy(source: Path, target: Path, checkpoint: Path, stale: Sequence[Pa
     the evaluation of the old model) are removed first.
     """
     current = target / "models" / "model.pt"
-    if current.is_file() and _sha256(current) == _sha256(checkpoint):
+    if current.is_file() and file_sha256(current) == file_sha256(checkpoint):
         return target
     for folder in stale:
         shutil.rmtree(folder, ignore_errors=True)
@@ -427,7 +419,7 @@ def run_fold(args: argparse.Namespace) -> int:
             fold_dir / "calibrate.log",
         )
         (bundle / CALIBRATED_MARK).write_text(
-            _sha256(calib_dir / "calibration.json") + "\n", encoding="utf-8"
+            file_sha256(calib_dir / "calibration.json") + "\n", encoding="utf-8"
         )
     calibration = _read_json(calib_dir / "calibration.json")
     if not _evaluation_agrees(eval_dir, bundle, calibration):

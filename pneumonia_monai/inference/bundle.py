@@ -230,9 +230,10 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with Path(path).open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -521,7 +522,7 @@ def _precision_label(inferer: Callable[..., Any], amp: bool) -> str:
 
 
 def _fingerprint(checkpoint: Path, settings: Mapping[str, Any]) -> str:
-    digest = hashlib.sha256(_file_sha256(checkpoint).encode())
+    digest = hashlib.sha256(file_sha256(checkpoint).encode())
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return digest.hexdigest()
 
