@@ -604,7 +604,9 @@ def plot_folds(records: Sequence[Mapping[str, Any]], path: Path) -> None:
         ax.set_title(name.replace("_", " "))
         ax.set_xlabel("fold")
         ax.set_xticks(folds)
-    axes[0].legend(loc="lower left", fontsize=8)
+    # in the figure's corner, where no fold's interval can run under it
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", fontsize=8)
     fig.suptitle("Patient-grouped K-fold validation, 95% patient-bootstrap intervals", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
