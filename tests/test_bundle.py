@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fire.parser
 import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
@@ -314,6 +315,25 @@ def test_card_command_from_repository_root(tmp_path: Path, repo_root: Path) -> N
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "ckpt" / "model.pt").is_file()
+
+
+def test_a_bare_false_on_the_command_line_is_refused_not_read_as_on(tmp_path: Path, repo_root: Path) -> None:
+    """``--lung_crop false`` reaches the config as the string ``'false'``, which ``bool()`` reads as on."""
+    result = _run(
+        [
+            sys.executable, "-m", "monai.bundle", "run", "training",
+            "--config_file", "bundle/configs/train.json",
+            "--max_epochs", "1", "--spatial_size", "[32,32]", "--lung_crop", "false",
+            "--ckpt_dir", str(tmp_path / "ckpt"), "--output_dir", str(tmp_path / "runs"),
+        ],
+        repo_root,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "lung_crop must be True or False, got 'false' (str)" in result.stderr
+    assert "write --lung_crop True or --lung_crop False" in result.stderr
+    assert not (tmp_path / "ckpt").exists()  # refused before any training
+    # and the form the README gives is a bool to the parser MONAI's command line uses (Fire)
+    assert fire.parser.DefaultParseValue("False") is False
 
 
 @pytest.mark.slow

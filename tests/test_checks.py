@@ -85,3 +85,16 @@ def test_numbers_come_back_normalised_numpy_scalars_included() -> None:
     assert type(checks.probability("p", 1)) is float
     assert checks.non_negative_number("s", 0) == 0.0
     assert checks.integer("fold", 4, minimum=0, maximum=4) == 4
+
+
+def test_flag_takes_bools_only_and_says_what_to_type_for_a_string() -> None:
+    assert checks.flag("lung_crop", True) is True and checks.flag("lung_crop", np.bool_(False)) is False
+    with pytest.raises(checks.ValueTypeError, match=r"lung_crop must be True or False, got 0 \(int\)$"):
+        checks.flag("lung_crop", 0)
+    # bool("false") is True: a loose check would keep the crop on when the command line said false
+    with pytest.raises(
+        checks.ValueTypeError,
+        match=r"lung_crop must be True or False, got 'false' \(str\): on the monai.bundle command line "
+        r"write --lung_crop True or --lung_crop False",
+    ):
+        checks.flag("lung_crop", "false")

@@ -12,6 +12,9 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from PIL import Image
 
+from pneumonia_monai.checks import ValueTypeError
+from pneumonia_monai.engine.components import memory_format
+from pneumonia_monai.engine.precision import AutocastInferer
 from pneumonia_monai.transforms import (
     ChestXRayPreprocessd,
     ImageLoadError,
@@ -19,6 +22,7 @@ from pneumonia_monai.transforms import (
     LungFieldCrop,
     find_lung_box,
     load_film,
+    training_chain,
 )
 
 
@@ -144,3 +148,18 @@ def test_train_validation_and_inference_preprocess_alike(repo_root: Path, sample
         tensors.append(transform({"image": str(sample_images[5])})["image"])
     assert tensors[0].shape == tensors[1].shape
     torch.testing.assert_close(tensors[0].as_tensor(), tensors[1].as_tensor(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("value", ["false", "False", 0, None])
+def test_the_crop_switches_refuse_what_is_not_a_bool(value: object) -> None:
+    with pytest.raises(ValueTypeError, match="lung_crop must be True or False"):
+        ChestXRayPreprocessd("image", 32, lung_crop=value)  # type: ignore[arg-type]
+    with pytest.raises(ValueTypeError, match="lung_crop must be True or False"):
+        training_chain("image", 32, lung_crop=value)  # type: ignore[arg-type]
+    with pytest.raises(ValueTypeError, match="reduced_decode must be True or False"):
+        ChestXRayPreprocessd("image", 32, reduced_decode=value)  # type: ignore[arg-type]
+    with pytest.raises(ValueTypeError, match="channels_last must be True or False"):
+        AutocastInferer("cpu", channels_last=value)  # type: ignore[arg-type]
+    with pytest.raises(ValueTypeError, match="channels_last must be True or False"):
+        memory_format(value)
+    assert memory_format(False) == torch.contiguous_format and memory_format(True) == torch.channels_last

@@ -50,6 +50,16 @@ def class_weights(items: Sequence[Mapping[str, Any]], num_classes: int) -> torch
     return weights.float()
 
 
+def memory_format(channels_last: object) -> torch.memory_format:
+    """The weights' memory layout for the ``channels_last`` key: ``torch.channels_last`` or contiguous.
+
+    Raises:
+        ValueTypeError: if ``channels_last`` is not a bool (``--channels_last false`` on the command line
+            is the string ``"false"``; see :func:`pneumonia_monai.checks.flag`).
+    """
+    return torch.channels_last if checks.flag("channels_last", channels_last) else torch.contiguous_format
+
+
 def key_metric_score(engine: Engine) -> float:
     """Score for early stopping: the evaluator's key metric (validation ROC AUC).
 

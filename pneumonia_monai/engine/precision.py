@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from monai.inferers import Inferer
 
+from pneumonia_monai import checks
+
 logger = logging.getLogger(__name__)
 
 #: Accepted values of the ``precision`` key.
@@ -95,7 +97,7 @@ class AutocastInferer(Inferer):
         super().__init__()
         self.device_type = torch.device(device).type
         self.precision = resolve_precision(precision, device)
-        self.channels_last = bool(channels_last)
+        self.channels_last = checks.flag("channels_last", channels_last)
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
         """Return ``network(inputs)`` computed in the precision, as fp32."""

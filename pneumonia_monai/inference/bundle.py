@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pneumonia_monai import decision
+from pneumonia_monai import checks, decision
 from pneumonia_monai.decision import BINARY_CLASSES, SUBTYPE_CLASSES
 from pneumonia_monai.engine import bundle_config
 from pneumonia_monai.engine.bundle_config import DEFAULT_MODEL_NAME, BundleError
@@ -571,7 +571,11 @@ def load_bundle(
     precision = precision if precision is not None else config.get("precision", "auto")
     if precision not in PRECISIONS:
         raise BundleError(f"{files.source}: 'precision' must be one of {PRECISIONS}, got {precision!r}")
-    reduced_decode = bool(config.get("reduced_decode", False)) and not full_decode
+    try:
+        stored_reduced = checks.flag("reduced_decode", config.get("reduced_decode", False))
+    except ValueError as exc:
+        raise BundleError(f"{files.source}: {exc}") from exc
+    reduced_decode = stored_reduced and not full_decode
     overrides: dict[str, Any] = {"device": torch_device, "precision": precision}
     if "reduced_decode" in config:
         overrides["reduced_decode"] = reduced_decode

@@ -48,6 +48,8 @@ from monai.transforms import MapTransform, RandomizableTransform, Transform
 from scipy import ndimage
 from skimage import filters, measure, morphology, transform
 
+from pneumonia_monai import checks
+
 logger = logging.getLogger(__name__)
 
 #: Longest side of the thumbnail on which the lungs are found.
@@ -386,7 +388,7 @@ class LungFieldCrop(Transform):
         if margin < 0:
             raise ValueError(f"margin must be >= 0, got {margin!r}")
         self.margin = float(margin)
-        self.enabled = bool(enabled)
+        self.enabled = checks.flag("lung_crop", enabled)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         """Return the cropped image; ``img.meta["lung_crop"]`` says what was done."""

@@ -28,6 +28,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import Compose, EnsureTyped, MapTransform, Resized, Transform
 
+from pneumonia_monai import checks
 from pneumonia_monai.transforms.io import LoadChestXRayd
 from pneumonia_monai.transforms.lung_crop import LungFieldCropd, RandLungFieldCropd
 
@@ -78,7 +79,7 @@ def training_chain(
     size = _size(spatial_size)
     cropper: Transform = (
         RandLungFieldCropd(keys, margin=crop_margin, jitter=box_jitter)
-        if lung_crop
+        if checks.flag("lung_crop", lung_crop)
         else LungFieldCropd(keys, margin=crop_margin, enabled=False)
     )
     return Compose(_chain(keys, size, cropper, list(route_augmentation)))
@@ -110,7 +111,9 @@ class ChestXRayPreprocessd(MapTransform):
 
         super().__init__(keys, allow_missing_keys)
         self.spatial_size = _size(spatial_size)
-        self.min_side = min_decoded_side(self.spatial_size) if reduced_decode else None
+        self.min_side = (
+            min_decoded_side(self.spatial_size) if checks.flag("reduced_decode", reduced_decode) else None
+        )
         cropper = LungFieldCropd(
             keys, margin=crop_margin, enabled=lung_crop, allow_missing_keys=allow_missing_keys
         )
