@@ -128,18 +128,19 @@ def non_negative_number(name: str, value: object, *, what: str | None = None) ->
     return number(name, value, minimum=0.0, what=what)
 
 
-def flag(name: str, value: object) -> bool:
-    """A bool (``numpy.bool_`` too), or :class:`ValueTypeError`.
+def flag(name: str, value: object, *, command_line: bool = False) -> bool:
+    """A bool (``numpy.bool_`` too), or :class:`ValueTypeError` (``"{name} must be true or false, ..."``).
 
-    Nothing else is read as true or false: to Python ``bool("false")`` is ``True``, and MONAI's command
-    line (``python -m monai.bundle run ... --lung_crop false``, parsed by Fire) passes a bare ``false``
-    on as that string, so a loose check would keep a switch on that the user turned off. The message
-    says what to write instead (``False``, a Python literal, which Fire parses as the bool).
+    Nothing else is read as true or false: to Python ``bool("false")`` is ``True``. MONAI's command line
+    (``python -m monai.bundle run ... --lung_crop false``, parsed by Fire) passes a bare ``false`` on as
+    that string, so a loose check would keep a switch on that the user turned off. With
+    ``command_line`` (the bundle keys a user overrides there) a string is refused with what to write
+    instead: ``False``, a Python literal, which Fire parses as the bool.
     """
     if isinstance(value, bool | np.bool_):
         return bool(value)
-    error = _refuse_type(name, value, "True or False")
-    if isinstance(value, str):
+    error = _refuse_type(name, value, "true or false")
+    if command_line and isinstance(value, str):
         raise ValueTypeError(
             f"{error}: on the monai.bundle command line write --{name} True or --{name} False "
             "(Python literals; a bare true or false arrives as a string)"

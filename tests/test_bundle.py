@@ -329,7 +329,7 @@ def test_a_bare_false_on_the_command_line_is_refused_not_read_as_on(tmp_path: Pa
         repo_root,
     )  # fmt: skip
     assert result.returncode != 0
-    assert "lung_crop must be True or False, got 'false' (str)" in result.stderr
+    assert "lung_crop must be true or false, got 'false' (str)" in result.stderr
     assert "write --lung_crop True or --lung_crop False" in result.stderr
     assert not (tmp_path / "ckpt").exists()  # refused before any training
     # and the form the README gives is a bool to the parser MONAI's command line uses (Fire)

@@ -89,12 +89,14 @@ def test_numbers_come_back_normalised_numpy_scalars_included() -> None:
 
 def test_flag_takes_bools_only_and_says_what_to_type_for_a_string() -> None:
     assert checks.flag("lung_crop", True) is True and checks.flag("lung_crop", np.bool_(False)) is False
-    with pytest.raises(checks.ValueTypeError, match=r"lung_crop must be True or False, got 0 \(int\)$"):
-        checks.flag("lung_crop", 0)
+    with pytest.raises(checks.ValueTypeError, match=r"lung_crop must be true or false, got 0 \(int\)$"):
+        checks.flag("lung_crop", 0, command_line=True)
+    with pytest.raises(checks.ValueTypeError, match=r"masks must be true or false, got 'false' \(str\)$"):
+        checks.flag("masks", "false")  # a config file's string: no command-line advice
     # bool("false") is True: a loose check would keep the crop on when the command line said false
     with pytest.raises(
         checks.ValueTypeError,
-        match=r"lung_crop must be True or False, got 'false' \(str\): on the monai.bundle command line "
+        match=r"lung_crop must be true or false, got 'false' \(str\): on the monai.bundle command line "
         r"write --lung_crop True or --lung_crop False",
     ):
-        checks.flag("lung_crop", "false")
+        checks.flag("lung_crop", "false", command_line=True)

@@ -152,14 +152,14 @@ def test_train_validation_and_inference_preprocess_alike(repo_root: Path, sample
 
 @pytest.mark.parametrize("value", ["false", "False", 0, None])
 def test_the_crop_switches_refuse_what_is_not_a_bool(value: object) -> None:
-    with pytest.raises(ValueTypeError, match="lung_crop must be True or False"):
+    with pytest.raises(ValueTypeError, match="lung_crop must be true or false"):
         ChestXRayPreprocessd("image", 32, lung_crop=value)  # type: ignore[arg-type]
-    with pytest.raises(ValueTypeError, match="lung_crop must be True or False"):
+    with pytest.raises(ValueTypeError, match="lung_crop must be true or false"):
         training_chain("image", 32, lung_crop=value)  # type: ignore[arg-type]
-    with pytest.raises(ValueTypeError, match="reduced_decode must be True or False"):
+    with pytest.raises(ValueTypeError, match="reduced_decode must be true or false"):
         ChestXRayPreprocessd("image", 32, reduced_decode=value)  # type: ignore[arg-type]
-    with pytest.raises(ValueTypeError, match="channels_last must be True or False"):
+    with pytest.raises(ValueTypeError, match="channels_last must be true or false"):
         AutocastInferer("cpu", channels_last=value)  # type: ignore[arg-type]
-    with pytest.raises(ValueTypeError, match="channels_last must be True or False"):
+    with pytest.raises(ValueTypeError, match="channels_last must be true or false"):
         memory_format(value)
     assert memory_format(False) == torch.contiguous_format and memory_format(True) == torch.channels_last

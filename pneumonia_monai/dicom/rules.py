@@ -335,9 +335,10 @@ def _convert_value(key: str, value: Any, source: str) -> Any:
             raise TypeError(f"{source}: 'version' must be an integer, got {value!r}")
         return value
     if key == "accept_secondary_capture":
-        if not isinstance(value, bool):
-            raise TypeError(f"{source}: 'accept_secondary_capture' must be true or false, got {value!r}")
-        return value
+        try:
+            return checks.flag("'accept_secondary_capture'", value)
+        except TypeError as exc:
+            raise TypeError(f"{source}: {exc}") from exc
     if key in ("unknown_body_part", "unknown_view", "outside_intended_use"):
         if not isinstance(value, str):
             choices = _OUTSIDE_POLICIES if key == "outside_intended_use" else _POLICIES

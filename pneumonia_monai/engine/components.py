@@ -57,7 +57,8 @@ def memory_format(channels_last: object) -> torch.memory_format:
         ValueTypeError: if ``channels_last`` is not a bool (``--channels_last false`` on the command line
             is the string ``"false"``; see :func:`pneumonia_monai.checks.flag`).
     """
-    return torch.channels_last if checks.flag("channels_last", channels_last) else torch.contiguous_format
+    on = checks.flag("channels_last", channels_last, command_line=True)
+    return torch.channels_last if on else torch.contiguous_format
 
 
 def key_metric_score(engine: Engine) -> float:

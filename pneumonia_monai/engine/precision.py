@@ -97,7 +97,7 @@ class AutocastInferer(Inferer):
         super().__init__()
         self.device_type = torch.device(device).type
         self.precision = resolve_precision(precision, device)
-        self.channels_last = checks.flag("channels_last", channels_last)
+        self.channels_last = checks.flag("channels_last", channels_last, command_line=True)
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
         """Return ``network(inputs)`` computed in the precision, as fp32."""

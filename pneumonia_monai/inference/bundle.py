@@ -509,8 +509,10 @@ def _forward_rule(
         if inferer.channels_last:
             network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # not in the stubs
     amp = parsed("amp") if "amp" in parsed else device.type == "cuda"
-    if not isinstance(amp, bool):
-        raise BundleError(f"{parsed.source}: 'amp' must be true or false, got {amp!r}")
+    try:
+        amp = checks.flag("'amp'", amp)
+    except ValueError as exc:
+        raise BundleError(f"{parsed.source}: {exc}") from exc
     return network, inferer, amp and device.type == "cuda"
 
 

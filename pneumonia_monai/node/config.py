@@ -231,9 +231,8 @@ class NodeConfig:
             )
         allowed = tuple(check_ae_title(aet, "allowed calling AE title") for aet in self.allowed_calling_aes)
         object.__setattr__(self, "allowed_calling_aes", allowed)
-        _check_bool("require_called_ae", self.require_called_ae)
-        _check_bool("heatmaps", self.heatmaps)
-        _check_bool("masks", self.masks)
+        for switch in ("require_called_ae", "heatmaps", "masks"):
+            object.__setattr__(self, switch, checks.flag(switch, getattr(self, switch)))
         object.__setattr__(self, "stable_seconds", _check_seconds("stable_seconds", self.stable_seconds))
         object.__setattr__(
             self, "retry_backoff_seconds", _check_seconds("retry_backoff_seconds", self.retry_backoff_seconds)
@@ -264,11 +263,6 @@ class NodeConfig:
                 if not isinstance(value, str | Path):
                     raise TypeError(f"{name} must be a path, got {type(value).__name__}")
                 object.__setattr__(self, name, Path(value))
-
-
-def _check_bool(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be true or false, got {value!r}")
 
 
 def _check_positive_seconds(name: str, value: object) -> float:

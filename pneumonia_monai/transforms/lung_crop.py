@@ -388,7 +388,7 @@ class LungFieldCrop(Transform):
         if margin < 0:
             raise ValueError(f"margin must be >= 0, got {margin!r}")
         self.margin = float(margin)
-        self.enabled = checks.flag("lung_crop", enabled)
+        self.enabled = checks.flag("lung_crop", enabled, command_line=True)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         """Return the cropped image; ``img.meta["lung_crop"]`` says what was done."""

@@ -79,7 +79,7 @@ def training_chain(
     size = _size(spatial_size)
     cropper: Transform = (
         RandLungFieldCropd(keys, margin=crop_margin, jitter=box_jitter)
-        if checks.flag("lung_crop", lung_crop)
+        if checks.flag("lung_crop", lung_crop, command_line=True)
         else LungFieldCropd(keys, margin=crop_margin, enabled=False)
     )
     return Compose(_chain(keys, size, cropper, list(route_augmentation)))
@@ -111,9 +111,8 @@ class ChestXRayPreprocessd(MapTransform):
 
         super().__init__(keys, allow_missing_keys)
         self.spatial_size = _size(spatial_size)
-        self.min_side = (
-            min_decoded_side(self.spatial_size) if checks.flag("reduced_decode", reduced_decode) else None
-        )
+        reduced = checks.flag("reduced_decode", reduced_decode, command_line=True)
+        self.min_side = min_decoded_side(self.spatial_size) if reduced else None
         cropper = LungFieldCropd(
             keys, margin=crop_margin, enabled=lung_crop, allow_missing_keys=allow_missing_keys
         )
