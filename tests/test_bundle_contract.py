@@ -133,6 +133,19 @@ def test_the_loader_honours_another_inferer_and_amp(bundle_copy: Path) -> None:
         load_bundle(bundle, device="cpu")
 
 
+def test_the_loader_reads_reduced_decode_as_parsed_and_full_decode_turns_it_off(bundle_copy: Path) -> None:
+    bundle = _small_bundle(bundle_copy)
+    inference = bundle / "configs/inference.json"
+    bundle_config.write_config_values(inference, {"reduced_decode": "$1 == 1"})  # an expression: True
+    reduced, full = load_bundle(bundle, device="cpu"), load_bundle(bundle, device="cpu", full_decode=True)
+    assert reduced.preprocessing.transforms[0].min_side is not None  # ChestXRayPreprocessd decodes reduced
+    assert full.preprocessing.transforms[0].min_side is None
+    assert reduced.fingerprint != full.fingerprint  # a full-decode run does not reuse reduced rows
+    bundle_config.write_config_values(inference, {"reduced_decode": "false"})  # a string, not a bool
+    with pytest.raises(BundleError, match="'reduced_decode' must be true or false, got 'false'"):
+        load_bundle(bundle, device="cpu")
+
+
 def test_the_loader_refuses_an_over_long_version(bundle_copy: Path) -> None:
     bundle = _small_bundle(bundle_copy)
     meta_path = bundle / "configs/metadata.json"

@@ -384,6 +384,16 @@ class _Parsed:
             raise BundleError(f"{self.source}: cannot build {key!r}: {bundle_config.one_line(exc)}") from exc
 
 
+def _switch(parsed: _Parsed, key: str, *, default: bool) -> bool:
+    """The bundle's bool ``key`` as parsed (``default`` where it has none), or :class:`BundleError`."""
+    if key not in parsed:
+        return default
+    try:
+        return checks.flag(f"{key!r}", parsed(key))
+    except ValueError as exc:
+        raise BundleError(f"{parsed.source}: {exc}") from exc
+
+
 def _class_names(parsed: _Parsed) -> tuple[str, ...]:
     class_names = parsed("class_names")
     if not isinstance(class_names, list | tuple) or tuple(class_names) not in (
@@ -508,11 +518,7 @@ def _forward_rule(
         inferer = _parity_checked(inferer, network, root, preprocessing)
         if inferer.channels_last:
             network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # not in the stubs
-    amp = parsed("amp") if "amp" in parsed else device.type == "cuda"
-    try:
-        amp = checks.flag("'amp'", amp)
-    except ValueError as exc:
-        raise BundleError(f"{parsed.source}: {exc}") from exc
+    amp = _switch(parsed, "amp", default=device.type == "cuda")
     return network, inferer, amp and device.type == "cuda"
 
 
@@ -573,15 +579,11 @@ def load_bundle(
     precision = precision if precision is not None else config.get("precision", "auto")
     if precision not in PRECISIONS:
         raise BundleError(f"{files.source}: 'precision' must be one of {PRECISIONS}, got {precision!r}")
-    try:
-        stored_reduced = checks.flag("reduced_decode", config.get("reduced_decode", False))
-    except ValueError as exc:
-        raise BundleError(f"{files.source}: {exc}") from exc
-    reduced_decode = stored_reduced and not full_decode
     overrides: dict[str, Any] = {"device": torch_device, "precision": precision}
-    if "reduced_decode" in config:
-        overrides["reduced_decode"] = reduced_decode
+    if full_decode and "reduced_decode" in config:
+        overrides["reduced_decode"] = False
     parsed = _Parsed(files, overrides)
+    reduced_decode = _switch(parsed, "reduced_decode", default=False)
 
     class_names = _class_names(parsed)
     point = bundle_config.operating_point(config, files.source, len(class_names))
